@@ -1,0 +1,210 @@
+//! Full dumps: one immutable segment per epoch holding the rkyv archive of the whole state.
+//!
+//! ```text
+//! 0          DUMP_HEADER                          DUMP_HEADER + archive_len
+//! | header   | rkyv archive (root at its end)     |
+//! ```
+//!
+//! A dump is written completely before its epoch is published and never written again, so
+//! readers may hold a plain `&[u8]` over it. It is validated once when mapped; lookups then
+//! read it in place.
+
+use std::marker::PhantomData;
+use std::mem::MaybeUninit;
+
+use rkyv::Portable;
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor;
+
+use crate::control::FORMAT_VERSION;
+use crate::error::{Error, Result};
+use crate::naming;
+use crate::schema::Validator;
+use crate::segment::{self, Segment};
+
+const DUMP_MAGIC: [u8; 8] = *b"ULTRADMP";
+
+/// Bytes before the archive.
+pub(crate) const DUMP_HEADER: usize = 64;
+
+/// Header fields, little-endian, at fixed offsets.
+const MAGIC_AT: usize = 0;
+const VERSION_AT: usize = 8;
+const EPOCH_AT: usize = 12;
+const FINGERPRINT_AT: usize = 16;
+const LEN_AT: usize = 24;
+
+/// A mapped, validated dump whose archive root is a `T`.
+pub(crate) struct Dump<T> {
+    segment: Segment,
+    archive_len: usize,
+    _root: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for Dump<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dump")
+            .field("segment", &self.segment.object())
+            .finish()
+    }
+}
+
+impl<T> Dump<T>
+where
+    T: Portable + for<'a> CheckBytes<Validator<'a>>,
+{
+    /// Maps and validates the dump of `epoch` of dict `name`.
+    ///
+    /// A missing segment (the dump was superseded and unlinked meanwhile) comes back as an
+    /// [`Error::Io`] of kind `NotFound`; see [`segment::is_not_found`].
+    pub(crate) fn open(name: &str, epoch: u32, fingerprint: u64) -> Result<Self> {
+        let object = naming::dump(name, epoch);
+        let segment = Segment::open(&object, false)?;
+        Self::validate(segment, epoch, fingerprint)
+    }
+
+    /// Writes `archive` as the dump of `epoch` of dict `name` and maps it.
+    ///
+    /// A segment already under that name can only be the unpublished leftover of a writer
+    /// that died before publishing it (the caller holds the lock and `epoch` is not yet
+    /// published), so it is replaced.
+    pub(crate) fn create(name: &str, epoch: u32, fingerprint: u64, archive: &[u8]) -> Result<Self> {
+        let object = naming::dump(name, epoch);
+        let len = (DUMP_HEADER + archive.len()) as u64;
+        let segment = match Segment::create(&object, len) {
+            Err(err) if segment::is_already_exists(&err) => {
+                segment::unlink(&object)?;
+                Segment::create(&object, len)?
+            }
+            other => other?,
+        };
+        let mut header = [0u8; DUMP_HEADER];
+        header[MAGIC_AT..MAGIC_AT + 8].copy_from_slice(&DUMP_MAGIC);
+        header[VERSION_AT..VERSION_AT + 4].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        header[EPOCH_AT..EPOCH_AT + 4].copy_from_slice(&epoch.to_le_bytes());
+        header[FINGERPRINT_AT..FINGERPRINT_AT + 8].copy_from_slice(&fingerprint.to_le_bytes());
+        header[LEN_AT..LEN_AT + 8].copy_from_slice(&(archive.len() as u64).to_le_bytes());
+        // SAFETY: the segment was just created by this process and is not yet published, so
+        // nobody else maps it; both copies stay within its `len` bytes.
+        unsafe {
+            let base = segment.as_mut_ptr();
+            std::ptr::copy_nonoverlapping(header.as_ptr(), base, DUMP_HEADER);
+            std::ptr::copy_nonoverlapping(archive.as_ptr(), base.add(DUMP_HEADER), archive.len());
+        }
+        Self::validate(segment, epoch, fingerprint).inspect_err(|_| {
+            let _ = segment::unlink(&object);
+        })
+    }
+
+    fn validate(segment: Segment, epoch: u32, fingerprint: u64) -> Result<Self> {
+        let object = segment.object().to_owned();
+        if segment.len() < DUMP_HEADER {
+            return Err(Error::corrupt(&object, "dump shorter than its header"));
+        }
+        // SAFETY: dumps are immutable once published (invariant 4), and this one is published
+        // (or is ours and unpublished): nobody writes its bytes any more.
+        let header = unsafe { segment.immutable_bytes(0, DUMP_HEADER) };
+        let u32_at =
+            |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().unwrap_or_default());
+        let u64_at =
+            |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().unwrap_or_default());
+        if header[MAGIC_AT..MAGIC_AT + 8] != DUMP_MAGIC {
+            return Err(Error::Foreign {
+                segment: object,
+                reason: "no dump magic".into(),
+            });
+        }
+        if u32_at(VERSION_AT) != FORMAT_VERSION {
+            return Err(Error::VersionMismatch {
+                segment: object,
+                found: u32_at(VERSION_AT),
+                expected: FORMAT_VERSION,
+            });
+        }
+        if u32_at(EPOCH_AT) != epoch {
+            return Err(Error::corrupt(
+                &object,
+                format!("dump says epoch {}", u32_at(EPOCH_AT)),
+            ));
+        }
+        if u64_at(FINGERPRINT_AT) != fingerprint {
+            return Err(Error::corrupt(&object, "dump written with another schema"));
+        }
+        let archive_len = usize::try_from(u64_at(LEN_AT))
+            .ok()
+            .filter(|&len| len <= segment.len() - DUMP_HEADER)
+            .ok_or_else(|| Error::corrupt(&object, "archive length beyond the segment"))?;
+        let dump = Dump {
+            segment,
+            archive_len,
+            _root: PhantomData,
+        };
+        rkyv::access::<T, rancor::Error>(dump.archive())
+            .map_err(|e| Error::corrupt(&object, format!("dump failed validation: {e}")))?;
+        Ok(dump)
+    }
+
+    /// The archive's root.
+    pub(crate) fn root(&self) -> &T {
+        // SAFETY: `validate` checked these exact, immutable bytes as a `T` when the dump was
+        // mapped.
+        unsafe { rkyv::access_unchecked::<T>(self.archive()) }
+    }
+}
+
+impl<T> Dump<T> {
+    fn archive(&self) -> &[u8] {
+        // SAFETY: published dumps are immutable (invariant 4); the range was bounds-checked
+        // against the segment in `validate`.
+        unsafe { self.segment.immutable_bytes(DUMP_HEADER, self.archive_len) }
+    }
+
+    /// Bytes of archive.
+    pub(crate) fn archive_len(&self) -> usize {
+        self.archive_len
+    }
+}
+
+/// A heap buffer aligned for rkyv archives, for building a dump before it has a segment.
+pub(crate) struct AlignedBuf {
+    blocks: Vec<MaybeUninit<Block>>,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+struct Block([u8; 16]);
+
+impl AlignedBuf {
+    pub(crate) fn with_capacity(bytes: usize) -> Self {
+        let mut blocks = Vec::with_capacity(bytes.div_ceil(16));
+        blocks.resize(bytes.div_ceil(16), MaybeUninit::uninit());
+        AlignedBuf { blocks }
+    }
+
+    /// The whole buffer, for a serializer to fill.
+    pub(crate) fn as_uninit_mut(&mut self) -> &mut [MaybeUninit<u8>] {
+        let len = self.blocks.len() * 16;
+        // SAFETY: `blocks` owns `len` bytes of `MaybeUninit`, which any byte pattern (or none)
+        // inhabits, and the borrow of `self` keeps them exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.blocks.as_mut_ptr().cast(), len) }
+    }
+
+    /// The first `len` bytes, which a serializer has written.
+    ///
+    /// # Safety
+    /// The first `len` bytes were initialized.
+    pub(crate) unsafe fn initialized(&self, len: usize) -> &[u8] {
+        assert!(len <= self.blocks.len() * 16);
+        // SAFETY: in bounds (asserted) and initialized (caller).
+        unsafe { std::slice::from_raw_parts(self.blocks.as_ptr().cast(), len) }
+    }
+
+    /// The whole buffer, zero-initialized first, as aligned bytes.
+    pub(crate) fn zeroed_mut(&mut self, len: usize) -> &mut [u8] {
+        let blocks = len.div_ceil(16);
+        self.blocks.clear();
+        self.blocks.resize(blocks, MaybeUninit::new(Block([0; 16])));
+        // SAFETY: every block was just initialized to zeros.
+        unsafe { std::slice::from_raw_parts_mut(self.blocks.as_mut_ptr().cast(), len) }
+    }
+}

@@ -1,0 +1,214 @@
+//! The crate's one error type. Every variant says what went wrong and carries what the caller
+//! needs to act on it: the name involved, the holder of a lock, both sides of a mismatch.
+
+use std::io;
+use std::time::Duration;
+
+/// Everything that can go wrong in ultradict.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The dict name breaks the naming rules (see [`UltraDict::builder`](crate::UltraDict::builder)).
+    #[error("invalid dict name {name:?}: {reason}")]
+    InvalidName {
+        /// The name as given.
+        name: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+
+    /// `Create::New` was asked for, but a dict of this name exists.
+    #[error("a dict named {name:?} already exists")]
+    AlreadyExists {
+        /// The dict's name.
+        name: String,
+    },
+
+    /// `Create::Open` was asked for, but no dict of this name exists.
+    #[error("no dict named {name:?} exists")]
+    NotFound {
+        /// The dict's name.
+        name: String,
+    },
+
+    /// The segment exists but its creator never finished initializing it.
+    #[error(
+        "dict {name:?} exists but did not become ready within {waited:?}; its creator may have \
+         died while creating it: remove it with UltraDict::unlink_by_name"
+    )]
+    NotReady {
+        /// The dict's name.
+        name: String,
+        /// How long this process waited.
+        waited: Duration,
+    },
+
+    /// A shared-memory object of that name exists but is not an ultradict segment.
+    #[error("shared-memory object {segment:?} is not an ultradict segment: {reason}")]
+    Foreign {
+        /// The object's name in /dev/shm.
+        segment: String,
+        /// What gave it away.
+        reason: String,
+    },
+
+    /// The segment was written by another version of ultradict's format.
+    #[error("segment {segment:?} has format version {found}, this build reads version {expected}")]
+    VersionMismatch {
+        /// The object's name in /dev/shm.
+        segment: String,
+        /// The version in the segment.
+        found: u32,
+        /// The version this build writes and reads.
+        expected: u32,
+    },
+
+    /// The dict holds other types (or another struct) than this handle was opened with.
+    #[error("dict {name:?} holds {found}, but this process opened it as {expected}")]
+    SchemaMismatch {
+        /// The dict's name.
+        name: String,
+        /// The schema this process asked for.
+        expected: String,
+        /// The schema the dict was created with.
+        found: String,
+    },
+
+    /// An explicitly requested parameter differs from the one the creator chose.
+    #[error("dict {name:?} was created with {parameter} = {actual}, but {requested} was requested")]
+    ParameterMismatch {
+        /// The dict's name.
+        name: String,
+        /// Which parameter.
+        parameter: &'static str,
+        /// What this process asked for.
+        requested: String,
+        /// What the creator chose (and what is in force).
+        actual: String,
+    },
+
+    /// A builder option is out of range.
+    #[error("invalid option {option}: {reason}")]
+    InvalidOption {
+        /// The option's name.
+        option: &'static str,
+        /// What is wrong with the value.
+        reason: String,
+    },
+
+    /// /dev/shm has no room for a segment; nothing was changed.
+    #[error("no space in /dev/shm for {bytes} bytes of segment {segment:?}")]
+    OutOfSpace {
+        /// The object that could not be created.
+        segment: String,
+        /// Its size.
+        bytes: u64,
+    },
+
+    /// The state does not fit in the fixed `full_dump_size`; nothing was changed.
+    #[error(
+        "the full dump of dict {name:?} needs more than its fixed capacity of {capacity} bytes; \
+         nothing was changed (raise full_dump_size, or leave it unset to let dumps grow)"
+    )]
+    DumpTooSmall {
+        /// The dict's name.
+        name: String,
+        /// The fixed dump capacity.
+        capacity: u64,
+    },
+
+    /// Bytes in shared memory failed validation.
+    #[error("corrupt data in {segment:?}: {detail}")]
+    Corrupt {
+        /// The object holding the bad bytes.
+        segment: String,
+        /// What was wrong.
+        detail: String,
+    },
+
+    /// A value could not be serialized for a reason other than lack of space.
+    #[error("could not serialize an update of dict {name:?}: {detail}")]
+    Serialize {
+        /// The dict's name.
+        name: String,
+        /// What rkyv reported.
+        detail: String,
+    },
+
+    /// The lock is held by another thread or process and a non-blocking attempt was made.
+    #[error("the lock of dict {name:?} is held by process {holder_pid}")]
+    WouldBlock {
+        /// The dict's name.
+        name: String,
+        /// The holder's process id.
+        holder_pid: u32,
+    },
+
+    /// The lock was not acquired within the timeout.
+    #[error(
+        "timed out after {waited:?} waiting for the lock of dict {name:?}, held by process {holder_pid}"
+    )]
+    LockTimeout {
+        /// The dict's name.
+        name: String,
+        /// The holder's process id when the wait ended.
+        holder_pid: u32,
+        /// How long this thread waited.
+        waited: Duration,
+    },
+
+    /// This thread holds the lock through another handle of the same dict; waiting would deadlock.
+    #[error(
+        "this thread already holds the lock of dict {name:?} through another handle; use that \
+         handle inside the critical section"
+    )]
+    LockedByOtherHandle {
+        /// The dict's name.
+        name: String,
+    },
+
+    /// The dict's process table is full.
+    #[error("dict {name:?} is attached {limit} times already, the most it can track")]
+    TooManyHandles {
+        /// The dict's name.
+        name: String,
+        /// The size of the process table.
+        limit: usize,
+    },
+
+    /// The caller may not open the segment (another user's dict, mode 0600).
+    #[error("permission denied opening {segment:?}: it belongs to another user")]
+    PermissionDenied {
+        /// The object's name in /dev/shm.
+        segment: String,
+    },
+
+    /// Another operating-system error.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(segment: &str, detail: impl Into<String>) -> Self {
+        Error::Corrupt {
+            segment: segment.to_owned(),
+            detail: detail.into(),
+        }
+    }
+}

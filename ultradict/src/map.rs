@@ -1,0 +1,681 @@
+//! `UltraDict<K, V>`: the dynamic-key schema and its HashMap-like API.
+//!
+//! The full dump is an rkyv `ArchivedHashMap<K, V>` read in place; the overlay holds what
+//! the stream changed since (a value, or `None` for a removed key). A lookup asks the overlay
+//! first, then the mapped dump.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use rkyv::collections::swiss_table::{ArchivedHashMap, HashMapResolver};
+use rkyv::rancor::{self, Fallible, Source};
+use rkyv::ser::writer::Buffer;
+use rkyv::ser::{Allocator, Writer};
+use rkyv::{Archive, Place, Serialize};
+
+use crate::engine::{Engine, LockWait, View};
+use crate::error::Result;
+use crate::lock_guard::LockGuard;
+use crate::options::{Create, Lifetime, Options};
+use crate::schema::{self, Data, Fingerprint, Schema};
+use crate::status::Status;
+
+/// A key type: storable, hashable, and comparable with its archived form (so lookups in a
+/// mapped dump need no deserialization). Implemented for every type that qualifies.
+pub trait Key: Data<Stored: PartialEq<Self>> + Hash + Eq + Clone {}
+impl<T> Key for T where T: Data<Stored: PartialEq<T>> + Hash + Eq + Clone {}
+
+/// A value type: storable and cloneable. Implemented for every type that qualifies.
+pub trait Value: Data + Clone {}
+impl<T: Data + Clone> Value for T {}
+
+/// Load factor of archived maps (rkyv's default for `HashMap`).
+const LOAD_FACTOR: (usize, usize) = (7, 8);
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// One record of a map's stream.
+#[derive(Archive, Serialize, rkyv::Deserialize, Debug)]
+pub(crate) enum MapUpdate<K, V> {
+    Insert(K, V),
+    Remove(K),
+    Extend(Vec<(K, V)>),
+    Clear,
+}
+
+/// What a map process holds on top of its mapped dump.
+pub(crate) struct MapOverlay<K, V> {
+    /// Keys changed since the dump: `Some` value, or `None` if removed.
+    entries: FastMap<K, Option<V>>,
+    /// The dump no longer counts (a `Clear` was applied).
+    cleared: bool,
+    /// Number of live keys (dump and overlay together).
+    len: usize,
+}
+
+/// The schema of `UltraDict<K, V>`.
+pub(crate) struct MapSchema<K, V>(PhantomData<fn() -> (K, V)>);
+
+type ArchivedMap<K, V> = ArchivedHashMap<<K as Data>::Stored, <V as Data>::Stored>;
+
+/// Where a key's current value lives.
+enum Found<'v, K: Data, V: Data> {
+    Local(&'v V),
+    Mapped(&'v V::Stored),
+    Missing(PhantomData<K>),
+}
+
+impl<K: Key, V: Value> MapSchema<K, V> {
+    fn find<'v, Q>(
+        dump: Option<&'v ArchivedMap<K, V>>,
+        overlay: &'v MapOverlay<K, V>,
+        key: &Q,
+    ) -> Found<'v, K, V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        K::Stored: PartialEq<Q>,
+    {
+        if !overlay.entries.is_empty() {
+            match overlay.entries.get(key) {
+                Some(Some(value)) => return Found::Local(value),
+                Some(None) => return Found::Missing(PhantomData),
+                None => {}
+            }
+        }
+        if overlay.cleared {
+            return Found::Missing(PhantomData);
+        }
+        match dump.and_then(|dump| dump.get_with(key, |q, stored: &K::Stored| stored == q)) {
+            Some(stored) => Found::Mapped(stored),
+            None => Found::Missing(PhantomData),
+        }
+    }
+
+    fn in_dump(dump: Option<&ArchivedMap<K, V>>, overlay: &MapOverlay<K, V>, key: &K) -> bool {
+        !overlay.cleared
+            && dump.is_some_and(|dump| {
+                dump.get_with(key, |q, stored: &K::Stored| stored == q)
+                    .is_some()
+            })
+    }
+
+    fn insert(dump: Option<&ArchivedMap<K, V>>, overlay: &mut MapOverlay<K, V>, key: K, value: V) {
+        let existed = match overlay.entries.get(&key) {
+            Some(entry) => entry.is_some(),
+            None => Self::in_dump(dump, overlay, &key),
+        };
+        overlay.entries.insert(key, Some(value));
+        if !existed {
+            overlay.len += 1;
+        }
+    }
+
+    fn remove(dump: Option<&ArchivedMap<K, V>>, overlay: &mut MapOverlay<K, V>, key: K) {
+        let shadows_dump = Self::in_dump(dump, overlay, &key);
+        let existed = match overlay.entries.get(&key) {
+            Some(entry) => entry.is_some(),
+            None => shadows_dump,
+        };
+        if shadows_dump {
+            overlay.entries.insert(key, None);
+        } else {
+            overlay.entries.remove(&key);
+        }
+        if existed {
+            overlay.len -= 1;
+        }
+    }
+
+    /// Every live entry, owned.
+    fn materialize(
+        dump: Option<&ArchivedMap<K, V>>,
+        overlay: &MapOverlay<K, V>,
+    ) -> std::result::Result<FastMap<K, V>, rancor::Error> {
+        let mut all = FastMap::with_capacity_and_hasher(overlay.len, Default::default());
+        if let (Some(dump), false) = (dump, overlay.cleared) {
+            for (stored_key, stored_value) in dump.iter() {
+                let key: K = schema::deserialize(stored_key)?;
+                if !overlay.entries.contains_key(&key) {
+                    all.insert(key, schema::deserialize(stored_value)?);
+                }
+            }
+        }
+        for (key, value) in &overlay.entries {
+            if let Some(value) = value {
+                all.insert(key.clone(), value.clone());
+            }
+        }
+        Ok(all)
+    }
+}
+
+impl<K: Key, V: Value> Schema for MapSchema<K, V> {
+    type Dump = ArchivedMap<K, V>;
+    type Update = MapUpdate<K, V>;
+    type Overlay = MapOverlay<K, V>;
+
+    fn overlay_for(dump: Option<&Self::Dump>) -> Self::Overlay {
+        MapOverlay {
+            entries: FastMap::default(),
+            cleared: false,
+            len: dump.map_or(0, ArchivedHashMap::len),
+        }
+    }
+
+    fn fingerprint() -> Fingerprint {
+        Fingerprint::new(
+            format!(
+                "UltraDict<{}, {}>",
+                std::any::type_name::<K>(),
+                std::any::type_name::<V>()
+            ),
+            &[Fingerprint::layout_of::<K>(), Fingerprint::layout_of::<V>()],
+        )
+    }
+
+    fn apply_archived(
+        dump: Option<&Self::Dump>,
+        overlay: &mut Self::Overlay,
+        update: &<Self::Update as Data>::Stored,
+    ) -> std::result::Result<(), rancor::Error> {
+        let update: MapUpdate<K, V> = schema::deserialize(update)?;
+        Self::apply(dump, overlay, update);
+        Ok(())
+    }
+
+    fn apply(dump: Option<&Self::Dump>, overlay: &mut Self::Overlay, update: Self::Update) {
+        match update {
+            MapUpdate::Insert(key, value) => Self::insert(dump, overlay, key, value),
+            MapUpdate::Remove(key) => Self::remove(dump, overlay, key),
+            MapUpdate::Extend(pairs) => {
+                for (key, value) in pairs {
+                    Self::insert(dump, overlay, key, value);
+                }
+            }
+            MapUpdate::Clear => {
+                overlay.entries.clear();
+                overlay.cleared = true;
+                overlay.len = 0;
+            }
+        }
+    }
+
+    fn write_dump(
+        dump: Option<&Self::Dump>,
+        overlay: &Self::Overlay,
+        pending: Option<&Self::Update>,
+        out: Buffer<'_>,
+    ) -> std::result::Result<usize, rancor::Error> {
+        let mut all = match pending {
+            Some(MapUpdate::Clear) => FastMap::default(),
+            _ => Self::materialize(dump, overlay)?,
+        };
+        match pending {
+            Some(MapUpdate::Insert(key, value)) => {
+                all.insert(key.clone(), value.clone());
+            }
+            Some(MapUpdate::Remove(key)) => {
+                all.remove(key);
+            }
+            Some(MapUpdate::Extend(pairs)) => {
+                all.extend(pairs.iter().cloned());
+            }
+            Some(MapUpdate::Clear) | None => {}
+        }
+        let written = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&DumpEntries(&all), out)?;
+        Ok(written.len())
+    }
+}
+
+/// Serializes a `HashMap` with any hasher as rkyv's `ArchivedHashMap` (whose own hasher is
+/// fixed), so a dump is written straight from the map the writer builds.
+struct DumpEntries<'a, K, V, H>(&'a HashMap<K, V, H>);
+
+impl<K: Archive, V: Archive, H> Archive for DumpEntries<'_, K, V, H> {
+    type Archived = ArchivedHashMap<K::Archived, V::Archived>;
+    type Resolver = HashMapResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
+        ArchivedHashMap::resolve_from_len(self.0.len(), LOAD_FACTOR, resolver, out);
+    }
+}
+
+impl<K, V, H, S> Serialize<S> for DumpEntries<'_, K, V, H>
+where
+    K: Serialize<S> + Hash + Eq,
+    V: Serialize<S>,
+    S: Fallible + Writer + Allocator + ?Sized,
+    S::Error: Source,
+{
+    fn serialize(&self, serializer: &mut S) -> std::result::Result<Self::Resolver, S::Error> {
+        ArchivedHashMap::<K::Archived, V::Archived>::serialize_from_iter::<_, _, _, K, V, _>(
+            self.0.iter(),
+            LOAD_FACTOR,
+            serializer,
+        )
+    }
+}
+
+/// A dictionary shared by every process that opens the same name.
+///
+/// Reads are served from this process's view with no locking: when nothing changed since the
+/// last read, a read costs one atomic load and a hash lookup (in the records applied since
+/// the last full dump, then in place in the mapped dump). Writes take the cross-process lock,
+/// append one record to the shared stream and publish it.
+///
+/// A handle is `Send + Sync`: threads may share one (`Arc<UltraDict<..>>`) and exclude each
+/// other through its lock exactly as processes do.
+///
+/// ```
+/// # fn main() -> ultradict::Result<()> {
+/// use ultradict::UltraDict;
+///
+/// let jobs: UltraDict<String, u64> = UltraDict::builder().open()?; // a fresh, unique name
+/// jobs.insert("done".into(), 1)?;
+/// jobs.update("done", |n| n.unwrap_or(0) + 1)?; // atomic read-modify-write
+/// assert_eq!(jobs.get("done")?, Some(2));
+/// # Ok(()) }
+/// ```
+pub struct UltraDict<K: Key, V: Value> {
+    engine: Engine<MapSchema<K, V>>,
+}
+
+impl<K: Key, V: Value> fmt::Debug for UltraDict<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UltraDict")
+            .field("name", &self.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Key, V: Value> UltraDict<K, V> {
+    /// Starts configuring a handle. Without `.name(..)` a unique name is chosen (find it with
+    /// [`name`](Self::name) to share it).
+    ///
+    /// Names are 1 to [`MAX_NAME_LEN`](crate::MAX_NAME_LEN) bytes of ASCII letters, digits,
+    /// `.`, `_` and `-`, not starting with `.`; anything else is [`Error::InvalidName`](crate::Error::InvalidName).
+    pub fn builder() -> Builder<K, V> {
+        Builder {
+            options: Options::default(),
+            _types: PhantomData,
+        }
+    }
+
+    /// Opens (or creates) the dict `name` with default options.
+    ///
+    /// # Errors
+    /// As [`Builder::open`].
+    pub fn open(name: &str) -> Result<Self> {
+        Self::builder().name(name).open()
+    }
+
+    /// The dict's name, as other processes open it.
+    pub fn name(&self) -> &str {
+        self.engine.name()
+    }
+
+    /// The value of `key`, if any.
+    ///
+    /// # Errors
+    /// Only if catching up with other processes' updates failed (corrupt shared memory).
+    pub fn get<Q>(&self, key: &Q) -> Result<Option<V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        K::Stored: PartialEq<Q>,
+    {
+        self.engine.read(|view| Self::value_in(view, key))?
+    }
+
+    fn value_in<Q>(view: &View<MapSchema<K, V>>, key: &Q) -> Result<Option<V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        K::Stored: PartialEq<Q>,
+    {
+        match MapSchema::find(view.dump(), &view.overlay, key) {
+            Found::Local(value) => Ok(Some(value.clone())),
+            Found::Mapped(stored) => schema::deserialize(stored).map(Some).map_err(|e| {
+                crate::Error::corrupt("dump", format!("value failed to deserialize: {e}"))
+            }),
+            Found::Missing(_) => Ok(None),
+        }
+    }
+
+    /// Whether `key` has a value.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub fn contains_key<Q>(&self, key: &Q) -> Result<bool>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        K::Stored: PartialEq<Q>,
+    {
+        self.engine.read(|view| {
+            !matches!(
+                MapSchema::find(view.dump(), &view.overlay, key),
+                Found::Missing(_)
+            )
+        })
+    }
+
+    /// Sets `key` to `value` in every process; returns the previous value.
+    ///
+    /// # Errors
+    /// [`Error::OutOfSpace`](crate::Error::OutOfSpace) or
+    /// [`Error::DumpTooSmall`](crate::Error::DumpTooSmall) if the update forced a full dump that
+    /// could not be written; nothing changed then.
+    pub fn insert(&self, key: K, value: V) -> Result<Option<V>> {
+        self.engine.write(|view| {
+            let previous = Self::value_in(view, &key)?;
+            Ok((Some(MapUpdate::Insert(key, value)), previous))
+        })
+    }
+
+    /// Removes `key` in every process; returns its value.
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    pub fn remove<Q>(&self, key: &Q) -> Result<Option<V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        K::Stored: PartialEq<Q>,
+    {
+        self.engine.write(|view| {
+            let previous = Self::value_in(view, key)?;
+            let update = previous.as_ref().map(|_| MapUpdate::Remove(key.to_owned()));
+            Ok((update, previous))
+        })
+    }
+
+    /// Atomically replaces the value of `key` with `f(current value)` and returns the new
+    /// value. No other process or thread writes in between.
+    ///
+    /// ```
+    /// # fn main() -> ultradict::Result<()> {
+    /// let counters: ultradict::UltraDict<String, u64> = ultradict::UltraDict::builder().open()?;
+    /// counters.update("hits", |n| n.unwrap_or(0) + 1)?;
+    /// assert_eq!(counters.update("hits", |n| n.unwrap_or(0) + 1)?, 2);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    pub fn update<Q>(&self, key: &Q, f: impl FnOnce(Option<V>) -> V) -> Result<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        K::Stored: PartialEq<Q>,
+    {
+        self.engine.write(|view| {
+            let new = f(Self::value_in(view, key)?);
+            Ok((Some(MapUpdate::Insert(key.to_owned(), new.clone())), new))
+        })
+    }
+
+    /// The value of `key`; if there is none, inserts `f()` first. Atomic like
+    /// [`update`](Self::update).
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    pub fn get_or_insert_with(&self, key: K, f: impl FnOnce() -> V) -> Result<V> {
+        if let Some(value) = self.get(&key)? {
+            return Ok(value);
+        }
+        self.engine.write(|view| match Self::value_in(view, &key)? {
+            Some(value) => Ok((None, value)),
+            None => {
+                let value = f();
+                Ok((Some(MapUpdate::Insert(key, value.clone())), value))
+            }
+        })
+    }
+
+    /// Inserts many entries as one record (or one full dump if they do not fit the stream),
+    /// not one record per entry.
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    pub fn extend(&self, entries: impl IntoIterator<Item = (K, V)>) -> Result<()> {
+        let pairs: Vec<(K, V)> = entries.into_iter().collect();
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        self.engine
+            .write(|_| Ok((Some(MapUpdate::Extend(pairs)), ())))
+    }
+
+    /// Removes every entry, through a full dump of the empty map (so the memory of the old
+    /// dump is given back once every process has moved on).
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    pub fn clear(&self) -> Result<()> {
+        self.engine.write_via_dump(&MapUpdate::Clear)
+    }
+
+    /// Number of entries.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub fn len(&self) -> Result<usize> {
+        self.engine.read(|view| view.overlay.len)
+    }
+
+    /// Whether the dict has no entries.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// A consistent snapshot of every entry.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub fn to_hashmap(&self) -> Result<HashMap<K, V>> {
+        let all = self
+            .engine
+            .read(|view| MapSchema::materialize(view.dump(), &view.overlay))?;
+        let all = all.map_err(|e| crate::Error::corrupt("dump", format!("deserializing: {e}")))?;
+        Ok(all.into_iter().collect())
+    }
+
+    /// The entries of a consistent snapshot.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub fn iter(&self) -> Result<std::collections::hash_map::IntoIter<K, V>> {
+        Ok(self.to_hashmap()?.into_iter())
+    }
+
+    /// The keys of a consistent snapshot.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub fn keys(&self) -> Result<Vec<K>> {
+        Ok(self.to_hashmap()?.into_keys().collect())
+    }
+
+    /// The values of a consistent snapshot.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub fn values(&self) -> Result<Vec<V>> {
+        Ok(self.to_hashmap()?.into_values().collect())
+    }
+
+    /// Takes the cross-process lock. Until the guard drops, every operation of this thread on
+    /// this handle belongs to one critical section: other processes and threads wait.
+    ///
+    /// ```
+    /// # fn main() -> ultradict::Result<()> {
+    /// let d: ultradict::UltraDict<u32, u64> = ultradict::UltraDict::builder().open()?;
+    /// {
+    ///     let _guard = d.lock()?;
+    ///     let v = d.get(&1)?.unwrap_or(0);
+    ///     d.insert(1, v + 1)?; // nobody wrote in between
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::LockedByOtherHandle`](crate::Error::LockedByOtherHandle) if this thread holds
+    /// the lock through another handle of the same dict.
+    pub fn lock(&self) -> Result<LockGuard<'_>> {
+        self.engine.lock(LockWait::Forever)
+    }
+
+    /// Takes the lock if it is free (or held by a dead process), without waiting.
+    ///
+    /// # Errors
+    /// [`Error::WouldBlock`](crate::Error::WouldBlock) with the holder's pid.
+    pub fn try_lock(&self) -> Result<LockGuard<'_>> {
+        self.engine.lock(LockWait::Try)
+    }
+
+    /// Takes the lock, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::LockTimeout`](crate::Error::LockTimeout) with the holder's pid and the time
+    /// waited.
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<LockGuard<'_>> {
+        self.engine.lock(LockWait::Timeout(timeout))
+    }
+
+    /// Writes a full dump now; the stream starts empty again.
+    ///
+    /// # Errors
+    /// [`Error::OutOfSpace`](crate::Error::OutOfSpace) or
+    /// [`Error::DumpTooSmall`](crate::Error::DumpTooSmall); nothing changed then.
+    pub fn dump(&self) -> Result<()> {
+        self.engine.dump()
+    }
+
+    /// Catches up with other processes' updates; with `force`, rebuilds this handle's view
+    /// from the current dump and stream.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`](crate::Error::Corrupt) if shared memory fails validation.
+    pub fn load(&self, force: bool) -> Result<()> {
+        self.engine.reload(force)
+    }
+
+    /// Applies the updates other processes committed since this handle last looked. Reads do
+    /// this by themselves; call it to move a handle forward without reading.
+    ///
+    /// # Errors
+    /// As [`load`](Self::load).
+    pub fn apply_update(&self) -> Result<()> {
+        self.engine.catch_up()
+    }
+
+    /// The dict's shared state: segments, stream use, epoch, dumps, processes, lock holder.
+    pub fn status(&self) -> Status {
+        self.engine.status()
+    }
+
+    /// Closes the handle and returns the final contents. Under `Lifetime::LastClose` the last
+    /// handle to close removes the dict.
+    ///
+    /// # Errors
+    /// As [`to_hashmap`](Self::to_hashmap), or if removing the segments failed.
+    pub fn close(self) -> Result<HashMap<K, V>> {
+        let contents = self.to_hashmap()?;
+        self.engine.detach()?;
+        Ok(contents)
+    }
+
+    /// Removes every segment of this dict from /dev/shm now. Handles that are open keep
+    /// working on what they mapped; the next open of the name creates a new dict.
+    ///
+    /// # Errors
+    /// [`Error::Io`](crate::Error::Io) if a segment could not be removed.
+    pub fn unlink(&self) -> Result<()> {
+        self.engine.unlink()
+    }
+
+    /// Removes every segment of the dict `name` without opening it (for dicts whose
+    /// processes died, or persistent ones).
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`](crate::Error::InvalidName), or [`Error::Io`](crate::Error::Io) if a
+    /// segment could not be removed.
+    pub fn unlink_by_name(name: &str) -> Result<()> {
+        crate::engine::unlink_by_name(name)
+    }
+}
+
+/// Configures and opens an [`UltraDict`].
+#[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until `.open()`"]
+pub struct Builder<K, V> {
+    options: Options,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K: Key, V: Value> Builder<K, V> {
+    /// The dict's name; every process that opens this name shares the dict.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.options.name = Some(name.into());
+        self
+    }
+
+    /// Create, attach, or either (the default).
+    pub fn create(mut self, create: Create) -> Self {
+        self.options.create = create;
+        self
+    }
+
+    /// Bytes of update stream (default [`DEFAULT_BUFFER_SIZE`](crate::DEFAULT_BUFFER_SIZE)).
+    /// When the stream is full the next write makes a full dump. The creator's choice wins;
+    /// asking an existing dict for another size is an error.
+    pub fn buffer_size(mut self, bytes: usize) -> Self {
+        self.options.buffer_size = Some(bytes);
+        self
+    }
+
+    /// Fixes the size of every full dump segment. A dump that would not fit fails cleanly:
+    /// the write returns [`Error::DumpTooSmall`](crate::Error::DumpTooSmall) and nothing
+    /// changes. Unset, dumps are as large as they need to be.
+    pub fn full_dump_size(mut self, bytes: usize) -> Self {
+        self.options.full_dump_size = Some(bytes);
+        self
+    }
+
+    /// When the dict's segments are removed (default [`Lifetime::LastClose`]).
+    pub fn lifetime(mut self, lifetime: Lifetime) -> Self {
+        self.options.lifetime = Some(lifetime);
+        self
+    }
+
+    /// How long to wait for a dict that another process is still creating (default 2 s).
+    pub fn open_timeout(mut self, timeout: Duration) -> Self {
+        self.options.open_timeout = timeout;
+        self
+    }
+
+    /// Opens the dict.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`](crate::Error::InvalidName), [`Error::AlreadyExists`](crate::Error::AlreadyExists)
+    /// (`Create::New`), [`Error::NotFound`](crate::Error::NotFound) (`Create::Open`),
+    /// [`Error::SchemaMismatch`](crate::Error::SchemaMismatch) (other key or value types),
+    /// [`Error::ParameterMismatch`](crate::Error::ParameterMismatch),
+    /// [`Error::Foreign`](crate::Error::Foreign) (not an ultradict segment),
+    /// [`Error::NotReady`](crate::Error::NotReady), [`Error::OutOfSpace`](crate::Error::OutOfSpace),
+    /// [`Error::PermissionDenied`](crate::Error::PermissionDenied).
+    pub fn open(self) -> Result<UltraDict<K, V>> {
+        Ok(UltraDict {
+            engine: Engine::open(&self.options)?,
+        })
+    }
+}

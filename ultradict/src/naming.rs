@@ -1,0 +1,105 @@
+//! Dict names and the names of their segments in /dev/shm.
+//!
+//! A dict named `NAME` owns:
+//! - `ultradict.NAME`: the control block followed by the update stream;
+//! - `ultradict.NAME~dump.EPOCH`: the full dump that starts epoch `EPOCH` (epoch 0 has none).
+//!
+//! `~` may not appear in a dict name, so no dict's segment can be mistaken for another dict's
+//! dump, and every segment of a dict starts with `ultradict.NAME` followed by nothing or `~`.
+//! Tools recognize ultradict segments by the `ultradict.` prefix, then by the magic bytes.
+
+use crate::error::{Error, Result};
+use crate::os;
+
+/// The prefix of every ultradict segment in /dev/shm.
+pub(crate) const PREFIX: &str = "ultradict.";
+
+/// Separates a dict's name from the suffix of one of its other segments.
+pub(crate) const SEPARATOR: char = '~';
+
+/// The longest dict name: leaves room in the kernel's 255-byte limit for the prefix and the
+/// longest suffix (`~dump.` and a 20-digit epoch).
+pub const MAX_NAME_LEN: usize = os::MAX_OBJECT_NAME - PREFIX.len() - 32;
+
+/// Checks a user-supplied dict name: 1 to [`MAX_NAME_LEN`] bytes of ASCII letters, digits,
+/// `.`, `_` and `-`, not starting with `.`. Names are never paths.
+pub(crate) fn validate(name: &str) -> Result<()> {
+    let invalid = |reason| {
+        Err(Error::InvalidName {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return invalid("it is empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return invalid("it is longer than ultradict::MAX_NAME_LEN bytes");
+    }
+    if name.starts_with('.') {
+        return invalid("it starts with '.'");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return invalid("only ASCII letters, digits, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+/// The control segment of dict `name`.
+pub(crate) fn control(name: &str) -> String {
+    format!("{PREFIX}{name}")
+}
+
+/// The dump segment that starts `epoch` of dict `name`.
+pub(crate) fn dump(name: &str, epoch: u32) -> String {
+    format!("{PREFIX}{name}{SEPARATOR}dump.{epoch}")
+}
+
+/// Every segment in /dev/shm that belongs to dict `name`.
+pub(crate) fn segments_of(name: &str) -> Result<Vec<String>> {
+    let control = control(name);
+    let all = os::list_objects(&control).map_err(|e| Error::io("listing /dev/shm", e))?;
+    Ok(all
+        .into_iter()
+        .filter(|object| {
+            let rest = &object[control.len()..];
+            rest.is_empty() || rest.starts_with(SEPARATOR)
+        })
+        .collect())
+}
+
+/// A name no other dict has: process id, time and a counter.
+pub(crate) fn unique() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("anon-{}-{:x}-{n}", os::current_pid(), os::unix_time_ns())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_paths_and_odd_names() {
+        for bad in ["", "../x", "a/b", "/x", ".hidden", "sp ace", "tilde~x", "é"] {
+            assert!(
+                matches!(validate(bad), Err(Error::InvalidName { .. })),
+                "{bad:?}"
+            );
+        }
+        assert!(validate(&"x".repeat(MAX_NAME_LEN + 1)).is_err());
+        for good in ["a", "jobs", "my-app_1.state", &"x".repeat(MAX_NAME_LEN)] {
+            validate(good).unwrap();
+        }
+    }
+
+    #[test]
+    fn dump_names_never_collide_with_dict_names() {
+        // A dump name contains the separator, which no valid dict name may contain.
+        assert!(validate(&dump("a", 3)[PREFIX.len()..]).is_err());
+    }
+}

@@ -1,0 +1,109 @@
+//! How a dict is opened: create or attach, sizes, lifetime. Shared by every builder.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Whether `open()` creates the dict, attaches to it, or either.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Create {
+    /// Create it; fail with [`Error::AlreadyExists`] if the name is taken.
+    New,
+    /// Attach to it; fail with [`Error::NotFound`] if it does not exist.
+    Open,
+    /// Attach if it exists, create it otherwise.
+    #[default]
+    OpenOrCreate,
+}
+
+/// When a dict's segments are removed from /dev/shm.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Lifetime {
+    /// When the last attached handle closes (and by [`cleanup`](crate::UltraDict::unlink_by_name)
+    /// when every attached process died).
+    #[default]
+    LastClose,
+    /// When the creating handle closes, whoever else is still attached (UltraDict's
+    /// `auto_unlink=True`). Handles still open keep working on their own mappings.
+    Creator,
+    /// Never automatically: the dict outlives every process until it is unlinked explicitly.
+    Persistent,
+}
+
+impl Lifetime {
+    pub(crate) fn to_raw(self) -> u32 {
+        match self {
+            Lifetime::LastClose => 0,
+            Lifetime::Creator => 1,
+            Lifetime::Persistent => 2,
+        }
+    }
+
+    pub(crate) fn from_raw(raw: u32) -> Option<Self> {
+        match raw {
+            0 => Some(Lifetime::LastClose),
+            1 => Some(Lifetime::Creator),
+            2 => Some(Lifetime::Persistent),
+            _ => None,
+        }
+    }
+}
+
+/// The stream size used when none is given: 1 MiB, about 20,000 small updates between two
+/// full dumps, for 1 MiB of shared memory per dict.
+pub const DEFAULT_BUFFER_SIZE: usize = 1 << 20;
+
+/// The smallest stream accepted.
+pub const MIN_BUFFER_SIZE: usize = 256;
+
+/// The largest stream accepted (offsets are 32-bit).
+pub const MAX_BUFFER_SIZE: usize = (u32::MAX as usize) & !15;
+
+/// Options common to every kind of dict handle.
+#[derive(Clone, Debug)]
+pub(crate) struct Options {
+    pub(crate) name: Option<String>,
+    pub(crate) create: Create,
+    /// `None`: the creator's choice, or the default when creating.
+    pub(crate) buffer_size: Option<usize>,
+    pub(crate) full_dump_size: Option<usize>,
+    pub(crate) lifetime: Option<Lifetime>,
+    pub(crate) open_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            name: None,
+            create: Create::default(),
+            buffer_size: None,
+            full_dump_size: None,
+            lifetime: None,
+            open_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Options {
+    pub(crate) fn effective_buffer_size(&self) -> Result<usize> {
+        let size = self.buffer_size.unwrap_or(DEFAULT_BUFFER_SIZE);
+        if !(MIN_BUFFER_SIZE..=MAX_BUFFER_SIZE).contains(&size) {
+            return Err(Error::InvalidOption {
+                option: "buffer_size",
+                reason: format!("{size} is outside {MIN_BUFFER_SIZE}..={MAX_BUFFER_SIZE}"),
+            });
+        }
+        Ok(size.next_multiple_of(16).min(MAX_BUFFER_SIZE))
+    }
+
+    pub(crate) fn effective_full_dump_size(&self) -> Result<u64> {
+        match self.full_dump_size {
+            None => Ok(0),
+            Some(0) => Err(Error::InvalidOption {
+                option: "full_dump_size",
+                reason: "0 bytes cannot hold a dump; leave it unset to let dumps grow".into(),
+            }),
+            Some(size) => Ok(size as u64),
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! A named POSIX shared-memory object, mapped into this process.
+//!
+//! The mapping is a [`memmap2::MmapRaw`]: other processes write the same pages, so this module
+//! never hands out `&[u8]` or `&mut [u8]` over memory that others may change. Callers read and
+//! write through raw pointers, atomics, or slices over regions the protocol makes immutable
+//! (published dumps) or exclusive (the stream tail while holding the writers' lock).
+
+use std::io;
+
+use memmap2::{MmapOptions, MmapRaw};
+
+use crate::error::{Error, Result};
+use crate::os;
+
+/// A mapped shared-memory object. Unmapped on drop; the name stays until [`unlink`].
+#[derive(Debug)]
+pub(crate) struct Segment {
+    object: String,
+    map: MmapRaw,
+}
+
+impl Segment {
+    /// Creates `object` exclusively (mode 0600) with `len` bytes reserved, mapped read-write.
+    ///
+    /// Fails with `AlreadyExists` as an [`io::ErrorKind::AlreadyExists`] wrapped in
+    /// [`Error::Io`]: callers turn that into the error their context needs.
+    pub(crate) fn create(object: &str, len: u64) -> Result<Self> {
+        let fd = os::create_object(object, len).map_err(|e| map_open_error(object, len, e))?;
+        Self::map(object, &fd, len, true).inspect_err(|_| {
+            let _ = os::unlink_object(object);
+        })
+    }
+
+    /// Opens and maps an existing object; `min_len` bytes must be there.
+    pub(crate) fn open(object: &str, writable: bool) -> Result<Self> {
+        let fd = os::open_object(object, writable).map_err(|e| map_open_error(object, 0, e))?;
+        let len = os::object_len(&fd).map_err(|e| Error::io(format!("fstat {object}"), e))?;
+        Self::map(object, &fd, len, writable)
+    }
+
+    fn map(object: &str, fd: &std::os::fd::OwnedFd, len: u64, writable: bool) -> Result<Self> {
+        let len = usize::try_from(len).map_err(|_| Error::corrupt(object, "larger than memory"))?;
+        if len == 0 {
+            // An object its creator has not sized yet; nothing to map.
+            return Ok(Self {
+                object: object.to_owned(),
+                map: empty_map()?,
+            });
+        }
+        let mut options = MmapOptions::new();
+        options.len(len);
+        let map = if writable {
+            options.map_raw(fd)
+        } else {
+            options.map_raw_read_only(fd)
+        };
+        let map = map.map_err(|e| Error::io(format!("mapping {object}"), e))?;
+        Ok(Self {
+            object: object.to_owned(),
+            map,
+        })
+    }
+
+    /// The object's name in /dev/shm.
+    pub(crate) fn object(&self) -> &str {
+        &self.object
+    }
+
+    /// Mapped length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Start of the mapping (page aligned).
+    pub(crate) fn as_ptr(&self) -> *const u8 {
+        self.map.as_ptr()
+    }
+
+    /// Start of the mapping, for writes. Only valid on segments opened writable.
+    pub(crate) fn as_mut_ptr(&self) -> *mut u8 {
+        self.map.as_mut_ptr()
+    }
+
+    /// A slice over bytes that no process writes any more (a published dump).
+    ///
+    /// # Safety
+    /// The caller guarantees that no process writes `range` while the slice lives.
+    pub(crate) unsafe fn immutable_bytes(&self, start: usize, len: usize) -> &[u8] {
+        assert!(start.checked_add(len).is_some_and(|end| end <= self.len()));
+        // SAFETY: in bounds (asserted), mapped for the life of `self`, and unchanging by the
+        // caller's guarantee.
+        unsafe { std::slice::from_raw_parts(self.as_ptr().add(start), len) }
+    }
+}
+
+fn empty_map() -> Result<MmapRaw> {
+    MmapOptions::new()
+        .len(1)
+        .map_anon()
+        .map(MmapRaw::from)
+        .map_err(|e| Error::io("mapping an empty placeholder", e))
+}
+
+/// Removes `object`'s name. A missing object is not an error: it is what the caller wanted.
+pub(crate) fn unlink(object: &str) -> Result<()> {
+    match os::unlink_object(object) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("unlinking {object}"), e)),
+    }
+}
+
+fn map_open_error(object: &str, len: u64, err: io::Error) -> Error {
+    match err.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EFBIG) => Error::OutOfSpace {
+            segment: object.to_owned(),
+            bytes: len,
+        },
+        Some(libc::EACCES) | Some(libc::EPERM) => Error::PermissionDenied {
+            segment: object.to_owned(),
+        },
+        _ => Error::io(format!("opening {object}"), err),
+    }
+}
+
+/// Whether `err` is a missing object.
+pub(crate) fn is_not_found(err: &Error) -> bool {
+    matches!(err, Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+}
+
+/// Whether `err` is an object that already exists.
+pub(crate) fn is_already_exists(err: &Error) -> bool {
+    matches!(err, Error::Io { source, .. } if source.kind() == io::ErrorKind::AlreadyExists)
+}
