@@ -307,5 +307,6 @@ pub fn wait_forked(pid: libc::pid_t, timeout: Duration) -> i32 {
 /// The report in a line of a child's output. The test harness may have printed the test's
 /// name before it on the same line.
 fn report_in(line: &str) -> Option<&str> {
-    line.find(REPORT_PREFIX).map(|at| &line[at + REPORT_PREFIX.len()..])
+    line.find(REPORT_PREFIX)
+        .map(|at| &line[at + REPORT_PREFIX.len()..])
 }

@@ -262,7 +262,9 @@ impl<S: Schema> Engine<S> {
         // Count ourselves in, unless the last handle is removing the dict right now.
         let mut attached = control.attached.load(Ordering::Acquire);
         loop {
-            if attached == 0 {
+            // Under LastClose, 0 means the last handle is removing the dict right now. Other
+            // lifetimes legitimately drop to 0 handles and live on.
+            if attached == 0 && lifetime == Lifetime::LastClose {
                 return Err(Dying);
             }
             match control.attached.0.compare_exchange_weak(

@@ -17,6 +17,8 @@ use crate::os;
 pub(crate) struct Segment {
     object: String,
     map: MmapRaw,
+    /// The object's size; the mapping of an empty object is a placeholder of another size.
+    len: usize,
 }
 
 impl Segment {
@@ -45,6 +47,7 @@ impl Segment {
             return Ok(Self {
                 object: object.to_owned(),
                 map: empty_map()?,
+                len: 0,
             });
         }
         let mut options = MmapOptions::new();
@@ -58,6 +61,7 @@ impl Segment {
         Ok(Self {
             object: object.to_owned(),
             map,
+            len,
         })
     }
 
@@ -68,7 +72,7 @@ impl Segment {
 
     /// Mapped length in bytes.
     pub(crate) fn len(&self) -> usize {
-        self.map.len()
+        self.len
     }
 
     /// Start of the mapping (page aligned).

@@ -1,0 +1,534 @@
+//! Opening, naming, checking and removing dicts, and the map API's behaviour, through the
+//! public API. Where another process matters, a child re-executes this binary.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ultradict::{Create, Error, Lifetime, UltraDict};
+use ultradict_workspace::{Spawn, arg, assert_no_segments, report, role, shm_objects, unique_name};
+
+const WATCHDOG: Duration = Duration::from_secs(60);
+
+#[test]
+fn child_entry() {
+    let Some(role) = role() else { return };
+    let name = arg("NAME");
+    match role.as_str() {
+        "open_as_strings" => {
+            let err = UltraDict::<u64, String>::builder()
+                .name(&name)
+                .create(Create::Open)
+                .open()
+                .unwrap_err();
+            report(err);
+        }
+        "dump_state" => {
+            let d: UltraDict<u32, String> = UltraDict::builder()
+                .name(&name)
+                .create(Create::Open)
+                .open()
+                .unwrap();
+            let mut entries: Vec<_> = d.iter().unwrap().collect();
+            entries.sort();
+            report(format!("{entries:?} epoch {}", d.status().epoch));
+        }
+        "attach_and_hold" => {
+            let d: UltraDict<u32, u32> = UltraDict::builder()
+                .name(&name)
+                .create(Create::Open)
+                .open()
+                .unwrap();
+            d.insert(2, 2).unwrap();
+            report("attached");
+            // Wait for the parent to close its handle, then close ours.
+            while d.get(&1000).unwrap().is_none() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+#[test]
+fn create_and_open_semantics() {
+    let name = unique_name("create");
+    let missing = UltraDict::<u32, u32>::builder()
+        .name(&name)
+        .create(Create::Open)
+        .open();
+    assert!(
+        matches!(missing, Err(Error::NotFound { .. })),
+        "{missing:?}"
+    );
+
+    let first = UltraDict::<u32, u32>::builder()
+        .name(&name)
+        .create(Create::New)
+        .open()
+        .unwrap();
+    first.insert(1, 10).unwrap();
+    let again = UltraDict::<u32, u32>::builder()
+        .name(&name)
+        .create(Create::New)
+        .open();
+    assert!(
+        matches!(again, Err(Error::AlreadyExists { .. })),
+        "{again:?}"
+    );
+
+    let opened = UltraDict::<u32, u32>::builder()
+        .name(&name)
+        .create(Create::Open)
+        .open()
+        .unwrap();
+    let either = UltraDict::<u32, u32>::open(&name).unwrap();
+    assert_eq!(opened.get(&1).unwrap(), Some(10));
+    assert_eq!(either.get(&1).unwrap(), Some(10));
+    drop((first, opened, either));
+    assert_no_segments(&name);
+}
+
+#[test]
+fn unnamed_dicts_get_unique_names() {
+    let a = UltraDict::<u32, u32>::builder().open().unwrap();
+    let b = UltraDict::<u32, u32>::builder().open().unwrap();
+    assert_ne!(a.name(), b.name());
+    let shared = UltraDict::<u32, u32>::open(a.name()).unwrap();
+    a.insert(1, 1).unwrap();
+    assert_eq!(shared.get(&1).unwrap(), Some(1));
+    let names = (a.name().to_owned(), b.name().to_owned());
+    drop((a, b, shared));
+    assert_no_segments(&names.0);
+    assert_no_segments(&names.1);
+}
+
+#[test]
+fn bad_names_are_errors_not_paths() {
+    let too_long = "x".repeat(ultradict::MAX_NAME_LEN + 1);
+    for bad in [
+        "../x",
+        "",
+        "a/b",
+        "/etc",
+        ".hidden",
+        "two words",
+        "a~b",
+        too_long.as_str(),
+    ] {
+        let result = UltraDict::<u32, u32>::open(bad);
+        assert!(
+            matches!(result, Err(Error::InvalidName { .. })),
+            "{bad:?} gave {result:?}"
+        );
+        assert!(matches!(
+            UltraDict::<u32, u32>::unlink_by_name(bad),
+            Err(Error::InvalidName { .. })
+        ));
+    }
+}
+
+#[test]
+fn other_types_cannot_attach_and_the_error_names_both() {
+    let name = unique_name("types");
+    let d = UltraDict::<u64, u64>::open(&name).unwrap();
+    let reports = Spawn::test("child_entry", "open_as_strings")
+        .env("NAME", &name)
+        .start()
+        .wait(WATCHDOG);
+    let message = &reports[0];
+    assert!(message.contains("UltraDict<u64, u64>"), "{message}");
+    assert!(
+        message.contains("UltraDict<u64, alloc::string::String>"),
+        "{message}"
+    );
+    // In this process too, as a typed error.
+    match UltraDict::<u64, String>::open(&name) {
+        Err(Error::SchemaMismatch {
+            expected, found, ..
+        }) => {
+            assert_eq!(found, "UltraDict<u64, u64>");
+            assert_eq!(expected, "UltraDict<u64, alloc::string::String>");
+        }
+        other => panic!("expected a schema mismatch, got {other:?}"),
+    }
+    drop(d);
+    assert_no_segments(&name);
+}
+
+#[test]
+fn a_foreign_object_under_the_name_is_an_error() {
+    let name = unique_name("foreign");
+    let path = format!("/dev/shm/ultradict.{name}");
+    std::fs::write(&path, vec![0xAB; 20_000]).unwrap();
+    let result = UltraDict::<u32, u32>::open(&name);
+    assert!(matches!(result, Err(Error::Foreign { .. })), "{result:?}");
+    // Too small to be a control block, and never initialized.
+    std::fs::write(&path, b"hello").unwrap();
+    let result = UltraDict::<u32, u32>::builder()
+        .name(&name)
+        .open_timeout(Duration::from_millis(50))
+        .open();
+    assert!(matches!(result, Err(Error::Foreign { .. })), "{result:?}");
+    // Empty: a creator that never finished.
+    std::fs::write(&path, b"").unwrap();
+    let result = UltraDict::<u32, u32>::builder()
+        .name(&name)
+        .open_timeout(Duration::from_millis(50))
+        .open();
+    assert!(matches!(result, Err(Error::NotReady { .. })), "{result:?}");
+    // The file is untouched by the failed opens; unlink_by_name removes it.
+    assert!(std::path::Path::new(&path).exists());
+    UltraDict::<u32, u32>::unlink_by_name(&name).unwrap();
+    assert_no_segments(&name);
+}
+
+#[test]
+fn the_creators_parameters_win_and_explicit_differences_are_errors() {
+    let name = unique_name("params");
+    let creator = UltraDict::<u32, u32>::builder()
+        .name(&name)
+        .buffer_size(4096)
+        .full_dump_size(1 << 20)
+        .open()
+        .unwrap();
+    let implicit = UltraDict::<u32, u32>::open(&name).unwrap();
+    assert_eq!(implicit.status().buffer_size, 4096);
+    assert_eq!(implicit.status().full_dump_size, Some(1 << 20));
+    let wrong_buffer = UltraDict::<u32, u32>::builder()
+        .name(&name)
+        .buffer_size(8192)
+        .open();
+    assert!(
+        matches!(
+            &wrong_buffer,
+            Err(Error::ParameterMismatch {
+                parameter: "buffer_size",
+                ..
+            })
+        ),
+        "{wrong_buffer:?}"
+    );
+    let wrong_dump = UltraDict::<u32, u32>::builder()
+        .name(&name)
+        .full_dump_size(4096)
+        .open();
+    assert!(matches!(
+        &wrong_dump,
+        Err(Error::ParameterMismatch {
+            parameter: "full_dump_size",
+            ..
+        })
+    ));
+    let wrong_lifetime = UltraDict::<u32, u32>::builder()
+        .name(&name)
+        .lifetime(Lifetime::Persistent)
+        .open();
+    assert!(matches!(
+        &wrong_lifetime,
+        Err(Error::ParameterMismatch {
+            parameter: "lifetime",
+            ..
+        })
+    ));
+    let same = UltraDict::<u32, u32>::builder()
+        .name(&name)
+        .buffer_size(4096)
+        .open();
+    assert!(same.is_ok());
+    let bad = UltraDict::<u32, u32>::builder().buffer_size(10).open();
+    assert!(matches!(
+        bad,
+        Err(Error::InvalidOption {
+            option: "buffer_size",
+            ..
+        })
+    ));
+    drop((creator, implicit, same));
+    assert_no_segments(&name);
+}
+
+#[test]
+fn a_dump_too_large_for_its_fixed_capacity_changes_nothing_anywhere() {
+    let name = unique_name("capacity");
+    let d = UltraDict::<u32, String>::builder()
+        .name(&name)
+        .buffer_size(1024)
+        .full_dump_size(8192)
+        .open()
+        .unwrap();
+    d.insert(1, "one".into()).unwrap();
+    d.insert(2, "two".into()).unwrap();
+    let before = Spawn::test("child_entry", "dump_state")
+        .env("NAME", &name)
+        .start()
+        .wait(WATCHDOG);
+    let status_before = d.status();
+    let result = d.insert(3, "x".repeat(20_000));
+    assert!(
+        matches!(result, Err(Error::DumpTooSmall { capacity: 8192, .. })),
+        "{result:?}"
+    );
+    // Nothing changed, here or in another process, and no dump segment was left behind.
+    assert_eq!(d.get(&3).unwrap(), None);
+    assert_eq!(d.len().unwrap(), 2);
+    assert_eq!(d.status().epoch, status_before.epoch);
+    assert_eq!(d.status().committed_offset, status_before.committed_offset);
+    let after = Spawn::test("child_entry", "dump_state")
+        .env("NAME", &name)
+        .start()
+        .wait(WATCHDOG);
+    assert_eq!(before, after);
+    assert_eq!(shm_objects(&name), vec![format!("ultradict.{name}")]);
+    // A value that fits still goes through.
+    d.insert(3, "three".into()).unwrap();
+    assert_eq!(d.get(&3).unwrap().as_deref(), Some("three"));
+    drop(d);
+    assert_no_segments(&name);
+}
+
+#[test]
+fn last_close_removes_every_segment() {
+    let name = unique_name("lastclose");
+    let d = UltraDict::<u32, u32>::builder()
+        .name(&name)
+        .buffer_size(256)
+        .open()
+        .unwrap();
+    for i in 0..100 {
+        d.insert(i, i).unwrap(); // through several dumps
+    }
+    assert!(d.status().epoch > 0);
+    let mut child = Spawn::test("child_entry", "attach_and_hold")
+        .env("NAME", &name)
+        .start();
+    child.wait_for_report("attached", WATCHDOG);
+    let status = d.status();
+    assert_eq!(status.attached_pids.len(), 2, "{status}");
+    d.insert(1000, 0).unwrap();
+    let contents = d.close().unwrap();
+    assert_eq!(contents.len(), 101);
+    assert!(
+        !shm_objects(&name).is_empty(),
+        "the child still has it open"
+    );
+    child.wait(WATCHDOG);
+    assert_no_segments(&name);
+}
+
+#[test]
+fn persistent_dicts_stay_until_unlinked() {
+    let name = unique_name("persistent");
+    let d = UltraDict::<u32, u32>::builder()
+        .name(&name)
+        .lifetime(Lifetime::Persistent)
+        .open()
+        .unwrap();
+    d.insert(1, 1).unwrap();
+    d.dump().unwrap();
+    d.insert(2, 2).unwrap();
+    drop(d);
+    assert_eq!(shm_objects(&name).len(), 2, "control and dump stay");
+    let again = UltraDict::<u32, u32>::open(&name).unwrap();
+    assert_eq!(again.get(&1).unwrap(), Some(1));
+    assert_eq!(again.get(&2).unwrap(), Some(2));
+    drop(again);
+    UltraDict::<u32, u32>::unlink_by_name(&name).unwrap();
+    assert_no_segments(&name);
+}
+
+#[test]
+fn creator_lifetime_removes_the_dict_when_the_creator_closes() {
+    let name = unique_name("creator");
+    let creator = UltraDict::<u32, u32>::builder()
+        .name(&name)
+        .lifetime(Lifetime::Creator)
+        .open()
+        .unwrap();
+    let other = UltraDict::<u32, u32>::open(&name).unwrap();
+    drop(creator);
+    assert_no_segments(&name);
+    // The remaining handle keeps working on its mapping.
+    other.insert(1, 1).unwrap();
+    assert_eq!(other.get(&1).unwrap(), Some(1));
+}
+
+#[test]
+fn segments_are_private_to_their_owner() {
+    let name = unique_name("mode");
+    let d = UltraDict::<u32, u32>::open(&name).unwrap();
+    d.insert(1, 1).unwrap();
+    d.dump().unwrap();
+    for object in shm_objects(&name) {
+        let mode = std::fs::metadata(format!("/dev/shm/{object}"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{object}");
+    }
+    drop(d);
+    assert_no_segments(&name);
+}
+
+#[test]
+fn behaves_like_a_hashmap() {
+    let name = unique_name("hashmap");
+    let d = UltraDict::<String, u64>::builder()
+        .name(&name)
+        .buffer_size(512)
+        .open()
+        .unwrap();
+    let other = UltraDict::<String, u64>::open(&name).unwrap();
+    let mut model = HashMap::new();
+    for round in 0..400u64 {
+        let key = format!("k{}", round % 37);
+        match round % 7 {
+            0 | 1 | 2 => assert_eq!(
+                d.insert(key.clone(), round).unwrap(),
+                model.insert(key, round)
+            ),
+            3 => assert_eq!(d.remove(&key).unwrap(), model.remove(&key)),
+            4 => {
+                let new = d.update(&key, |v| v.unwrap_or(0) + 1000).unwrap();
+                let expected = model.get(&key).copied().unwrap_or(0) + 1000;
+                model.insert(key, expected);
+                assert_eq!(new, expected);
+            }
+            5 => {
+                let got = d.get_or_insert_with(key.clone(), || round).unwrap();
+                assert_eq!(got, *model.entry(key).or_insert(round));
+            }
+            _ => {
+                let batch: Vec<_> = (0..5)
+                    .map(|i| (format!("b{}", (round + i) % 11), round + i))
+                    .collect();
+                model.extend(batch.clone());
+                d.extend(batch).unwrap();
+            }
+        }
+        if round == 200 {
+            d.clear().unwrap();
+            model.clear();
+        }
+        assert_eq!(other.len().unwrap(), model.len());
+        assert_eq!(other.is_empty().unwrap(), model.is_empty());
+    }
+    assert_eq!(other.to_hashmap().unwrap(), model);
+    let mut keys = other.keys().unwrap();
+    keys.sort();
+    let mut model_keys: Vec<_> = model.keys().cloned().collect();
+    model_keys.sort();
+    assert_eq!(keys, model_keys);
+    assert_eq!(
+        other.values().unwrap().iter().sum::<u64>(),
+        model.values().sum::<u64>()
+    );
+    assert!(other.contains_key("k1").unwrap() == model.contains_key("k1"));
+    assert!(d.status().epoch > 3, "meant to cross dumps: {}", d.status());
+    // A forced reload rebuilds the same view.
+    other.load(true).unwrap();
+    assert_eq!(other.to_hashmap().unwrap(), model);
+    drop((d, other));
+    assert_no_segments(&name);
+}
+
+#[test]
+fn status_reports_the_shared_state() {
+    let name = unique_name("status");
+    let d = UltraDict::<u32, u32>::builder()
+        .name(&name)
+        .buffer_size(4096)
+        .open()
+        .unwrap();
+    d.insert(1, 1).unwrap();
+    let status = d.status();
+    assert_eq!(status.name, name);
+    assert_eq!(status.epoch, 0);
+    assert!(status.buffer_used > 0);
+    assert_eq!(status.records, 1);
+    assert_eq!(status.attached_pids, vec![std::process::id()]);
+    assert!(status.lock_holder.is_none());
+    {
+        let _guard = d.lock().unwrap();
+        let held = d.status().lock_holder.expect("held");
+        assert_eq!(held.pid, std::process::id());
+        assert!(held.since.is_some());
+    }
+    d.dump().unwrap();
+    let status = d.status();
+    assert_eq!((status.epoch, status.dumps, status.buffer_used), (1, 1, 0));
+    let text = status.to_string();
+    for needle in [
+        name.as_str(),
+        "epoch",
+        "UltraDict<u32, u32>",
+        "lock              free",
+        "dump",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from\n{text}");
+    }
+    drop(d);
+    assert_no_segments(&name);
+}
+
+#[test]
+fn threads_share_a_handle_and_its_lock() {
+    let name = unique_name("threads");
+    let d = Arc::new(UltraDict::<u32, u64>::open(&name).unwrap());
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let d = Arc::clone(&d);
+            std::thread::spawn(move || {
+                for _ in 0..2_000 {
+                    // Read and write in one critical section, through the re-entrant lock.
+                    let _guard = d.lock().unwrap();
+                    let value = d.get(&0).unwrap().unwrap_or(0);
+                    d.insert(0, value + 1).unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    assert_eq!(d.get(&0).unwrap(), Some(8_000));
+    drop(d);
+    assert_no_segments(&name);
+}
+
+#[test]
+fn lock_errors_carry_the_holder() {
+    let name = unique_name("lockerr");
+    let d = Arc::new(UltraDict::<u32, u32>::open(&name).unwrap());
+    let guard = d.lock().unwrap();
+    let other = Arc::clone(&d);
+    std::thread::spawn(move || {
+        let pid = std::process::id();
+        match other.try_lock() {
+            Err(Error::WouldBlock { holder_pid, .. }) => assert_eq!(holder_pid, pid),
+            result => panic!("expected WouldBlock, got {result:?}"),
+        }
+        match other.lock_timeout(Duration::from_millis(30)) {
+            Err(Error::LockTimeout {
+                holder_pid, waited, ..
+            }) => {
+                assert_eq!(holder_pid, pid);
+                assert!(waited >= Duration::from_millis(30));
+            }
+            result => panic!("expected LockTimeout, got {result:?}"),
+        }
+    })
+    .join()
+    .unwrap();
+    // Another handle in the holding thread would deadlock: it is an error instead.
+    let second = UltraDict::<u32, u32>::open(&name).unwrap();
+    assert!(matches!(
+        second.try_lock(),
+        Err(Error::LockedByOtherHandle { .. })
+    ));
+    drop(guard);
+    drop(second.try_lock().unwrap());
+    drop((d, second));
+    assert_no_segments(&name);
+}
