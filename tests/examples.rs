@@ -1,0 +1,48 @@
+//! Every example runs here, so none can rot.
+
+use std::process::Command;
+
+fn run_example(name: &str, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO"))
+        .args(["run", "--quiet", "--example", name, "--"])
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cargo");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "example {name} failed: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn quickstart_shows_both_processes_seeing_each_other() {
+    let out = run_example("quickstart", &[]);
+    assert!(
+        out.contains("attached; the greeting says: Some(\"hello from process"),
+        "{out}"
+    );
+    assert!(
+        out.contains("sees the reply: \"hi back from process"),
+        "{out}"
+    );
+    assert!(
+        out.contains("sees the acknowledgement: \"got it\""),
+        "{out}"
+    );
+    assert!(out.contains("visits = 1"), "{out}");
+}
+
+#[test]
+fn parallel_tally_adds_up_exactly() {
+    let out = run_example("parallel_tally", &["3", "30000"]);
+    assert!(
+        out.contains("numbers tallied: 30000 of 30000, by 3 processes"),
+        "{out}"
+    );
+    assert!(out.contains("primes below 30000: 3245"), "{out}");
+}
