@@ -384,7 +384,7 @@ fn behaves_like_a_hashmap() {
     for round in 0..400u64 {
         let key = format!("k{}", round % 37);
         match round % 7 {
-            0 | 1 | 2 => assert_eq!(
+            0..=2 => assert_eq!(
                 d.insert(key.clone(), round).unwrap(),
                 model.insert(key, round)
             ),

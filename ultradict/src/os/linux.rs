@@ -98,13 +98,23 @@ extern "C" fn after_fork_in_child() {
     FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
 }
 
-thread_local! {
-    /// (fork generation, thread id) of the calling thread.
-    static CACHED_TID: Cell<(u64, u32)> = const { Cell::new((u64::MAX, 0)) };
+/// Identity of a thread, cached per thread: ids change only across `fork`.
+#[derive(Clone, Copy)]
+struct ThreadIdentity {
+    /// The [`FORK_GENERATION`] the entry was read in.
+    generation: u64,
+    tid: u32,
+    pid: u32,
+    /// Start time in clock ticks since boot, read lazily (0 until first asked).
+    start_time: u64,
 }
 
-/// The calling thread's kernel thread id, cached per thread and refreshed after `fork`.
-pub(crate) fn current_tid() -> u32 {
+thread_local! {
+    static THIS_THREAD: Cell<ThreadIdentity> =
+        const { Cell::new(ThreadIdentity { generation: u64::MAX, tid: 0, pid: 0, start_time: 0 }) };
+}
+
+fn this_thread() -> ThreadIdentity {
     ATFORK.call_once(|| {
         // SAFETY: `after_fork_in_child` only performs an atomic increment, which is
         // async-signal-safe, as a handler running in a freshly forked child must be.
@@ -113,26 +123,57 @@ pub(crate) fn current_tid() -> u32 {
         }
     });
     let generation = FORK_GENERATION.load(Ordering::Relaxed);
-    CACHED_TID.with(|cached| {
-        let (seen, tid) = cached.get();
-        if seen == generation {
-            return tid;
+    THIS_THREAD.with(|cached| {
+        let identity = cached.get();
+        if identity.generation == generation {
+            return identity;
         }
         let tid = rustix::thread::gettid()
             .as_raw_nonzero()
             .get()
             .unsigned_abs();
-        cached.set((generation, tid));
-        tid
+        let pid = rustix::process::getpid()
+            .as_raw_nonzero()
+            .get()
+            .unsigned_abs();
+        let identity = ThreadIdentity {
+            generation,
+            tid,
+            pid,
+            start_time: 0,
+        };
+        cached.set(identity);
+        identity
     })
 }
 
-/// The calling process's id.
+/// The calling thread's kernel thread id, cached per thread and refreshed after `fork`.
+pub(crate) fn current_tid() -> u32 {
+    this_thread().tid
+}
+
+/// The start time of the calling thread (clock ticks since boot), cached per thread.
+pub(crate) fn current_thread_start_time() -> u64 {
+    let identity = this_thread();
+    if identity.start_time != 0 {
+        return identity.start_time;
+    }
+    let start_time = match task(identity.tid) {
+        Task::Alive { start_time } => start_time,
+        Task::Dead => 0,
+    };
+    THIS_THREAD.with(|cached| {
+        cached.set(ThreadIdentity {
+            start_time,
+            ..identity
+        })
+    });
+    start_time
+}
+
+/// The calling process's id, cached per thread and refreshed after `fork`.
 pub(crate) fn current_pid() -> u32 {
-    rustix::process::getpid()
-        .as_raw_nonzero()
-        .get()
-        .unsigned_abs()
+    this_thread().pid
 }
 
 /// What /proc says about a task (a process or a thread).
@@ -174,14 +215,6 @@ pub(crate) fn task_alive(id: u32, start_time: u64) -> bool {
     }
 }
 
-/// The start time of the calling thread, in clock ticks since boot.
-pub(crate) fn current_thread_start_time() -> u64 {
-    match task(current_tid()) {
-        Task::Alive { start_time } => start_time,
-        Task::Dead => 0,
-    }
-}
-
 /// The start time of the calling process, cached and refreshed after `fork`.
 pub(crate) fn current_process_start_time() -> u64 {
     static CACHE: AtomicU64 = AtomicU64::new(0);
@@ -199,9 +232,9 @@ pub(crate) fn current_process_start_time() -> u64 {
     start
 }
 
-/// Nanoseconds since the Unix epoch, for "held since" reports.
+/// Nanoseconds since the Unix epoch, for "held since" reports. The coarse clock (a few
+/// milliseconds of resolution) costs a fraction of the precise one on every lock acquire.
 pub(crate) fn unix_time_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
 }
