@@ -532,3 +532,26 @@ fn lock_errors_carry_the_holder() {
     drop((d, second));
     assert_no_segments(&name);
 }
+
+#[test]
+fn closures_may_use_the_dict_they_update() {
+    let name = unique_name("reentrant");
+    let d = UltraDict::<String, u64>::open(&name).unwrap();
+    d.insert("step".into(), 5).unwrap();
+    let total = d
+        .update("total", |t| {
+            // Reads and writes from inside the critical section do not deadlock.
+            let step = d.get("step").unwrap().unwrap_or(0);
+            d.insert("seen".into(), 1).unwrap();
+            t.unwrap_or(0) + step
+        })
+        .unwrap();
+    assert_eq!(total, 5);
+    let made = d
+        .get_or_insert_with("lazy".into(), || d.get("step").unwrap().unwrap() * 2)
+        .unwrap();
+    assert_eq!(made, 10);
+    assert_eq!(d.get("seen").unwrap(), Some(1));
+    drop(d);
+    assert_no_segments(&name);
+}

@@ -414,10 +414,14 @@ impl<K: Key, V: Value> UltraDict<K, V> {
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
         K::Stored: PartialEq<Q>,
     {
-        self.engine.write(|view| {
-            let new = f(Self::value_in(view, key)?);
-            Ok((Some(MapUpdate::Insert(key.to_owned(), new.clone())), new))
-        })
+        // `f` runs under the cross-process lock but outside this handle's view lock, so it
+        // may itself read or write this dict (the lock is re-entrant).
+        let _guard = self.engine.lock(LockWait::Forever)?;
+        let new = f(self.get(key)?);
+        let value = new.clone();
+        self.engine
+            .write(|_| Ok((Some(MapUpdate::Insert(key.to_owned(), value)), ())))?;
+        Ok(new)
     }
 
     /// The value of `key`; if there is none, inserts `f()` first. Atomic like
@@ -429,13 +433,15 @@ impl<K: Key, V: Value> UltraDict<K, V> {
         if let Some(value) = self.get(&key)? {
             return Ok(value);
         }
-        self.engine.write(|view| match Self::value_in(view, &key)? {
-            Some(value) => Ok((None, value)),
-            None => {
-                let value = f();
-                Ok((Some(MapUpdate::Insert(key, value.clone())), value))
-            }
-        })
+        let _guard = self.engine.lock(LockWait::Forever)?;
+        if let Some(value) = self.get(&key)? {
+            return Ok(value);
+        }
+        let value = f();
+        let stored = value.clone();
+        self.engine
+            .write(|_| Ok((Some(MapUpdate::Insert(key, stored)), ())))?;
+        Ok(value)
     }
 
     /// Inserts many entries as one record (or one full dump if they do not fit the stream),
