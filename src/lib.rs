@@ -119,6 +119,13 @@ impl Spawn {
         self
     }
 
+    /// Sets an environment variable of the child as it is (e.g. the crash points of
+    /// ultradict's `fault-injection` feature).
+    pub fn raw_env(mut self, key: &str, value: impl std::fmt::Display) -> Self {
+        self.command.env(key, value.to_string());
+        self
+    }
+
     /// Starts the child with its stdout captured.
     ///
     /// # Panics
@@ -255,6 +262,17 @@ impl Running {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
+}
+
+/// CPU time (user and system) the calling thread has used.
+pub fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer for clock_gettime.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 /// Forks; the child runs `body` and exits with its return value without running destructors

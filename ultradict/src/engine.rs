@@ -18,7 +18,7 @@ use crate::control::{
 use crate::dump::{AlignedBuf, Dump};
 use crate::error::{Error, Result};
 use crate::lock::{self, Acquired, Busy, WaitPolicy};
-use crate::lock_guard::{LockGuard, Unlock};
+use crate::lock_guard::{LockGuard, LockOptions, Unlock, Wait};
 use crate::naming;
 use crate::options::{Create, Lifetime, Options};
 use crate::schema::{Data, Fingerprint, Schema};
@@ -47,17 +47,6 @@ impl<S: Schema> View<S> {
     }
 }
 
-/// How to wait for the writers' lock.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum LockWait {
-    /// Until it is free.
-    Forever,
-    /// Not at all.
-    Try,
-    /// Until this long has passed.
-    Timeout(Duration),
-}
-
 /// One open handle's engine.
 pub(crate) struct Engine<S: Schema> {
     name: String,
@@ -73,7 +62,6 @@ pub(crate) struct Engine<S: Schema> {
     owner_tid: AtomicU32,
     /// How many times the owner entered; touched by the owner thread only.
     depth: AtomicU32,
-    wait_policy: WaitPolicy,
     slot: usize,
     attached_pid: u32,
     creator: bool,
@@ -395,7 +383,6 @@ impl<S: Schema> Engine<S> {
             scratch: parking_lot::Mutex::new(AlignedBuf::with_capacity(0)),
             owner_tid: AtomicU32::new(0),
             depth: AtomicU32::new(0),
-            wait_policy: WaitPolicy::default(),
             slot,
             attached_pid,
             creator,
@@ -456,7 +443,7 @@ impl<S: Schema> Engine<S> {
             .counters
             .locked_catch_ups
             .fetch_add(1, Ordering::Relaxed);
-        let _guard = self.lock(LockWait::Forever)?;
+        let _guard = self.lock(&LockOptions::default())?;
         let mut view = self.view.write();
         self.catch_up_locked(&mut view)
     }
@@ -563,7 +550,7 @@ impl<S: Schema> Engine<S> {
     /// `load(force=True)`); without `force`, only catches up.
     pub(crate) fn reload(&self, force: bool) -> Result<()> {
         if force {
-            let _guard = self.lock(LockWait::Forever)?;
+            let _guard = self.lock(&LockOptions::default())?;
             let mut view = self.view.write();
             let current = self.control().state();
             let dump = self.map_dump(current.epoch)?;
@@ -587,7 +574,7 @@ impl<S: Schema> Engine<S> {
         &self,
         make: impl FnOnce(&View<S>) -> Result<(Option<S::Update>, R)>,
     ) -> Result<R> {
-        let _guard = self.lock(LockWait::Forever)?;
+        let _guard = self.lock(&LockOptions::default())?;
         let mut view = self.view.write();
         self.catch_up_locked(&mut view)?;
         let (update, result) = make(&view)?;
@@ -609,6 +596,7 @@ impl<S: Schema> Engine<S> {
         };
         match appended {
             Ok(end) => {
+                crate::fault::point("record-written");
                 let next = StateWord {
                     epoch: view.state.epoch,
                     committed: end as u32,
@@ -630,7 +618,7 @@ impl<S: Schema> Engine<S> {
 
     /// Writes a full dump now (UltraDict's `dump()`): the stream starts empty again.
     pub(crate) fn dump(&self) -> Result<()> {
-        let _guard = self.lock(LockWait::Forever)?;
+        let _guard = self.lock(&LockOptions::default())?;
         let mut view = self.view.write();
         self.catch_up_locked(&mut view)?;
         self.switch_epoch(&mut view, None)
@@ -639,7 +627,7 @@ impl<S: Schema> Engine<S> {
     /// Commits `update` through a full dump rather than the stream (for updates that make
     /// most of the state obsolete, such as clearing it).
     pub(crate) fn write_via_dump(&self, update: &S::Update) -> Result<()> {
-        let _guard = self.lock(LockWait::Forever)?;
+        let _guard = self.lock(&LockOptions::default())?;
         let mut view = self.view.write();
         self.catch_up_locked(&mut view)?;
         self.switch_epoch(&mut view, Some(update))
@@ -657,6 +645,7 @@ impl<S: Schema> Engine<S> {
         // SAFETY: `serialize_dump` returns the buffer and the length it initialized.
         let bytes = unsafe { archive.0.initialized(archive.1) };
         let dump = Dump::<S::Dump>::create(&self.name, next_epoch, self.fingerprint.hash, bytes)?;
+        crate::fault::point("dump-written");
         control
             .counters
             .dump_len
@@ -666,6 +655,7 @@ impl<S: Schema> Engine<S> {
             epoch: next_epoch,
             committed: 0,
         });
+        crate::fault::point("dump-published");
         // The old dump is superseded: remove its name; mappings elsewhere stay valid.
         if old_epoch > 0 {
             let _ = segment::unlink(&naming::dump(&self.name, old_epoch));
@@ -730,7 +720,7 @@ impl<S: Schema> Engine<S> {
     }
 
     /// Takes the writers' lock for the calling thread (re-entrantly).
-    pub(crate) fn lock(&self, wait: LockWait) -> Result<LockGuard<'_>> {
+    pub(crate) fn lock(&self, options: &LockOptions) -> Result<LockGuard<'_>> {
         let tid = crate::os::current_tid();
         if self.owner_tid.load(Ordering::Relaxed) == tid {
             self.depth.fetch_add(1, Ordering::Relaxed);
@@ -743,12 +733,14 @@ impl<S: Schema> Engine<S> {
             });
         }
         let started = Instant::now();
-        let acquired = match wait {
-            LockWait::Try => lock::try_acquire(fields, tid),
-            LockWait::Forever => lock::acquire(fields, tid, self.wait_policy, None),
-            LockWait::Timeout(timeout) => {
-                lock::acquire(fields, tid, self.wait_policy, Some(started + timeout))
-            }
+        let policy = WaitPolicy {
+            spins: options.spins,
+            max_sleep: options.sleep_time,
+        };
+        let acquired = match options.wait {
+            Wait::NonBlocking => lock::try_acquire(fields, tid),
+            Wait::Forever => lock::acquire(fields, tid, policy, None),
+            Wait::Timeout(timeout) => lock::acquire(fields, tid, policy, Some(started + timeout)),
         };
         match acquired {
             Ok(how) => {
@@ -758,10 +750,11 @@ impl<S: Schema> Engine<S> {
                 if let Acquired::FromDead { .. } = how {
                     self.tidy_after_dead_holder();
                 }
+                crate::fault::point("locked");
                 Ok(guard)
             }
-            Err(Busy::Held { holder_pid }) => Err(match wait {
-                LockWait::Try => Error::WouldBlock {
+            Err(Busy::Held { holder_pid }) => Err(match options.wait {
+                Wait::NonBlocking => Error::WouldBlock {
                     name: self.name.clone(),
                     holder_pid,
                 },

@@ -66,6 +66,7 @@ mod control;
 mod dump;
 mod engine;
 mod error;
+mod fault;
 mod lock;
 mod lock_guard;
 mod map;
@@ -78,7 +79,7 @@ mod status;
 mod stream;
 
 pub use error::{Error, Result};
-pub use lock_guard::LockGuard;
+pub use lock_guard::{LockGuard, LockOptions};
 pub use map::{Builder, Key, UltraDict, Value};
 pub use naming::MAX_NAME_LEN;
 pub use options::{Create, DEFAULT_BUFFER_SIZE, Lifetime, MAX_BUFFER_SIZE, MIN_BUFFER_SIZE};

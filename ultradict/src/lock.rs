@@ -29,15 +29,6 @@ pub(crate) struct WaitPolicy {
     pub(crate) max_sleep: Duration,
 }
 
-impl Default for WaitPolicy {
-    fn default() -> Self {
-        WaitPolicy {
-            spins: 100,
-            max_sleep: Duration::from_millis(50),
-        }
-    }
-}
-
 /// How an acquire ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Acquired {

@@ -17,9 +17,9 @@ use rkyv::ser::writer::Buffer;
 use rkyv::ser::{Allocator, Writer};
 use rkyv::{Archive, Place, Serialize};
 
-use crate::engine::{Engine, LockWait, View};
+use crate::engine::{Engine, View};
 use crate::error::Result;
-use crate::lock_guard::LockGuard;
+use crate::lock_guard::{LockGuard, LockOptions};
 use crate::options::{Create, Lifetime, Options};
 use crate::schema::{self, Data, Fingerprint, Schema};
 use crate::status::Status;
@@ -416,7 +416,7 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     {
         // `f` runs under the cross-process lock but outside this handle's view lock, so it
         // may itself read or write this dict (the lock is re-entrant).
-        let _guard = self.engine.lock(LockWait::Forever)?;
+        let _guard = self.engine.lock(&LockOptions::default())?;
         let new = f(self.get(key)?);
         let value = new.clone();
         self.engine
@@ -433,7 +433,7 @@ impl<K: Key, V: Value> UltraDict<K, V> {
         if let Some(value) = self.get(&key)? {
             return Ok(value);
         }
-        let _guard = self.engine.lock(LockWait::Forever)?;
+        let _guard = self.engine.lock(&LockOptions::default())?;
         if let Some(value) = self.get(&key)? {
             return Ok(value);
         }
@@ -537,7 +537,7 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     /// [`Error::LockedByOtherHandle`](crate::Error::LockedByOtherHandle) if this thread holds
     /// the lock through another handle of the same dict.
     pub fn lock(&self) -> Result<LockGuard<'_>> {
-        self.engine.lock(LockWait::Forever)
+        self.engine.lock(&LockOptions::default())
     }
 
     /// Takes the lock if it is free (or held by a dead process), without waiting.
@@ -545,7 +545,7 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     /// # Errors
     /// [`Error::WouldBlock`](crate::Error::WouldBlock) with the holder's pid.
     pub fn try_lock(&self) -> Result<LockGuard<'_>> {
-        self.engine.lock(LockWait::Try)
+        self.engine.lock(&LockOptions::new().non_blocking())
     }
 
     /// Takes the lock, waiting at most `timeout`.
@@ -554,7 +554,18 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     /// [`Error::LockTimeout`](crate::Error::LockTimeout) with the holder's pid and the time
     /// waited.
     pub fn lock_timeout(&self, timeout: Duration) -> Result<LockGuard<'_>> {
-        self.engine.lock(LockWait::Timeout(timeout))
+        self.engine.lock(&LockOptions::new().timeout(timeout))
+    }
+
+    /// Takes the lock as `options` say: waiting forever, not at all, or up to a timeout, with
+    /// a chosen spin and sleep policy.
+    ///
+    /// # Errors
+    /// [`Error::WouldBlock`](crate::Error::WouldBlock) or
+    /// [`Error::LockTimeout`](crate::Error::LockTimeout) with the holder's pid, or
+    /// [`Error::LockedByOtherHandle`](crate::Error::LockedByOtherHandle).
+    pub fn lock_with(&self, options: LockOptions) -> Result<LockGuard<'_>> {
+        self.engine.lock(&options)
     }
 
     /// Writes a full dump now; the stream starts empty again.

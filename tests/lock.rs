@@ -1,0 +1,283 @@
+//! The cross-process lock: crashes inside the critical section, holder reporting, fairness
+//! between processes and threads, and sleeping (not spinning) waiters.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ultradict::{Create, Error, LockOptions, UltraDict};
+use ultradict_workspace::{
+    Spawn, arg, assert_no_segments, report, role, shm_objects, thread_cpu_time, unique_name,
+};
+
+const WATCHDOG: Duration = Duration::from_secs(120);
+
+type Dict = UltraDict<u32, String>;
+
+fn attach(name: &str) -> Dict {
+    UltraDict::builder()
+        .name(name)
+        .create(Create::Open)
+        .open()
+        .unwrap()
+}
+
+#[test]
+fn child_entry() {
+    let Some(role) = role() else { return };
+    let name = arg("NAME");
+    match role.as_str() {
+        // Dies (through ULTRADICT_CRASH_AT) somewhere inside this write.
+        "crash_in_write" => {
+            let d = attach(&name);
+            let size: usize = arg("SIZE").parse().unwrap();
+            report("writing");
+            d.insert(99, "x".repeat(size)).unwrap();
+            report("survived");
+        }
+        "hold" => {
+            let d = attach(&name);
+            let control: UltraDict<u32, u32> = UltraDict::builder()
+                .name(arg("CONTROL"))
+                .create(Create::Open)
+                .open()
+                .unwrap();
+            let guard = d.lock().unwrap();
+            report("locked");
+            // Hold until the parent says so, or for the given time.
+            let hold_ms: u64 = arg("HOLD_MS").parse().unwrap();
+            let start = std::time::Instant::now();
+            while control.get(&1).unwrap().is_none()
+                && start.elapsed() < Duration::from_millis(hold_ms)
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            drop(guard);
+        }
+        "threads_increment" => {
+            let d = Arc::new(
+                UltraDict::<u32, u64>::builder()
+                    .name(&name)
+                    .create(Create::Open)
+                    .open()
+                    .unwrap(),
+            );
+            let count: u64 = arg("COUNT").parse().unwrap();
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let d = Arc::clone(&d);
+                    std::thread::spawn(move || {
+                        for _ in 0..count {
+                            let _guard = d.lock().unwrap();
+                            let value = d.get(&0).unwrap().unwrap_or(0);
+                            d.insert(0, value + 1).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for thread in threads {
+                thread.join().unwrap();
+            }
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+/// A child SIGKILLs itself at `point` inside a write of a value of `size` bytes; the parent
+/// goes on with every committed update and nothing of the dead write, and the lock shows the
+/// recovery.
+fn survive_crash_at(point: &str, size: usize, dead_write_committed: bool) {
+    let name = unique_name(&format!("crash-{point}"));
+    let d: Dict = UltraDict::builder()
+        .name(&name)
+        .buffer_size(1024)
+        .open()
+        .unwrap();
+    for i in 0..10 {
+        d.insert(i, format!("committed {i}")).unwrap();
+    }
+    d.dump().unwrap();
+    d.insert(10, "committed 10".into()).unwrap();
+    let before = d.status();
+
+    let mut child = Spawn::test("child_entry", "crash_in_write")
+        .env("NAME", &name)
+        .env("SIZE", size)
+        .raw_env("ULTRADICT_CRASH_AT", point)
+        .start();
+    let child_pid = child.pid();
+    child.wait_for_report("writing", WATCHDOG);
+    let (status, output) = child.finish(WATCHDOG);
+    assert!(
+        !status.success(),
+        "the child should have died at {point}: {output}"
+    );
+    assert!(!output.contains("survived"), "{output}");
+
+    // The lock the child died holding is recovered at our next attempt, without a timeout.
+    let guard = d
+        .lock_with(LockOptions::new().timeout(Duration::from_secs(30)))
+        .unwrap();
+    drop(guard);
+    let after = d.status();
+    assert_eq!(after.lock_recoveries, before.lock_recoveries + 1, "{after}");
+    assert_eq!(after.last_dead_holder, Some(child_pid));
+    assert!(after.lock_holder.is_none());
+
+    for i in 0..=10 {
+        assert_eq!(
+            d.get(&i).unwrap(),
+            Some(format!("committed {i}")),
+            "{point}"
+        );
+    }
+    assert_eq!(
+        d.get(&99).unwrap().is_some(),
+        dead_write_committed,
+        "{point}"
+    );
+    d.insert(11, "after the crash".into()).unwrap();
+    assert_eq!(d.len().unwrap(), 12 + usize::from(dead_write_committed));
+    // A fresh process sees the same state.
+    let fresh = attach(&name);
+    assert_eq!(fresh.to_hashmap().unwrap(), d.to_hashmap().unwrap());
+    drop(fresh);
+    // Nothing the dead writer made is left over: the control segment and the current dump.
+    let epoch = d.status().epoch;
+    assert_eq!(
+        shm_objects(&name),
+        vec![
+            format!("ultradict.{name}"),
+            format!("ultradict.{name}~dump.{epoch}")
+        ]
+    );
+    drop(d);
+    assert_no_segments(&name);
+}
+
+#[test]
+fn crash_after_taking_the_lock() {
+    survive_crash_at("locked", 10, false);
+}
+
+#[test]
+fn crash_after_writing_a_record_before_publishing_it() {
+    survive_crash_at("record-written", 10, false);
+}
+
+#[test]
+fn crash_after_writing_a_dump_before_publishing_it() {
+    survive_crash_at("dump-written", 5_000, false);
+}
+
+#[test]
+fn crash_after_publishing_a_dump_before_unlinking_the_old_one() {
+    survive_crash_at("dump-published", 5_000, true);
+}
+
+#[test]
+fn errors_name_the_live_holder_and_it_is_never_robbed() {
+    let name = unique_name("holder");
+    let control_name = unique_name("holder-control");
+    let d: Dict = UltraDict::open(&name).unwrap();
+    let control: UltraDict<u32, u32> = UltraDict::open(&control_name).unwrap();
+    let mut child = Spawn::test("child_entry", "hold")
+        .env("NAME", &name)
+        .env("CONTROL", &control_name)
+        .env("HOLD_MS", 60_000)
+        .start();
+    child.wait_for_report("locked", WATCHDOG);
+    let holder = child.pid();
+
+    match d.try_lock() {
+        Err(Error::WouldBlock { holder_pid, .. }) => assert_eq!(holder_pid, holder),
+        other => panic!("expected WouldBlock, got {other:?}"),
+    }
+    match d.lock_with(
+        LockOptions::new()
+            .timeout(Duration::from_millis(200))
+            .sleep_time(Duration::from_millis(5)),
+    ) {
+        Err(Error::LockTimeout {
+            holder_pid, waited, ..
+        }) => {
+            assert_eq!(holder_pid, holder);
+            assert!(
+                waited >= Duration::from_millis(200),
+                "gave up early: {waited:?}"
+            );
+        }
+        other => panic!("expected LockTimeout, got {other:?}"),
+    }
+    let held = d.status().lock_holder.expect("the child holds the lock");
+    assert_eq!(held.pid, holder);
+    assert!(held.since.is_some());
+    assert_eq!(d.status().lock_recoveries, 0, "a live holder was robbed");
+
+    control.insert(1, 1).unwrap(); // let the child go
+    let guard = d
+        .lock_with(LockOptions::new().timeout(Duration::from_secs(30)))
+        .unwrap();
+    drop(guard);
+    child.wait(WATCHDOG);
+    drop((d, control));
+    assert_no_segments(&name);
+    assert_no_segments(&control_name);
+}
+
+#[test]
+fn processes_and_threads_exclude_each_other() {
+    const PROCESSES: u64 = 4;
+    const COUNT: u64 = 5_000;
+    let name = unique_name("increments");
+    let d: UltraDict<u32, u64> = UltraDict::builder()
+        .name(&name)
+        .buffer_size(16 << 10)
+        .open()
+        .unwrap();
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|_| {
+            Spawn::test("child_entry", "threads_increment")
+                .env("NAME", &name)
+                .env("COUNT", COUNT)
+                .start()
+        })
+        .collect();
+    for child in children {
+        child.wait(WATCHDOG);
+    }
+    assert_eq!(d.get(&0).unwrap(), Some(PROCESSES * 2 * COUNT));
+    drop(d);
+    assert_no_segments(&name);
+}
+
+#[test]
+fn a_waiter_sleeps_instead_of_spinning() {
+    let name = unique_name("sleep");
+    let control_name = unique_name("sleep-control");
+    let d: Dict = UltraDict::open(&name).unwrap();
+    let control: UltraDict<u32, u32> = UltraDict::open(&control_name).unwrap();
+    let mut child = Spawn::test("child_entry", "hold")
+        .env("NAME", &name)
+        .env("CONTROL", &control_name)
+        .env("HOLD_MS", 1_000)
+        .start();
+    child.wait_for_report("locked", WATCHDOG);
+    let cpu_before = thread_cpu_time();
+    let waited = std::time::Instant::now();
+    let guard = d.lock().unwrap();
+    let (cpu, waited) = (thread_cpu_time() - cpu_before, waited.elapsed());
+    drop(guard);
+    println!("waited {waited:?} for the lock, using {cpu:?} of CPU");
+    assert!(
+        waited >= Duration::from_millis(500),
+        "the child held the lock for about 1 s: {waited:?}"
+    );
+    assert!(
+        cpu < Duration::from_millis(250),
+        "the waiter burned {cpu:?} of CPU in {waited:?}"
+    );
+    child.wait(WATCHDOG);
+    drop((d, control));
+    assert_no_segments(&name);
+    assert_no_segments(&control_name);
+}

@@ -1,0 +1,41 @@
+//! Named crash points for tests, compiled in only with the `fault-injection` feature.
+//!
+//! A process started with `ULTRADICT_CRASH_AT=<point>` kills itself with SIGKILL when it
+//! reaches that point (after skipping `ULTRADICT_CRASH_SKIP` earlier hits, default 0): a crash
+//! with no unwinding, no destructors and no chance to tidy up, at an exact place in the write
+//! and dump paths. The points:
+//!
+//! | point | where |
+//! |---|---|
+//! | `locked` | the lock was just taken, nothing written yet |
+//! | `record-written` | a record's bytes are in the stream, the offset is not yet published |
+//! | `dump-written` | a full dump segment is written, its epoch is not yet published |
+//! | `dump-published` | the new epoch is published, the old dump is not yet unlinked |
+
+/// Crashes the process here if the environment asks for this point.
+#[cfg(feature = "fault-injection")]
+pub(crate) fn point(name: &'static str) {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let target = TARGET.get_or_init(|| {
+        let point = std::env::var("ULTRADICT_CRASH_AT").ok()?;
+        let skip = std::env::var("ULTRADICT_CRASH_SKIP")
+            .ok()
+            .and_then(|s| s.parse().ok());
+        Some((point, skip.unwrap_or(0)))
+    });
+    if let Some((point, skip)) = target
+        && point == name
+        && HITS.fetch_add(1, Ordering::Relaxed) >= *skip
+    {
+        // SAFETY: sending a signal to ourselves has no memory-safety preconditions.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}
+
+/// Without the feature, crash points compile to nothing.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub(crate) fn point(_name: &'static str) {}
