@@ -82,7 +82,8 @@ pub(crate) struct LockFields {
     /// The holder thread's start time (clock ticks since boot): tells a reused thread id from
     /// the holder. 0 while free or not yet written.
     pub(crate) holder_start_time: AtomicU64,
-    /// When the current holder took the lock (ns since the Unix epoch).
+    /// When the current holder was first seen holding the lock (ns since the Unix epoch),
+    /// 0 until someone looked; see `lock::note_holder_seen`.
     pub(crate) held_since_ns: AtomicU64,
     /// Times a dead holder's lock was taken over.
     pub(crate) recoveries: AtomicU64,

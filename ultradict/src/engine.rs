@@ -723,7 +723,8 @@ impl<S: Schema> Engine<S> {
     pub(crate) fn lock(&self, options: &LockOptions) -> Result<LockGuard<'_>> {
         let tid = crate::os::current_tid();
         if self.owner_tid.load(Ordering::Relaxed) == tid {
-            self.depth.fetch_add(1, Ordering::Relaxed);
+            self.depth
+                .store(self.depth.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
             return Ok(LockGuard::new(self));
         }
         let fields = &self.control().lock.0;
@@ -732,7 +733,8 @@ impl<S: Schema> Engine<S> {
                 name: self.name.clone(),
             });
         }
-        let started = Instant::now();
+        // Only a timed wait needs the clock; an uncontended acquire should not pay for it.
+        let started = matches!(options.wait, Wait::Timeout(_)).then(Instant::now);
         let policy = WaitPolicy {
             spins: options.spins,
             max_sleep: options.sleep_time,
@@ -740,7 +742,12 @@ impl<S: Schema> Engine<S> {
         let acquired = match options.wait {
             Wait::NonBlocking => lock::try_acquire(fields, tid),
             Wait::Forever => lock::acquire(fields, tid, policy, None),
-            Wait::Timeout(timeout) => lock::acquire(fields, tid, policy, Some(started + timeout)),
+            Wait::Timeout(timeout) => lock::acquire(
+                fields,
+                tid,
+                policy,
+                started.map(|started| started + timeout),
+            ),
         };
         match acquired {
             Ok(how) => {
@@ -761,7 +768,7 @@ impl<S: Schema> Engine<S> {
                 _ => Error::LockTimeout {
                     name: self.name.clone(),
                     holder_pid,
-                    waited: started.elapsed(),
+                    waited: started.map(|started| started.elapsed()).unwrap_or_default(),
                 },
             }),
         }
@@ -781,7 +788,10 @@ impl<S: Schema> Engine<S> {
 
 impl<S: Schema> Unlock for Engine<S> {
     fn unlock(&self) {
-        if self.depth.fetch_sub(1, Ordering::Relaxed) == 1 {
+        // Only the owner thread touches `depth`: a load and a store, no atomic RMW.
+        let depth = self.depth.load(Ordering::Relaxed) - 1;
+        self.depth.store(depth, Ordering::Relaxed);
+        if depth == 0 {
             self.owner_tid.store(0, Ordering::Relaxed);
             lock::release(&self.control().lock.0);
         }
@@ -796,6 +806,7 @@ impl<S: Schema> Engine<S> {
         let state = control.state();
         let holder_tid = lock::holder_tid(&control.lock.0);
         let lock_holder = (holder_tid != 0).then(|| {
+            lock::note_holder_seen(&control.lock.0);
             let since = control.lock.held_since_ns.load(Ordering::Relaxed);
             LockHolder {
                 pid: lock::holder_pid(&control.lock.0),

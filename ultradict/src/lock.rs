@@ -60,6 +60,7 @@ pub(crate) fn try_acquire(lock: &LockFields, tid: u32) -> Result<Acquired, Busy>
     } else if let Some(acquired) = take_from_dead(lock, current, tid) {
         return Ok(acquired);
     }
+    note_holder_seen(lock);
     Err(Busy::Held {
         holder_pid: holder_pid(lock),
     })
@@ -112,6 +113,7 @@ pub(crate) fn acquire(
             }
             None => policy.max_sleep,
         };
+        note_holder_seen(lock);
         let waiting = current | WAITERS;
         if current & WAITERS == 0
             && lock
@@ -152,9 +154,24 @@ pub(crate) fn holder_tid(lock: &LockFields) -> u32 {
 fn mark_held(lock: &LockFields) {
     lock.holder_start_time
         .store(os::current_thread_start_time(), Ordering::Relaxed);
-    lock.held_since_ns
-        .store(os::unix_time_ns(), Ordering::Relaxed);
+    // Reading a clock on every acquire would cost a quarter of an uncontended lock: the
+    // holder leaves the time blank and the first observer stamps it (`note_holder_seen`).
+    lock.held_since_ns.store(0, Ordering::Relaxed);
     lock.holder_pid.store(os::current_pid(), Ordering::Release);
+}
+
+/// Stamps "held since" with the current time if nobody has yet since the holder took the
+/// lock. Called by waiters before they sleep and by status reports, so a lock held for long
+/// shows (to within the first observer's delay) when it was taken.
+pub(crate) fn note_holder_seen(lock: &LockFields) {
+    if lock.held_since_ns.load(Ordering::Relaxed) == 0 {
+        let _ = lock.held_since_ns.compare_exchange(
+            0,
+            os::unix_time_ns(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
 }
 
 /// Takes the word over if its holder (`current`) is dead.

@@ -11,7 +11,9 @@ use crate::options::Lifetime;
 pub struct LockHolder {
     /// The holding process.
     pub pid: u32,
-    /// When it took the lock (`None` in the instant before the holder records it).
+    /// When the holder was first seen holding the lock (by a waiter, or by this status call):
+    /// for a lock held long, close to when it was taken. Taking the lock reads no clock, which
+    /// keeps an uncontended acquire at a few nanoseconds.
     pub since: Option<SystemTime>,
 }
 
