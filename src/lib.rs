@@ -104,6 +104,17 @@ impl Spawn {
         Spawn { command }
     }
 
+    /// Like [`Spawn::test`], but started through `wrapper` (a command and its arguments that
+    /// ends by executing the program it is given, e.g. `unshare -m sh -c '...; exec "$@"' sh`).
+    pub fn test_under(wrapper: &[&str], entry: &str, role: &str) -> Self {
+        let exe = std::env::current_exe().expect("current_exe");
+        let mut command = Command::new(wrapper[0]);
+        command.args(&wrapper[1..]).arg(exe);
+        command.args(["--exact", entry, "--nocapture", "--test-threads=1"]);
+        command.env(ROLE_VAR, role);
+        Spawn { command }
+    }
+
     /// Re-executes the current (example) binary with `role`.
     pub fn current(role: &str) -> Self {
         let exe = std::env::current_exe().expect("current_exe");

@@ -47,8 +47,68 @@ fn child_entry() {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
+        "fill_shm" => {
+            // Runs with a 1 MiB tmpfs over /dev/shm: fill it until a write cannot get space.
+            let d: UltraDict<u32, String> = UltraDict::builder()
+                .name(&name)
+                .buffer_size(64 << 10)
+                .open()
+                .unwrap();
+            let mut committed = 0u32;
+            let err = loop {
+                match d.insert(committed, "v".repeat(20_000)) {
+                    Ok(_) => committed += 1,
+                    Err(err) => break err,
+                }
+                assert!(committed < 1_000, "a 1 MiB /dev/shm never filled up");
+            };
+            assert!(matches!(err, Error::OutOfSpace { .. }), "{err:?}");
+            // Nothing was lost and nothing half-made is visible.
+            assert_eq!(d.len().unwrap(), committed as usize);
+            assert_eq!(d.get(&committed).unwrap(), None);
+            for key in 0..committed {
+                assert_eq!(d.get(&key).unwrap().map(|v| v.len()), Some(20_000));
+            }
+            let fresh: UltraDict<u32, String> = UltraDict::open(&name).unwrap();
+            assert_eq!(fresh.len().unwrap(), committed as usize);
+            // Freeing space makes writes work again.
+            d.clear().unwrap();
+            d.insert(0, "small".into()).unwrap();
+            report(format!("committed {committed} then: {err}"));
+        }
         other => panic!("unknown role {other}"),
     }
+}
+
+#[test]
+fn a_full_dev_shm_is_an_error_and_loses_nothing() {
+    // A private mount namespace with a 1 MiB tmpfs over /dev/shm; needs root (or the right
+    // capabilities), otherwise the test says so and passes without checking.
+    let probe = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /dev/shm"])
+        .status();
+    if !probe.is_ok_and(|status| status.success()) {
+        println!("skipped: cannot mount a private tmpfs over /dev/shm (not root?)");
+        return;
+    }
+    let name = unique_name("fullshm");
+    let wrapper = [
+        "unshare",
+        "-m",
+        "sh",
+        "-c",
+        "mount -t tmpfs -o size=1m tmpfs /dev/shm && exec \"$@\"",
+        "sh",
+    ];
+    let reports = Spawn::test_under(&wrapper, "child_entry", "fill_shm")
+        .env("NAME", &name)
+        .start()
+        .wait(WATCHDOG);
+    println!("{reports:?}");
+    assert!(reports[0].starts_with("committed "), "{reports:?}");
+    assert!(reports[0].contains("no space in /dev/shm"), "{reports:?}");
+    // The child's /dev/shm was private: nothing of it is here.
+    assert_no_segments(&name);
 }
 
 #[test]
