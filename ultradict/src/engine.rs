@@ -78,25 +78,30 @@ const _: () = {
 };
 
 impl<S: Schema> Engine<S> {
-    /// Creates or attaches to a dict as `options` say.
-    pub(crate) fn open(options: &Options) -> Result<Self> {
+    /// Creates or attaches to a dict as `options` say. A dict created here starts from
+    /// `initial` (as its first full dump, written before the dict is published), or empty.
+    pub(crate) fn open(options: &Options, initial: Option<&S::Update>) -> Result<Self> {
         let name = match &options.name {
             Some(name) => name.clone(),
             None => naming::unique(),
         };
-        naming::validate(&name)?;
+        if options.child {
+            naming::validate_child(&name)?;
+        } else {
+            naming::validate(&name)?;
+        }
         // Registers the fork handler before any fork can copy this handle.
         crate::os::current_tid();
         let fingerprint = S::fingerprint();
         let deadline = Instant::now() + options.open_timeout;
         loop {
             let attempt = match options.create {
-                Create::New => Self::create(&name, options, &fingerprint),
+                Create::New => Self::create(&name, options, &fingerprint, initial),
                 Create::Open => Self::attach(&name, options, &fingerprint, deadline),
                 Create::OpenOrCreate => {
                     match Self::attach(&name, options, &fingerprint, deadline) {
                         Err(Failed(Error::NotFound { .. })) => {
-                            match Self::create(&name, options, &fingerprint) {
+                            match Self::create(&name, options, &fingerprint, initial) {
                                 // Another process created it first: attach to theirs.
                                 Err(Failed(Error::AlreadyExists { .. })) => continue,
                                 other => other,
@@ -122,7 +127,12 @@ impl<S: Schema> Engine<S> {
         }
     }
 
-    fn create(name: &str, options: &Options, fingerprint: &Fingerprint) -> Result<Self, Opening> {
+    fn create(
+        name: &str,
+        options: &Options,
+        fingerprint: &Fingerprint,
+        initial: Option<&S::Update>,
+    ) -> Result<Self, Opening> {
         let buffer_size = options.effective_buffer_size()?;
         let full_dump_size = options.effective_full_dump_size()?;
         let lifetime = options.lifetime.unwrap_or_default();
@@ -168,8 +178,7 @@ impl<S: Schema> Engine<S> {
         let control = unsafe { Control::from_segment(&segment) };
         control.attached.0.store(1, Ordering::Relaxed);
         control.processes[0].store(entry, Ordering::Relaxed);
-        control.ready.store(READY, Ordering::Release);
-        Ok(Self::assemble(
+        let engine = Self::assemble(
             name,
             segment,
             fingerprint.clone(),
@@ -178,7 +187,19 @@ impl<S: Schema> Engine<S> {
             true,
             lifetime,
             buffer_size,
-        ))
+        );
+        if let Some(initial) = initial {
+            // Nobody can attach before `ready`, so no lock is needed yet.
+            let mut view = engine.view.write();
+            if let Err(err) = engine.switch_epoch(&mut view, Some(initial)) {
+                drop(view);
+                engine.detached.store(true, Ordering::Relaxed);
+                let _ = segment::unlink(&object);
+                return Err(err.into());
+            }
+        }
+        engine.control().ready.store(READY, Ordering::Release);
+        Ok(engine)
     }
 
     fn attach(
@@ -874,13 +895,14 @@ impl<S: Schema> Drop for Engine<S> {
     }
 }
 
-/// Removes every segment of dict `name`.
+/// Removes every segment of dict `name` and of its nested children.
 pub(crate) fn unlink_by_name(name: &str) -> Result<()> {
-    naming::validate(name)?;
-    for object in naming::segments_of(name)? {
-        segment::unlink(&object)?;
+    if name.contains(naming::SEPARATOR) {
+        naming::validate_child(name)?;
+    } else {
+        naming::validate(name)?;
     }
-    Ok(())
+    crate::register::unlink_tree(name)
 }
 
 /// Frees the process-table slots of processes that died without detaching.

@@ -45,6 +45,8 @@ pub(crate) enum MapUpdate<K, V> {
     Remove(K),
     Extend(Vec<(K, V)>),
     Clear,
+    /// Everything replaced by these entries.
+    Replace(Vec<(K, V)>),
 }
 
 /// What a map process holds on top of its mapped dump.
@@ -131,6 +133,12 @@ impl<K: Key, V: Value> MapSchema<K, V> {
         }
     }
 
+    fn clear(overlay: &mut MapOverlay<K, V>) {
+        overlay.entries.clear();
+        overlay.cleared = true;
+        overlay.len = 0;
+    }
+
     /// Every live entry, owned.
     fn materialize(
         dump: Option<&ArchivedMap<K, V>>,
@@ -197,10 +205,12 @@ impl<K: Key, V: Value> Schema for MapSchema<K, V> {
                     Self::insert(dump, overlay, key, value);
                 }
             }
-            MapUpdate::Clear => {
-                overlay.entries.clear();
-                overlay.cleared = true;
-                overlay.len = 0;
+            MapUpdate::Clear => Self::clear(overlay),
+            MapUpdate::Replace(pairs) => {
+                Self::clear(overlay);
+                for (key, value) in pairs {
+                    Self::insert(dump, overlay, key, value);
+                }
             }
         }
     }
@@ -212,7 +222,7 @@ impl<K: Key, V: Value> Schema for MapSchema<K, V> {
         out: Buffer<'_>,
     ) -> std::result::Result<usize, rancor::Error> {
         let mut all = match pending {
-            Some(MapUpdate::Clear) => FastMap::default(),
+            Some(MapUpdate::Clear | MapUpdate::Replace(_)) => FastMap::default(),
             _ => Self::materialize(dump, overlay)?,
         };
         match pending {
@@ -222,13 +232,41 @@ impl<K: Key, V: Value> Schema for MapSchema<K, V> {
             Some(MapUpdate::Remove(key)) => {
                 all.remove(key);
             }
-            Some(MapUpdate::Extend(pairs)) => {
+            Some(MapUpdate::Extend(pairs) | MapUpdate::Replace(pairs)) => {
                 all.extend(pairs.iter().cloned());
             }
             Some(MapUpdate::Clear) | None => {}
         }
         let written = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&DumpEntries(&all), out)?;
         Ok(written.len())
+    }
+}
+
+/// The archived bytes of a key: the same in every process, so nested dicts get stable names.
+fn key_bytes<K: Key>(key: &K) -> Result<Vec<u8>> {
+    let mut buf = crate::dump::AlignedBuf::with_capacity(256);
+    let mut capacity = 256;
+    loop {
+        match rkyv::api::high::to_bytes_in::<_, rancor::Error>(
+            key,
+            Buffer::from(buf.as_uninit_mut()),
+        ) {
+            Ok(written) => {
+                let len = written.len();
+                // SAFETY: the serializer initialized the first `len` bytes it reports.
+                return Ok(unsafe { buf.initialized(len) }.to_vec());
+            }
+            Err(err) if capacity >= 1 << 20 => {
+                return Err(crate::Error::InvalidOption {
+                    option: "nested key",
+                    reason: err.to_string(),
+                });
+            }
+            Err(_) => {
+                capacity *= 4;
+                buf = crate::dump::AlignedBuf::with_capacity(capacity);
+            }
+        }
     }
 }
 
@@ -312,6 +350,58 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     /// As [`Builder::open`].
     pub fn open(name: &str) -> Result<Self> {
         Self::builder().name(name).open()
+    }
+
+    /// Opens with `options`; a dict created here starts with `initial`.
+    pub(crate) fn open_with(options: &Options, initial: Option<Vec<(K, V)>>) -> Result<Self> {
+        let initial = initial
+            .filter(|entries| !entries.is_empty())
+            .map(MapUpdate::Extend);
+        Ok(UltraDict {
+            engine: Engine::open(options, initial.as_ref())?,
+        })
+    }
+
+    /// The nested dict registered under `key`, created empty if it does not exist yet: any
+    /// process that asks for the same key gets the same dict (UltraDict's `recurse=True`).
+    /// Removing this dict removes its nested dicts.
+    ///
+    /// ```
+    /// # fn main() -> ultradict::Result<()> {
+    /// let root: ultradict::UltraDict<String, u64> = ultradict::UltraDict::builder().open()?;
+    /// let jobs = root.nested::<String, u64>("jobs")?;
+    /// jobs.update("count", |n| n.unwrap_or(0) + 1)?;
+    /// assert_eq!(root.nested::<String, u64>("jobs")?.get("count")?, Some(1));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::SchemaMismatch`](crate::Error::SchemaMismatch) if the nested dict under `key`
+    /// holds other types; the errors of [`Builder::open`].
+    pub fn nested<K2: Key, V2: Value, Q>(&self, key: &Q) -> Result<UltraDict<K2, V2>>
+    where
+        K: Borrow<Q>,
+        Q: ToOwned<Owned = K> + ?Sized,
+    {
+        let child = crate::naming::key_child(self.name(), &key_bytes(&key.to_owned())?);
+        let options = Options {
+            name: Some(child.clone()),
+            lifetime: Some(Lifetime::Persistent),
+            child: true,
+            ..Options::default()
+        };
+        let dict = UltraDict::open_with(&options, None)?;
+        crate::register::register_child(self.name(), &child, "nested map")?;
+        Ok(dict)
+    }
+
+    /// Replaces the whole contents with `entries`, through one full dump.
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    pub fn replace_all(&self, entries: impl IntoIterator<Item = (K, V)>) -> Result<()> {
+        self.engine
+            .write_via_dump(&MapUpdate::Replace(entries.into_iter().collect()))
     }
 
     /// The dict's name, as other processes open it.
@@ -691,8 +781,6 @@ impl<K: Key, V: Value> Builder<K, V> {
     /// [`Error::NotReady`](crate::Error::NotReady), [`Error::OutOfSpace`](crate::Error::OutOfSpace),
     /// [`Error::PermissionDenied`](crate::Error::PermissionDenied).
     pub fn open(self) -> Result<UltraDict<K, V>> {
-        Ok(UltraDict {
-            engine: Engine::open(&self.options)?,
-        })
+        UltraDict::open_with(&self.options, None)
     }
 }

@@ -48,6 +48,44 @@ pub(crate) fn validate(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks a derived (nested child) name: segments of a valid root name and field names or
+/// key hashes, joined by `~`, within the kernel's limit.
+pub(crate) fn validate_child(name: &str) -> Result<()> {
+    let invalid = |reason| {
+        Err(Error::InvalidName {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    let Some((root, _)) = name.split_once(SEPARATOR) else {
+        return invalid("a nested dict's name must contain its parent's");
+    };
+    validate(root)?;
+    if name.len() > MAX_NAME_LEN {
+        return invalid(
+            "nested too deep: the derived name is longer than ultradict::MAX_NAME_LEN bytes",
+        );
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'~'))
+    {
+        return invalid("only ASCII letters, digits, '.', '_', '-' and '~' are allowed");
+    }
+    Ok(())
+}
+
+/// The name of the nested child of `parent` registered under a map key (given as its archived
+/// bytes): a hash, so any key gives a valid, stable name.
+pub(crate) fn key_child(parent: &str, key: &[u8]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{parent}{SEPARATOR}.k{hash:016x}")
+}
+
 /// The control segment of dict `name`.
 pub(crate) fn control(name: &str) -> String {
     format!("{PREFIX}{name}")

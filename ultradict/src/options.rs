@@ -69,6 +69,8 @@ pub(crate) struct Options {
     pub(crate) full_dump_size: Option<usize>,
     pub(crate) lifetime: Option<Lifetime>,
     pub(crate) open_timeout: Duration,
+    /// A nested child of another dict: its name is derived (and may hold `~`).
+    pub(crate) child: bool,
 }
 
 impl Default for Options {
@@ -80,11 +82,26 @@ impl Default for Options {
             full_dump_size: None,
             lifetime: None,
             open_timeout: Duration::from_secs(2),
+            child: false,
         }
     }
 }
 
 impl Options {
+    /// The options of the nested child `field` of a dict opened with `self`: same create
+    /// mode and timeouts, default sizes, and persistent (the root's removal removes it).
+    pub(crate) fn child(&self, parent: &str, field: &str) -> Options {
+        Options {
+            name: Some(format!("{parent}{}{field}", crate::naming::SEPARATOR)),
+            create: Create::OpenOrCreate,
+            buffer_size: None,
+            full_dump_size: None,
+            lifetime: Some(Lifetime::Persistent),
+            open_timeout: self.open_timeout,
+            child: true,
+        }
+    }
+
     pub(crate) fn effective_buffer_size(&self) -> Result<usize> {
         let size = self.buffer_size.unwrap_or(DEFAULT_BUFFER_SIZE);
         if !(MIN_BUFFER_SIZE..=MAX_BUFFER_SIZE).contains(&size) {

@@ -45,8 +45,8 @@ where
     type Stored = T::Archived;
 }
 
-/// Deserializes an archived value that was validated before.
-pub(crate) fn deserialize<T: Data>(archived: &T::Stored) -> Result<T, rancor::Error> {
+/// Deserializes an archived value that was validated before (used by generated code).
+pub fn deserialize<T: Data>(archived: &T::Stored) -> Result<T, rancor::Error> {
     rkyv::deserialize::<T, rancor::Error>(archived)
 }
 

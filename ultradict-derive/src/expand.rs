@@ -1,0 +1,538 @@
+//! Prints the generated code: the hidden fields struct, update enum and overlay, the
+//! `StructFields` and `SharedDict` impls, and the documented handle type.
+//!
+//! Generated code uses absolute paths only, and generated methods carry the span of their
+//! field, so "go to definition" on `state.set_counter` lands on `counter`.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::{DeriveInput, Ident, Path};
+
+use crate::ast::{Field, FieldKind, Input};
+use crate::attr::Errors;
+
+/// The whole derive: parse, validate, expand; on errors, the errors and a stub impl.
+pub(crate) fn derive(input: TokenStream) -> TokenStream {
+    let input: DeriveInput = match syn::parse2(input) {
+        Ok(input) => input,
+        Err(error) => return error.to_compile_error(),
+    };
+    let mut errors = Errors::default();
+    let parsed = Input::from_syn(&input, &mut errors);
+    if let Some(parsed) = &parsed {
+        parsed.validate(&mut errors);
+    }
+    match (parsed, errors.finish()) {
+        (Some(parsed), Ok(())) => expand(&parsed),
+        (_, Err(error)) => {
+            let mut tokens = error.to_compile_error();
+            tokens.extend(fallback(&input));
+            tokens
+        }
+        (None, Ok(())) => unreachable!("a failed parse always reports an error"),
+    }
+}
+
+/// A stub impl so that uses of the type elsewhere do not add errors to the real one.
+fn fallback(input: &DeriveInput) -> TokenStream {
+    if !input.generics.params.is_empty() {
+        return TokenStream::new();
+    }
+    let ident = &input.ident;
+    let krate = quote!(::ultradict);
+    quote! {
+        #[automatically_derived]
+        impl #krate::SharedDict for #ident {
+            type Handle = ();
+            fn __open(
+                _: &#krate::__private::OpenOptions,
+                _: Self,
+            ) -> #krate::Result<Self::Handle> {
+                ::core::unreachable!()
+            }
+            fn __snapshot(_: &Self::Handle) -> #krate::Result<Self> {
+                ::core::unreachable!()
+            }
+            fn __replace(_: &Self::Handle, _: Self) -> #krate::Result<()> {
+                ::core::unreachable!()
+            }
+        }
+    }
+}
+
+/// Names shared by the pieces of the expansion.
+struct Names {
+    krate: Path,
+    rkyv: TokenStream,
+    ident: Ident,
+    handle: Ident,
+    fields: Ident,
+    update: Ident,
+    overlay: Ident,
+}
+
+fn expand(input: &Input<'_>) -> TokenStream {
+    let ident = input.ident().clone();
+    let krate: Path = input
+        .attrs
+        .crate_path
+        .clone()
+        .unwrap_or_else(|| syn::parse_quote!(::ultradict));
+    let names = Names {
+        rkyv: quote!(#krate::rkyv),
+        handle: format_ident!("Shared{}", ident),
+        fields: format_ident!("__UltradictFieldsOf{}", ident),
+        update: format_ident!("__UltradictUpdateOf{}", ident),
+        overlay: format_ident!("__UltradictOverlayOf{}", ident),
+        krate,
+        ident,
+    };
+    let plain: Vec<&Field<'_>> = input.fields.iter().filter(|f| f.is_plain()).collect();
+    let helpers = helper_types(input, &names, &plain);
+    let fields_impl = struct_fields_impl(input, &names, &plain);
+    let handle = handle_type(input, &names, &plain);
+    let shared_dict = shared_dict_impl(input, &names, &plain);
+    quote! {
+        #helpers
+        #fields_impl
+        #handle
+        #shared_dict
+    }
+}
+
+/// The hidden struct of plain fields (the dump's root), the update enum (the stream's
+/// records) and the overlay.
+fn helper_types(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> TokenStream {
+    let Names {
+        rkyv,
+        fields,
+        update,
+        overlay,
+        ident,
+        ..
+    } = names;
+    let vis = &input.original.vis;
+    let field_idents: Vec<&Ident> = plain.iter().map(|f| f.ident).collect();
+    let field_types: Vec<&syn::Type> = plain.iter().map(|f| f.ty).collect();
+    let variants: Vec<Ident> = plain.iter().map(|f| f.variant()).collect();
+    let doc_fields = format!("The plain fields of [`{ident}`], archived as its dict's full dump.");
+    let doc_update = format!("One record of [`{ident}`]'s stream: one field, or all of them.");
+    let doc_overlay = format!("A process's changes to [`{ident}`]'s fields since the last dump.");
+    quote! {
+        #[doc = #doc_fields]
+        #[doc(hidden)]
+        #[derive(#rkyv::Archive, #rkyv::Serialize, #rkyv::Deserialize, ::core::clone::Clone)]
+        #[rkyv(crate = #rkyv)]
+        #[allow(non_camel_case_types)]
+        #vis struct #fields {
+            #(#field_idents: #field_types,)*
+        }
+
+        #[doc = #doc_update]
+        #[doc(hidden)]
+        #[derive(#rkyv::Archive, #rkyv::Serialize, #rkyv::Deserialize)]
+        #[rkyv(crate = #rkyv)]
+        #vis enum #update {
+            #(#variants(#field_types),)*
+            __All(#fields),
+        }
+
+        #[doc = #doc_overlay]
+        #[doc(hidden)]
+        #[derive(::core::default::Default)]
+        #[allow(non_camel_case_types)]
+        #vis struct #overlay {
+            #(#field_idents: ::core::option::Option<#field_types>,)*
+        }
+    }
+}
+
+fn struct_fields_impl(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> TokenStream {
+    let Names {
+        krate,
+        rkyv,
+        fields,
+        update,
+        overlay,
+        ident,
+        ..
+    } = names;
+    let field_idents: Vec<&Ident> = plain.iter().map(|f| f.ident).collect();
+    let variants: Vec<Ident> = plain.iter().map(|f| f.variant()).collect();
+    let plain_types: Vec<&syn::Type> = plain.iter().map(|f| f.ty).collect();
+
+    // "AppState { counter: u64, stats: nested Stats, ... }", with full type names.
+    let mut format = format!("{ident} {{{{ ");
+    let mut args = Vec::new();
+    for (i, field) in input.fields.iter().enumerate() {
+        if i > 0 {
+            format.push_str(", ");
+        }
+        let nested = if field.is_plain() { "" } else { "nested " };
+        format.push_str(&format!("{}: {nested}{{}}", field.key()));
+        let ty = field.ty;
+        args.push(quote!(::core::any::type_name::<#ty>()));
+    }
+    format.push_str(" }}");
+
+    quote! {
+        #[automatically_derived]
+        impl #krate::__private::StructFields for #fields {
+            type Update = #update;
+            type Overlay = #overlay;
+
+            fn fingerprint() -> #krate::Fingerprint {
+                #krate::Fingerprint::new(
+                    ::std::format!(#format, #(#args),*),
+                    &[#(#krate::Fingerprint::layout_of::<#plain_types>()),*],
+                )
+            }
+
+            fn apply(overlay: &mut #overlay, update: #update) {
+                match update {
+                    #(#update::#variants(value) => overlay.#field_idents = ::core::option::Option::Some(value),)*
+                    #update::__All(all) => {
+                        #(overlay.#field_idents = ::core::option::Option::Some(all.#field_idents);)*
+                    }
+                }
+            }
+
+            fn materialize(
+                dump: &<Self as #rkyv::Archive>::Archived,
+                overlay: &#overlay,
+            ) -> ::core::result::Result<Self, #rkyv::rancor::Error> {
+                ::core::result::Result::Ok(Self {
+                    #(#field_idents: match &overlay.#field_idents {
+                        ::core::option::Option::Some(value) => ::core::clone::Clone::clone(value),
+                        ::core::option::Option::None => #krate::__private::deserialize::<#plain_types>(&dump.#field_idents)?,
+                    },)*
+                })
+            }
+
+            fn apply_to(fields: &mut Self, update: &#update) {
+                match update {
+                    #(#update::#variants(value) => fields.#field_idents = ::core::clone::Clone::clone(value),)*
+                    #update::__All(all) => *fields = ::core::clone::Clone::clone(all),
+                }
+            }
+
+            fn replace_all(self) -> #update {
+                #update::__All(self)
+            }
+
+            fn from_update(update: &#update) -> ::core::option::Option<Self> {
+                match update {
+                    #update::__All(all) => ::core::option::Option::Some(::core::clone::Clone::clone(all)),
+                    #[allow(unreachable_patterns)]
+                    _ => ::core::option::Option::None,
+                }
+            }
+        }
+    }
+}
+
+/// The type of a nested field's handle.
+fn nested_handle(field: &Field<'_>, krate: &Path) -> TokenStream {
+    let ty = field.ty;
+    match &field.kind {
+        FieldKind::NestedMap { key, value } => quote!(#krate::UltraDict<#key, #value>),
+        _ => quote!(<#ty as #krate::SharedDict>::Handle),
+    }
+}
+
+fn handle_type(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> TokenStream {
+    let Names {
+        krate,
+        ident,
+        handle,
+        fields,
+        ..
+    } = names;
+    let vis = &input.original.vis;
+    let nested: Vec<&Field<'_>> = input.fields.iter().filter(|f| !f.is_plain()).collect();
+    let nested_idents: Vec<&Ident> = nested.iter().map(|f| f.ident).collect();
+    let nested_handles: Vec<TokenStream> = nested.iter().map(|f| nested_handle(f, krate)).collect();
+    let plain_methods = plain.iter().map(|field| plain_methods(field, names));
+    let nested_methods = nested.iter().map(|field| nested_methods(field, names));
+    let all_idents: Vec<&Ident> = input.fields.iter().map(|f| f.ident).collect();
+    let plain_idents: Vec<&Ident> = plain.iter().map(|f| f.ident).collect();
+    let snapshot_nested = nested.iter().map(|field| {
+        let name = field.ident;
+        match field.kind {
+            FieldKind::NestedMap { .. } => quote!(#name: self.#name.to_hashmap()?),
+            _ => {
+                let ty = field.ty;
+                quote!(#name: <#ty as #krate::SharedDict>::__snapshot(&self.#name)?)
+            }
+        }
+    });
+    let replace_nested = nested.iter().map(|field| {
+        let name = field.ident;
+        match field.kind {
+            FieldKind::NestedMap { .. } => quote!(self.#name.replace_all(#name)?;),
+            _ => {
+                let ty = field.ty;
+                quote!(<#ty as #krate::SharedDict>::__replace(&self.#name, #name)?;)
+            }
+        }
+    });
+    let doc = format!(
+        "The shared handle of [`{ident}`], generated by `#[derive(SharedDict)]`: every process \
+         that opens the same name shares it. Each plain field has a getter, a setter and an \
+         atomic `update_` method; each nested field has an accessor for its own dict."
+    );
+    let snapshot_doc = format!("An owned copy of the whole [`{ident}`], nested dicts included.");
+    let replace_doc = format!("Replaces the whole [`{ident}`], nested dicts included.");
+    quote! {
+        #[doc = #doc]
+        #vis struct #handle {
+            __dict: #krate::__private::StructDict<#fields>,
+            #(#nested_idents: #nested_handles,)*
+        }
+
+        #[automatically_derived]
+        impl ::core::fmt::Debug for #handle {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.debug_struct(::core::stringify!(#handle))
+                    .field("name", &self.__dict.name())
+                    .finish_non_exhaustive()
+            }
+        }
+
+        #[automatically_derived]
+        impl #handle {
+            #(#plain_methods)*
+            #(#nested_methods)*
+
+            #[doc = #snapshot_doc]
+            ///
+            /// # Errors
+            /// If shared memory fails validation.
+            pub fn snapshot(&self) -> #krate::Result<#ident> {
+                let _guard = self.__dict.lock()?;
+                let __fields = self.__dict.fields()?;
+                ::core::result::Result::Ok(#ident {
+                    #(#plain_idents: __fields.#plain_idents,)*
+                    #(#snapshot_nested,)*
+                })
+            }
+
+            #[doc = #replace_doc]
+            ///
+            /// # Errors
+            /// If a full dump could not be written; nothing changed in this dict then.
+            pub fn replace(&self, value: #ident) -> #krate::Result<()> {
+                let _guard = self.__dict.lock()?;
+                let #ident { #(#all_idents),* } = value;
+                self.__dict.write(#krate::__private::StructFields::replace_all(#fields { #(#plain_idents),* }))?;
+                #(#replace_nested)*
+                ::core::result::Result::Ok(())
+            }
+
+            /// The name other processes open this state with.
+            pub fn name(&self) -> &str {
+                self.__dict.name()
+            }
+
+            /// The shared state of this struct's dict (nested dicts have their own).
+            pub fn status(&self) -> #krate::Status {
+                self.__dict.status()
+            }
+
+            /// Takes this state's cross-process lock (re-entrant for this thread): other
+            /// processes' writes to its plain fields wait until the guard drops.
+            ///
+            /// # Errors
+            /// As `UltraDict::lock`.
+            pub fn lock(&self) -> #krate::Result<#krate::LockGuard<'_>> {
+                self.__dict.lock()
+            }
+
+            /// Takes the lock as `options` say.
+            ///
+            /// # Errors
+            /// As `UltraDict::lock_with`.
+            pub fn lock_with(&self, options: #krate::LockOptions) -> #krate::Result<#krate::LockGuard<'_>> {
+                self.__dict.lock_with(options)
+            }
+
+            /// Writes a full dump of the plain fields now.
+            ///
+            /// # Errors
+            /// As `UltraDict::dump`.
+            pub fn dump(&self) -> #krate::Result<()> {
+                self.__dict.dump()
+            }
+
+            /// Catches up; with `force`, rebuilds the view from the dump and stream.
+            ///
+            /// # Errors
+            /// If shared memory fails validation.
+            pub fn load(&self, force: bool) -> #krate::Result<()> {
+                self.__dict.load(force)
+            }
+
+            /// Removes this state and all its nested dicts from /dev/shm now.
+            ///
+            /// # Errors
+            /// If a segment could not be removed.
+            pub fn unlink(&self) -> #krate::Result<()> {
+                self.__dict.unlink()
+            }
+
+            /// Closes the handle and returns the final state. Under `Lifetime::LastClose`
+            /// the last handle to close removes the state and its nested dicts.
+            ///
+            /// # Errors
+            /// As `snapshot`, or if removing segments failed.
+            pub fn close(self) -> #krate::Result<#ident> {
+                let value = self.snapshot()?;
+                let #handle { __dict, #(#nested_idents),* } = self;
+                #(::core::mem::drop(#nested_idents);)*
+                __dict.close()?;
+                ::core::result::Result::Ok(value)
+            }
+        }
+    }
+}
+
+fn plain_methods(field: &Field<'_>, names: &Names) -> TokenStream {
+    let Names { krate, update, .. } = names;
+    let span = field.span();
+    let name = field.ident;
+    let ty = field.ty;
+    let bare = field.name();
+    let setter = format_ident!("set_{}", bare, span = span);
+    let updater = format_ident!("update_{}", bare, span = span);
+    let variant = field.variant();
+    let getter_doc = format!("The current `{bare}`, as every process sees it.");
+    let setter_doc = format!("Sets `{bare}` in every process (streams this field's record only).");
+    let updater_doc = format!(
+        "Atomically replaces `{bare}` with `f(current)` and returns the new value: no other \
+         process or thread writes this state in between."
+    );
+    quote_spanned! {span=>
+        #[doc = #getter_doc]
+        ///
+        /// # Errors
+        /// If shared memory fails validation.
+        pub fn #name(&self) -> #krate::Result<#ty> {
+            self.__dict.read(|dump, overlay| match &overlay.#name {
+                ::core::option::Option::Some(value) => ::core::result::Result::Ok(::core::clone::Clone::clone(value)),
+                ::core::option::Option::None => #krate::__private::deserialize::<#ty>(&dump.#name).map_err(|e| {
+                    #krate::Error::Corrupt {
+                        segment: ::std::string::ToString::to_string(self.__dict.name()),
+                        detail: ::std::format!("field `{}`: {}", #bare, e),
+                    }
+                }),
+            })?
+        }
+
+        #[doc = #setter_doc]
+        ///
+        /// # Errors
+        /// If a full dump was needed and could not be written; nothing changed then.
+        pub fn #setter(&self, value: #ty) -> #krate::Result<()> {
+            self.__dict.write(#update::#variant(value))
+        }
+
+        #[doc = #updater_doc]
+        ///
+        /// # Errors
+        /// As the setter.
+        pub fn #updater(&self, f: impl ::core::ops::FnOnce(#ty) -> #ty) -> #krate::Result<#ty> {
+            let _guard = self.__dict.lock()?;
+            let value = f(self.#name()?);
+            self.__dict.write(#update::#variant(::core::clone::Clone::clone(&value)))?;
+            ::core::result::Result::Ok(value)
+        }
+    }
+}
+
+fn nested_methods(field: &Field<'_>, names: &Names) -> TokenStream {
+    let krate = &names.krate;
+    let span = field.span();
+    let name = field.ident;
+    let ty = field.ty;
+    let bare = field.name();
+    let setter = format_ident!("set_{}", bare, span = span);
+    let handle = nested_handle(field, krate);
+    let accessor_doc = format!("The nested dict of `{bare}`, shared like this one.");
+    let setter_doc = format!("Replaces all of `{bare}` (one full dump of its dict).");
+    let replace = match field.kind {
+        FieldKind::NestedMap { .. } => quote_spanned!(span=> self.#name.replace_all(value)),
+        _ => quote_spanned!(span=> <#ty as #krate::SharedDict>::__replace(&self.#name, value)),
+    };
+    quote_spanned! {span=>
+        #[doc = #accessor_doc]
+        pub fn #name(&self) -> &#handle {
+            &self.#name
+        }
+
+        #[doc = #setter_doc]
+        ///
+        /// # Errors
+        /// If the full dump could not be written; nothing changed then.
+        pub fn #setter(&self, value: #ty) -> #krate::Result<()> {
+            #replace
+        }
+    }
+}
+
+fn shared_dict_impl(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> TokenStream {
+    let Names {
+        krate,
+        ident,
+        handle,
+        fields,
+        ..
+    } = names;
+    let all_idents: Vec<&Ident> = input.fields.iter().map(|f| f.ident).collect();
+    let plain_idents: Vec<&Ident> = plain.iter().map(|f| f.ident).collect();
+    let open_nested = input.fields.iter().filter(|f| !f.is_plain()).map(|field| {
+        let name = field.ident;
+        let key = field.key();
+        let ty = field.ty;
+        let what = format!("nested field {} of {}", field.name(), ident);
+        match field.kind {
+            FieldKind::NestedMap { .. } => quote! {
+                let #name = __options.open_nested_map(&__dict, #key, #name)?;
+            },
+            _ => quote! {
+                let #name = {
+                    let __child = __options.child(__dict.name(), #key);
+                    let __handle = <#ty as #krate::SharedDict>::__open(&__child, #name)?;
+                    __dict.register_child(__handle.name(), #what)?;
+                    __handle
+                };
+            },
+        }
+    });
+    let nested_idents: Vec<&Ident> = input
+        .fields
+        .iter()
+        .filter(|f| !f.is_plain())
+        .map(|f| f.ident)
+        .collect();
+    quote! {
+        #[automatically_derived]
+        impl #krate::SharedDict for #ident {
+            type Handle = #handle;
+
+            fn __open(__options: &#krate::__private::OpenOptions, __initial: Self) -> #krate::Result<#handle> {
+                let #ident { #(#all_idents),* } = __initial;
+                let __dict = #krate::__private::StructDict::open(__options, #fields { #(#plain_idents),* })?;
+                #(#open_nested)*
+                ::core::result::Result::Ok(#handle { __dict, #(#nested_idents),* })
+            }
+
+            fn __snapshot(handle: &#handle) -> #krate::Result<Self> {
+                handle.snapshot()
+            }
+
+            fn __replace(handle: &#handle, value: Self) -> #krate::Result<()> {
+                handle.replace(value)
+            }
+        }
+    }
+}

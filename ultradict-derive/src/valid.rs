@@ -1,0 +1,79 @@
+//! The rules a `SharedDict` struct must follow, checked before anything is generated.
+
+use std::collections::HashMap;
+
+use crate::ast::{FieldKind, Input};
+use crate::attr::Errors;
+
+impl Input<'_> {
+    /// Pushes an error for every broken rule.
+    pub(crate) fn validate(&self, errors: &mut Errors) {
+        let generics = &self.original.generics;
+        if !generics.params.is_empty() {
+            errors.spanned(
+                generics,
+                "`SharedDict` does not support generic parameters: the shared schema is fixed \
+                 when the dict is created; use concrete types (a type alias can name them)",
+            );
+        }
+        if self.fields.is_empty() {
+            errors.spanned(
+                self.ident(),
+                "`SharedDict` needs at least one field to share",
+            );
+        }
+        let mut keys: HashMap<String, &syn::Ident> = HashMap::new();
+        let mut variants: HashMap<String, &syn::Ident> = HashMap::new();
+        for field in &self.fields {
+            if let FieldKind::NestedInvalid = field.kind {
+                errors.spanned(
+                    field.original,
+                    "`#[ultradict(nested)]` needs a struct that derives `SharedDict` or a \
+                     `HashMap<K, V>`; remove `nested` to store this field as one value",
+                );
+            }
+            if let Some(rename) = &field.rename {
+                let key = rename.value();
+                let valid = !key.is_empty()
+                    && key.len() <= 64
+                    && key
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                if !valid {
+                    errors.spanned(
+                        rename,
+                        "`rename` takes 1 to 64 ASCII letters, digits, `_` or `-`: the key also \
+                         names nested dicts in /dev/shm",
+                    );
+                }
+            }
+            if field.is_plain()
+                && let Some(previous) = variants.insert(field.variant().to_string(), field.ident)
+            {
+                errors.spanned(
+                    field.ident,
+                    format!(
+                        "fields `{previous}` and `{}` differ only in underscores and case, which \
+                         the generated code cannot tell apart; rename one of them",
+                        field.ident
+                    ),
+                );
+            }
+            if let Some(previous) = keys.insert(field.key(), field.ident) {
+                let span = field
+                    .rename
+                    .as_ref()
+                    .map_or(field.ident.span(), |r| r.span());
+                errors.push(syn::Error::new(
+                    span,
+                    format!(
+                        "two fields are stored under the key `{}` (`{previous}` and `{}`); \
+                         rename one with `#[ultradict(rename = \"...\")]`",
+                        field.key(),
+                        field.ident
+                    ),
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! Typed schemas: the runtime half of `#[derive(SharedDict)]`.
+//!
+//! For a state struct, the derive generates a hidden struct of its plain (not nested) fields,
+//! an update enum with one variant per field (setting `counter` streams `counter`'s record
+//! only) plus one that replaces them all, and an overlay with an `Option` per field. This
+//! module turns those into a [`Schema`] for the engine: the full dump is the rkyv archive of
+//! the fields struct, read in place; a getter looks at the overlay, then at the dump.
+
+use std::marker::PhantomData;
+
+use rkyv::rancor::{self, Source};
+use rkyv::ser::writer::Buffer;
+
+use crate::engine::{Engine, View};
+use crate::error::{Error, Result};
+use crate::lock_guard::{LockGuard, LockOptions};
+use crate::options::{Create, Lifetime, Options};
+use crate::schema::{Data, Fingerprint, Schema};
+use crate::status::Status;
+
+/// The plain fields of a derived state struct. Implemented by `#[derive(SharedDict)]`; not
+/// meant to be implemented by hand.
+#[doc(hidden)]
+pub trait StructFields: Data + Clone {
+    /// One record: a new value for one field, or for all of them.
+    type Update: Data;
+    /// A process's changes on top of the dump: an `Option` per field.
+    type Overlay: Default + Send + Sync;
+
+    /// Name, field names, order and types of the struct.
+    fn fingerprint() -> Fingerprint;
+    /// Applies a committed update to the overlay.
+    fn apply(overlay: &mut Self::Overlay, update: Self::Update);
+    /// The current fields, from the overlay where set and the dump elsewhere.
+    fn materialize(dump: &Self::Stored, overlay: &Self::Overlay) -> Result<Self, rancor::Error>;
+    /// Applies an update to owned fields (for writing a dump that includes it).
+    fn apply_to(fields: &mut Self, update: &Self::Update);
+    /// The update that replaces every field.
+    fn replace_all(self) -> Self::Update;
+    /// The fields an update sets, if it sets them all.
+    fn from_update(update: &Self::Update) -> Option<Self>;
+}
+
+/// The engine schema of a derived struct.
+#[doc(hidden)]
+pub struct StructSchema<F>(PhantomData<fn() -> F>);
+
+impl<F: StructFields> Schema for StructSchema<F> {
+    type Dump = F::Stored;
+    type Update = F::Update;
+    type Overlay = F::Overlay;
+
+    fn overlay_for(_dump: Option<&Self::Dump>) -> Self::Overlay {
+        F::Overlay::default()
+    }
+
+    fn fingerprint() -> Fingerprint {
+        F::fingerprint()
+    }
+
+    fn apply_archived(
+        _dump: Option<&Self::Dump>,
+        overlay: &mut Self::Overlay,
+        update: &<Self::Update as Data>::Stored,
+    ) -> Result<(), rancor::Error> {
+        F::apply(overlay, crate::schema::deserialize(update)?);
+        Ok(())
+    }
+
+    fn apply(_dump: Option<&Self::Dump>, overlay: &mut Self::Overlay, update: Self::Update) {
+        F::apply(overlay, update);
+    }
+
+    fn write_dump(
+        dump: Option<&Self::Dump>,
+        overlay: &Self::Overlay,
+        pending: Option<&Self::Update>,
+        out: Buffer<'_>,
+    ) -> Result<usize, rancor::Error> {
+        let fields = match dump {
+            Some(dump) => {
+                let mut fields = F::materialize(dump, overlay)?;
+                if let Some(update) = pending {
+                    F::apply_to(&mut fields, update);
+                }
+                fields
+            }
+            // Only the creator's first dump has no predecessor, and it replaces everything.
+            None => pending
+                .and_then(F::from_update)
+                .ok_or_else(|| rancor::Error::new(MissingInitialState))?,
+        };
+        Ok(rkyv::api::high::to_bytes_in::<_, rancor::Error>(&fields, out)?.len())
+    }
+}
+
+#[derive(Debug)]
+struct MissingInitialState;
+
+impl std::fmt::Display for MissingInitialState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a struct dict has no dump to start from")
+    }
+}
+
+impl std::error::Error for MissingInitialState {}
+
+/// The shared dict behind a derived handle. Used by generated code.
+#[doc(hidden)]
+pub struct StructDict<F: StructFields> {
+    engine: Engine<StructSchema<F>>,
+}
+
+impl<F: StructFields> StructDict<F> {
+    /// Opens or creates the dict; a dict created here starts from `initial`.
+    pub fn open(options: &OpenOptions, initial: F) -> Result<Self> {
+        let initial = initial.replace_all();
+        Ok(StructDict {
+            engine: Engine::open(&options.0, Some(&initial))?,
+        })
+    }
+
+    /// The dict's name.
+    pub fn name(&self) -> &str {
+        self.engine.name()
+    }
+
+    /// Runs `f` on the mapped dump and the overlay, caught up.
+    pub fn read<R>(&self, f: impl FnOnce(&F::Stored, &F::Overlay) -> R) -> Result<R> {
+        self.engine
+            .read(|view: &View<StructSchema<F>>| match view.dump() {
+                Some(dump) => Ok(f(dump, &view.overlay)),
+                None => Err(Error::corrupt(
+                    self.engine.name(),
+                    "a struct dict without its first dump",
+                )),
+            })?
+    }
+
+    /// Commits one update.
+    pub fn write(&self, update: F::Update) -> Result<()> {
+        self.engine.write(|_| Ok((Some(update), ())))
+    }
+
+    /// The current fields, owned.
+    pub fn fields(&self) -> Result<F> {
+        self.read(|dump, overlay| F::materialize(dump, overlay))?
+            .map_err(|e| Error::corrupt(self.engine.name(), format!("deserializing fields: {e}")))
+    }
+
+    /// Takes the dict's lock.
+    pub fn lock(&self) -> Result<LockGuard<'_>> {
+        self.engine.lock(&LockOptions::default())
+    }
+
+    /// Takes the dict's lock as `options` say.
+    pub fn lock_with(&self, options: LockOptions) -> Result<LockGuard<'_>> {
+        self.engine.lock(&options)
+    }
+
+    /// Writes a full dump now.
+    pub fn dump(&self) -> Result<()> {
+        self.engine.dump()
+    }
+
+    /// Catches up; with `force`, rebuilds the view from the dump and stream.
+    pub fn load(&self, force: bool) -> Result<()> {
+        self.engine.reload(force)
+    }
+
+    /// The dict's shared state.
+    pub fn status(&self) -> Status {
+        self.engine.status()
+    }
+
+    /// Removes the dict and its nested children from /dev/shm.
+    pub fn unlink(&self) -> Result<()> {
+        self.engine.unlink()
+    }
+
+    /// Leaves the dict (see [`Lifetime`]).
+    pub fn close(&self) -> Result<()> {
+        self.engine.detach()
+    }
+
+    /// Records a nested child in this dict's register.
+    pub fn register_child(&self, child: &str, what: &str) -> Result<()> {
+        crate::register::register_child(self.engine.name(), child, what)
+    }
+}
+
+/// How a derived state is opened: the same options as [`UltraDict::builder`](crate::UltraDict::builder).
+/// Used by generated code.
+#[doc(hidden)]
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions(pub(crate) Options);
+
+impl OpenOptions {
+    /// The options of the nested child stored under `key` of the dict called `parent`.
+    pub fn child(&self, parent: &str, key: &str) -> OpenOptions {
+        OpenOptions(self.0.child(parent, key))
+    }
+
+    /// Opens the nested map child stored under `key` of `parent`, registering it.
+    pub fn open_nested_map<K: crate::Key, V: crate::Value>(
+        &self,
+        parent: &StructDict<impl StructFields>,
+        key: &str,
+        initial: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<crate::UltraDict<K, V>> {
+        let options = self.0.child(parent.name(), key);
+        let name = options.name.clone().unwrap_or_default();
+        let dict = crate::UltraDict::open_with(&options, Some(initial.into_iter().collect()))?;
+        parent.register_child(&name, &format!("nested map field {key}"))?;
+        Ok(dict)
+    }
+}
+
+/// Implemented by `#[derive(SharedDict)]`: a state struct whose handle is shared by every
+/// process that opens the same name.
+///
+/// ```
+/// use ultradict::SharedDict;
+///
+/// #[derive(SharedDict, Default)]
+/// struct Counters {
+///     hits: u64,
+///     label: String,
+/// }
+///
+/// # fn main() -> ultradict::Result<()> {
+/// let counters = Counters::builder().open()?; // or Counters::open("name")
+/// counters.update_hits(|h| h + 1)?;
+/// counters.set_label("front page".into())?;
+/// assert_eq!(counters.hits()?, 1);
+/// let copy: Counters = counters.snapshot()?;
+/// assert_eq!(copy.label, "front page");
+/// # Ok(()) }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a shared dict",
+    label = "`#[ultradict(nested)]` needs a type that derives `SharedDict`, or a `HashMap<K, V>`",
+    note = "add `#[derive(SharedDict)]` to `{Self}`, or remove `#[ultradict(nested)]` to store it as one value"
+)]
+pub trait SharedDict: Sized + 'static {
+    /// The generated handle type (`Shared` + the struct's name).
+    type Handle;
+
+    /// Starts configuring a handle with the map's options (name, create mode, sizes,
+    /// lifetime).
+    fn builder() -> StructBuilder<Self> {
+        StructBuilder {
+            options: Options::default(),
+            _state: PhantomData,
+        }
+    }
+
+    /// Opens (or creates, from `Default::default()`) the shared state `name`.
+    ///
+    /// # Errors
+    /// As [`StructBuilder::open`].
+    fn open(name: &str) -> Result<Self::Handle>
+    where
+        Self: Default,
+    {
+        Self::builder().name(name).open()
+    }
+
+    #[doc(hidden)]
+    fn __open(options: &OpenOptions, initial: Self) -> Result<Self::Handle>;
+    #[doc(hidden)]
+    fn __snapshot(handle: &Self::Handle) -> Result<Self>;
+    #[doc(hidden)]
+    fn __replace(handle: &Self::Handle, value: Self) -> Result<()>;
+}
+
+/// Configures and opens a derived state's handle.
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `.open()`"]
+pub struct StructBuilder<T> {
+    options: Options,
+    _state: PhantomData<fn() -> T>,
+}
+
+impl<T: SharedDict> StructBuilder<T> {
+    /// The state's name; nested children are named after it.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.options.name = Some(name.into());
+        self
+    }
+
+    /// Create, attach, or either (the default).
+    pub fn create(mut self, create: Create) -> Self {
+        self.options.create = create;
+        self
+    }
+
+    /// Bytes of update stream of the root dict (nested dicts use the default).
+    pub fn buffer_size(mut self, bytes: usize) -> Self {
+        self.options.buffer_size = Some(bytes);
+        self
+    }
+
+    /// Fixed size of the root dict's dumps.
+    pub fn full_dump_size(mut self, bytes: usize) -> Self {
+        self.options.full_dump_size = Some(bytes);
+        self
+    }
+
+    /// When the state (with all its nested dicts) is removed.
+    pub fn lifetime(mut self, lifetime: Lifetime) -> Self {
+        self.options.lifetime = Some(lifetime);
+        self
+    }
+
+    /// How long to wait for a state that another process is still creating.
+    pub fn open_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.options.open_timeout = timeout;
+        self
+    }
+
+    /// Opens the state; if it is created here, it starts from `T::default()`.
+    ///
+    /// # Errors
+    /// As [`Builder::open`](crate::Builder::open); [`Error::SchemaMismatch`] names both
+    /// struct definitions when the state was created from another one.
+    pub fn open(self) -> Result<T::Handle>
+    where
+        T: Default,
+    {
+        self.open_with(T::default())
+    }
+
+    /// Opens the state; if it is created here, it starts from `initial`.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub fn open_with(self, initial: T) -> Result<T::Handle> {
+        T::__open(&OpenOptions(self.options), initial)
+    }
+}
