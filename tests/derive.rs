@@ -248,19 +248,17 @@ fn replacing_nested_values_again_and_again_leaks_nothing() {
 fn dynamic_nested_maps_are_shared_and_removed_with_their_root() {
     let name = unique_name("nested-map");
     let root: UltraDict<String, u64> = UltraDict::open(&name).unwrap();
-    root.nested::<String, u64, _>("jobs")
+    root.nested::<String, u64>("jobs")
         .unwrap()
         .update("count", |n| n.unwrap_or(0) + 1)
         .unwrap();
     let again: UltraDict<String, u64> = UltraDict::open(&name).unwrap();
-    let jobs = again.nested::<String, u64, _>("jobs").unwrap();
+    let jobs = again.nested::<String, u64>("jobs").unwrap();
     assert_eq!(jobs.get("count").unwrap(), Some(1));
-    let deeper = jobs
-        .nested::<u32, String, _>(&"deeper".to_string())
-        .unwrap();
+    let deeper = jobs.nested::<u32, String>(&"deeper".to_string()).unwrap();
     deeper.insert(1, "one".into()).unwrap();
     assert!(matches!(
-        root.nested::<u32, u32, _>("jobs"),
+        root.nested::<u32, u32>("jobs"),
         Err(Error::SchemaMismatch { .. })
     ));
     assert!(shm_objects(&name).len() >= 4, "{:?}", shm_objects(&name));

@@ -895,13 +895,9 @@ impl<S: Schema> Drop for Engine<S> {
     }
 }
 
-/// Removes every segment of dict `name` and of its nested children.
+/// Removes every segment of dict `name` (a root's or a nested child's name, as a handle
+/// holds it) and of its nested children.
 pub(crate) fn unlink_by_name(name: &str) -> Result<()> {
-    if name.contains(naming::SEPARATOR) {
-        naming::validate_child(name)?;
-    } else {
-        naming::validate(name)?;
-    }
     crate::register::unlink_tree(name)
 }
 

@@ -378,11 +378,10 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     /// # Errors
     /// [`Error::SchemaMismatch`](crate::Error::SchemaMismatch) if the nested dict under `key`
     /// holds other types; the errors of [`Builder::open`].
-    pub fn nested<K2: Key, V2: Value, Q>(&self, key: &Q) -> Result<UltraDict<K2, V2>>
-    where
-        K: Borrow<Q>,
-        Q: ToOwned<Owned = K> + ?Sized,
-    {
+    pub fn nested<K2: Key, V2: Value>(
+        &self,
+        key: &(impl ToOwned<Owned = K> + ?Sized),
+    ) -> Result<UltraDict<K2, V2>> {
         let child = crate::naming::key_child(self.name(), &key_bytes(&key.to_owned())?);
         let options = Options {
             name: Some(child.clone()),
@@ -717,6 +716,7 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     /// [`Error::InvalidName`](crate::Error::InvalidName), or [`Error::Io`](crate::Error::Io) if a
     /// segment could not be removed.
     pub fn unlink_by_name(name: &str) -> Result<()> {
+        crate::naming::validate(name)?;
         crate::engine::unlink_by_name(name)
     }
 }
