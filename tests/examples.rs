@@ -46,3 +46,25 @@ fn parallel_tally_adds_up_exactly() {
     );
     assert!(out.contains("primes below 30000: 3245"), "{out}");
 }
+
+#[test]
+fn app_state_counts_every_update_of_both_processes() {
+    let out = run_example("app_state", &[]);
+    assert!(out.contains("phase    done"), "{out}");
+    assert!(out.contains("total    6000"), "{out}");
+    assert!(out.contains("requests 2000, errors 20"), "{out}");
+    assert_eq!(out.matches("did 1000 rounds").count(), 2, "{out}");
+}
+
+#[test]
+fn shared_config_reaches_every_reader() {
+    let out = run_example("shared_config", &[]);
+    assert_eq!(
+        out.matches(
+            "billing v2: hosts [\"10.0.0.1\", \"10.0.0.2\"], max 512 connections, timeout 2500 ms"
+        )
+        .count(),
+        3,
+        "{out}"
+    );
+}

@@ -123,7 +123,6 @@ fn helper_types(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> Token
         #[doc(hidden)]
         #[derive(#rkyv::Archive, #rkyv::Serialize, #rkyv::Deserialize, ::core::clone::Clone)]
         #[rkyv(crate = #rkyv)]
-        #[allow(non_camel_case_types)]
         #vis struct #fields {
             #(#field_idents: #field_types,)*
         }
@@ -140,7 +139,6 @@ fn helper_types(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> Token
         #[doc = #doc_overlay]
         #[doc(hidden)]
         #[derive(::core::default::Default)]
-        #[allow(non_camel_case_types)]
         #vis struct #overlay {
             #(#field_idents: ::core::option::Option<#field_types>,)*
         }
@@ -282,7 +280,10 @@ fn handle_type(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> TokenS
          atomic `update_` method; each nested field has an accessor for its own dict."
     );
     let snapshot_doc = format!("An owned copy of the whole [`{ident}`], nested dicts included.");
-    let replace_doc = format!("Replaces the whole [`{ident}`], nested dicts included.");
+    let replace_doc = format!(
+        "Replaces the whole [`{ident}`]: nested dicts first, then the plain fields in one record, \
+         so a process that sees the new plain fields also sees the new nested values."
+    );
     quote! {
         #[doc = #doc]
         #vis struct #handle {
@@ -324,8 +325,9 @@ fn handle_type(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> TokenS
             pub fn replace(&self, value: #ident) -> #krate::Result<()> {
                 let _guard = self.__dict.lock()?;
                 let #ident { #(#all_idents),* } = value;
-                self.__dict.write(#krate::__private::StructFields::replace_all(#fields { #(#plain_idents),* }))?;
+                // Nested dicts first: whoever sees the new plain fields sees them too.
                 #(#replace_nested)*
+                self.__dict.write(#krate::__private::StructFields::replace_all(#fields { #(#plain_idents),* }))?;
                 ::core::result::Result::Ok(())
             }
 
@@ -533,6 +535,49 @@ fn shared_dict_impl(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> T
             fn __replace(handle: &#handle, value: Self) -> #krate::Result<()> {
                 handle.replace(value)
             }
+        }
+    }
+}
+
+/// Expansion snapshots: every change to generated code shows up as a diff of
+/// `tests/expand/*.expanded.rs`, to be reviewed. Regenerate them with
+/// `ULTRADICT_BLESS=1 cargo test -p ultradict-derive`.
+#[cfg(test)]
+mod snapshots {
+    use std::path::Path;
+
+    fn expand_file(input: &Path) -> String {
+        let source = std::fs::read_to_string(input).expect("read input");
+        let tokens: proc_macro2::TokenStream = source.parse().expect("tokens");
+        let output = super::derive(tokens);
+        let file = syn::parse2::<syn::File>(output).expect("the expansion parses as a file");
+        prettyplease::unparse(&file)
+    }
+
+    #[test]
+    fn expansions_match_their_snapshots() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/expand");
+        let bless = std::env::var_os("ULTRADICT_BLESS").is_some();
+        let mut inputs: Vec<_> = std::fs::read_dir(&dir)
+            .expect("tests/expand")
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| !path.to_string_lossy().ends_with(".expanded.rs"))
+            .collect();
+        inputs.sort();
+        assert!(!inputs.is_empty());
+        for input in inputs {
+            let expanded = expand_file(&input);
+            let snapshot = input.with_extension("expanded.rs");
+            if bless {
+                std::fs::write(&snapshot, &expanded).expect("write snapshot");
+                continue;
+            }
+            let expected = std::fs::read_to_string(&snapshot).unwrap_or_default();
+            assert!(
+                expected == expanded,
+                "the expansion of {} changed; review it and rerun with ULTRADICT_BLESS=1:\n{expanded}",
+                input.display()
+            );
         }
     }
 }

@@ -1,0 +1,9 @@
+use ultradict::SharedDict;
+
+#[derive(SharedDict)]
+enum Mode {
+    Fast,
+    Slow,
+}
+
+fn main() {}

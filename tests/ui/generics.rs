@@ -1,0 +1,8 @@
+use ultradict::SharedDict;
+
+#[derive(SharedDict)]
+struct Holder<T> {
+    value: T,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use ultradict::SharedDict;
+
+#[derive(SharedDict)]
+struct Empty {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use ultradict::SharedDict;
+
+#[derive(SharedDict)]
+struct Pair(u64, u64);
+
+fn main() {}

@@ -1,0 +1,5 @@
+#[derive(SharedDict)]
+#[ultradict(crate = "::my_ultradict")]
+struct Minimal {
+    r#type: u8,
+}
