@@ -157,6 +157,7 @@ fn struct_fields_impl(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) ->
     } = names;
     let field_idents: Vec<&Ident> = plain.iter().map(|f| f.ident).collect();
     let variants: Vec<Ident> = plain.iter().map(|f| f.variant()).collect();
+    let keys: Vec<String> = plain.iter().map(|f| f.key()).collect();
     let plain_types: Vec<&syn::Type> = plain.iter().map(|f| f.ty).collect();
 
     // "AppState { counter: u64, stats: nested Stats, ... }", with full type names.
@@ -224,6 +225,17 @@ fn struct_fields_impl(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) ->
                     #[allow(unreachable_patterns)]
                     _ => ::core::option::Option::None,
                 }
+            }
+        }
+
+        #[automatically_derived]
+        impl #krate::__private::Touches<&'static str> for #update {
+            fn touched(&self, out: &mut ::std::vec::Vec<&'static str>) -> bool {
+                match self {
+                    #(#update::#variants(_) => out.push(#keys),)*
+                    #update::__All(_) => out.extend([#(#keys),*]),
+                }
+                true
             }
         }
     }
@@ -329,6 +341,20 @@ fn handle_type(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> TokenS
                 #(#replace_nested)*
                 self.__dict.write(#krate::__private::StructFields::replace_all(#fields { #(#plain_idents),* }))?;
                 ::core::result::Result::Ok(())
+            }
+
+            /// Blocks until some process commits a change to this state's plain fields that
+            /// this handle has not seen, or `timeout` passes; returns whether there is news.
+            ///
+            /// # Errors
+            /// None today.
+            pub fn wait_for_change(&self, timeout: ::core::time::Duration) -> #krate::Result<bool> {
+                self.__dict.wait_for_change(timeout)
+            }
+
+            /// A watcher that reports which plain fields (by stored key) change from now on.
+            pub fn watch(&self) -> #krate::Watcher<'_, &'static str> {
+                self.__dict.watch()
             }
 
             /// The name other processes open this state with.

@@ -106,6 +106,17 @@ pub(crate) struct Counters {
     pub(crate) locked_catch_ups: AtomicU64,
 }
 
+/// Change notification: a futex word bumped after every publication, and the number of
+/// threads sleeping on it (so that writers make the wake-up call only when someone waits).
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct Changes {
+    /// Bumped (wrapping) by the writer after each new state word is published.
+    pub(crate) sequence: AtomicU32,
+    /// Threads inside `wait_for_change`, in any process.
+    pub(crate) waiters: AtomicU32,
+}
+
 /// The shared header of a dict.
 #[repr(C)]
 #[derive(Debug)]
@@ -140,6 +151,9 @@ pub(crate) struct Control {
     // ---- counters ----
     pub(crate) counters: Line<Counters>,
 
+    // ---- change notification ----
+    pub(crate) changes: Line<Changes>,
+
     // ---- attached processes ----
     /// Live handles attached. The last to detach (under `Lifetime::LastClose`) removes the
     /// dict; 0 means the dict is being removed and may not be attached to.
@@ -167,8 +181,15 @@ impl Control {
         StateWord::unpack(self.state.load(Ordering::Acquire))
     }
 
+    /// Publishes a new state word, then wakes whoever waits for a change.
     pub(crate) fn publish(&self, state: StateWord) {
         self.state.0.store(state.pack(), Ordering::Release);
+        // SeqCst pairs with the waiter's increment of `waiters` before it reads `sequence`:
+        // either it sees our bump, or we see it waiting and wake it.
+        self.changes.sequence.fetch_add(1, Ordering::SeqCst);
+        if self.changes.waiters.load(Ordering::SeqCst) > 0 {
+            crate::os::futex_wake(&self.changes.sequence, u32::MAX >> 1);
+        }
     }
 
     /// The schema text, as far as it is UTF-8.

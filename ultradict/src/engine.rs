@@ -501,8 +501,37 @@ impl<S: Schema> Engine<S> {
                 Err(err) => return Err(err),
             }
         }
-        let from = view.state.committed as usize;
-        let to = target.committed as usize;
+        let View {
+            dump,
+            overlay,
+            state,
+        } = view;
+        let dump = dump.as_ref().map(Dump::root);
+        let progress = self.read_records(state.committed, target, locked, |update| {
+            S::apply_archived(dump, overlay, update).map_err(|e| {
+                Error::corrupt(
+                    self.segment.object(),
+                    format!("record could not be applied: {e}"),
+                )
+            })
+        })?;
+        if let Progress::Done = progress {
+            *state = target;
+        }
+        Ok(progress)
+    }
+
+    /// Reads the records of `target`'s epoch from offset `from` up to `target`, validates all
+    /// of them, then hands each to `visit` in order. `Retry` if the range was overwritten
+    /// while being copied (only possible without the lock).
+    fn read_records(
+        &self,
+        from: u32,
+        target: StateWord,
+        locked: bool,
+        mut visit: impl FnMut(&<S::Update as Data>::Stored) -> Result<()>,
+    ) -> Result<Progress> {
+        let (from, to) = (from as usize, target.committed as usize);
         if to < from || to > self.stream_capacity || !to.is_multiple_of(stream::RECORD_ALIGN) {
             if locked {
                 return Err(Error::corrupt(
@@ -519,10 +548,10 @@ impl<S: Schema> Engine<S> {
         // epoch re-check below throws such a copy away.
         unsafe { copy_out(self.stream_ptr().add(from), bytes) };
         fence(Ordering::Acquire);
-        if control.state().epoch != target.epoch {
+        if self.control().state().epoch != target.epoch {
             return Ok(Progress::Retry);
         }
-        // Validate every record before applying any, so a bad record changes nothing.
+        // Validate every record before using any, so a bad record changes nothing.
         let mut archived = Vec::new();
         for record in stream::records(bytes, from, target.epoch) {
             let record = match record {
@@ -541,22 +570,67 @@ impl<S: Schema> Engine<S> {
                 })?;
             archived.push(update);
         }
-        let View {
-            dump,
-            overlay,
-            state,
-        } = view;
-        let dump = dump.as_ref().map(Dump::root);
         for update in archived {
-            S::apply_archived(dump, overlay, update).map_err(|e| {
-                Error::corrupt(
-                    self.segment.object(),
-                    format!("record could not be applied: {e}"),
-                )
-            })?;
+            visit(update)?;
         }
-        *state = target;
         Ok(Progress::Done)
+    }
+
+    /// The updates committed since `position`, deserialized, and the position they lead to;
+    /// [`Since::Reset`] if a full dump replaced the stream in between (the records are gone).
+    pub(crate) fn updates_since(&self, position: StateWord) -> Result<Since<S::Update>> {
+        for _ in 0..LOCK_FREE_ATTEMPTS {
+            let target = self.control().state();
+            if target == position {
+                return Ok(Since::Nothing);
+            }
+            if target.epoch != position.epoch || target.committed < position.committed {
+                return Ok(Since::Reset(target));
+            }
+            let mut updates = Vec::new();
+            let progress = self.read_records(position.committed, target, false, |stored| {
+                let update = crate::schema::deserialize::<S::Update>(stored)
+                    .map_err(|e| Error::corrupt(self.segment.object(), format!("record: {e}")))?;
+                updates.push(update);
+                Ok(())
+            })?;
+            if let Progress::Done = progress {
+                return Ok(Since::Updates(updates, target));
+            }
+        }
+        // Writers kept switching epochs under us: whatever happened, it was a lot.
+        Ok(Since::Reset(self.control().state()))
+    }
+
+    /// The published position.
+    pub(crate) fn published(&self) -> StateWord {
+        self.control().state()
+    }
+
+    /// Sleeps until the published state differs from `seen` or `timeout` passes, on the
+    /// shared futex that every publication bumps. Returns whether it changed.
+    pub(crate) fn wait_for_change_since(&self, seen: StateWord, timeout: Duration) -> bool {
+        let changes = &self.control().changes;
+        let deadline = Instant::now() + timeout;
+        changes.waiters.fetch_add(1, Ordering::SeqCst);
+        let changed = loop {
+            let sequence = changes.sequence.load(Ordering::SeqCst);
+            if self.control().state() != seen {
+                break true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break false;
+            }
+            crate::os::futex_wait(&changes.sequence, sequence, left);
+        };
+        changes.waiters.fetch_sub(1, Ordering::SeqCst);
+        changed
+    }
+
+    /// The position this handle's view has reached.
+    pub(crate) fn view_position(&self) -> StateWord {
+        self.view.read().state
     }
 
     /// Maps the dump that starts `epoch` (epoch 0 has none).
@@ -955,6 +1029,16 @@ unsafe fn copy_out(src: *const u8, dst: &mut [u8]) {
 enum Progress {
     Done,
     Retry,
+}
+
+/// What happened since a position in the stream.
+pub(crate) enum Since<U> {
+    /// Nothing was published.
+    Nothing,
+    /// These updates, in order, lead to this position.
+    Updates(Vec<U>, StateWord),
+    /// A full dump started a new epoch: the updates in between are not known one by one.
+    Reset(StateWord),
 }
 
 /// Why one open attempt did not produce an engine.

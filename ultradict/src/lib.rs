@@ -79,6 +79,7 @@ mod segment;
 mod status;
 mod stream;
 mod structs;
+mod watch;
 
 pub use error::{Error, Result};
 pub use lock_guard::{LockGuard, LockOptions};
@@ -89,6 +90,7 @@ pub use schema::{Data, Deserializer, Fingerprint, RecordSerializer, Schema, Vali
 pub use status::{LockHolder, Status};
 
 pub use structs::{SharedDict, StructBuilder};
+pub use watch::{Change, Watcher};
 
 /// `#[derive(SharedDict)]`: see [`SharedDict`].
 pub use ultradict_derive::SharedDict;
@@ -98,6 +100,7 @@ pub use ultradict_derive::SharedDict;
 pub mod __private {
     pub use crate::schema::deserialize;
     pub use crate::structs::{OpenOptions, StructDict, StructFields};
+    pub use crate::watch::Touches;
 }
 
 /// rkyv, re-exported so that users derive its traits with the version ultradict uses.

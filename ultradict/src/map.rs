@@ -49,6 +49,17 @@ pub(crate) enum MapUpdate<K, V> {
     Replace(Vec<(K, V)>),
 }
 
+impl<K: Clone, V> crate::watch::Touches<K> for MapUpdate<K, V> {
+    fn touched(&self, out: &mut Vec<K>) -> bool {
+        match self {
+            MapUpdate::Insert(key, _) | MapUpdate::Remove(key) => out.push(key.clone()),
+            MapUpdate::Extend(pairs) => out.extend(pairs.iter().map(|(key, _)| key.clone())),
+            MapUpdate::Clear | MapUpdate::Replace(_) => return false,
+        }
+        true
+    }
+}
+
 /// What a map process holds on top of its mapped dump.
 pub(crate) struct MapOverlay<K, V> {
     /// Keys changed since the dump: `Some` value, or `None` if removed.
@@ -655,6 +666,31 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     /// [`Error::LockedByOtherHandle`](crate::Error::LockedByOtherHandle).
     pub fn lock_with(&self, options: LockOptions) -> Result<LockGuard<'_>> {
         self.engine.lock(&options)
+    }
+
+    /// Blocks until some process (this one included) commits an update this handle has not
+    /// seen yet, or `timeout` passes; returns whether there is news. Sleeps on a shared futex:
+    /// no spinning.
+    ///
+    /// ```
+    /// # fn main() -> ultradict::Result<()> {
+    /// use std::time::Duration;
+    /// let d: ultradict::UltraDict<u32, u32> = ultradict::UltraDict::builder().open()?;
+    /// assert!(!d.wait_for_change(Duration::from_millis(10))?);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// None today; the `Result` leaves room for backends whose waits can fail.
+    pub fn wait_for_change(&self, timeout: Duration) -> Result<bool> {
+        Ok(self
+            .engine
+            .wait_for_change_since(self.engine.view_position(), timeout))
+    }
+
+    /// A [`Watcher`](crate::Watcher) that reports which keys change from now on.
+    pub fn watch(&self) -> crate::Watcher<'_, K> {
+        crate::Watcher::new(&self.engine)
     }
 
     /// Writes a full dump now; the stream starts empty again.

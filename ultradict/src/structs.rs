@@ -22,8 +22,9 @@ use crate::status::Status;
 /// meant to be implemented by hand.
 #[doc(hidden)]
 pub trait StructFields: Data + Clone {
-    /// One record: a new value for one field, or for all of them.
-    type Update: Data;
+    /// One record: a new value for one field, or for all of them. Names the fields it sets
+    /// (by their stored keys) for watchers.
+    type Update: Data + crate::watch::Touches<&'static str>;
     /// A process's changes on top of the dump: an `Option` per field.
     type Overlay: Default + Send + Sync;
 
@@ -181,6 +182,18 @@ impl<F: StructFields> StructDict<F> {
     /// Leaves the dict (see [`Lifetime`]).
     pub fn close(&self) -> Result<()> {
         self.engine.detach()
+    }
+
+    /// Blocks until some process commits an update this handle has not seen, or `timeout`.
+    pub fn wait_for_change(&self, timeout: std::time::Duration) -> Result<bool> {
+        Ok(self
+            .engine
+            .wait_for_change_since(self.engine.view_position(), timeout))
+    }
+
+    /// A watcher of this dict's plain fields.
+    pub fn watch(&self) -> crate::Watcher<'_, &'static str> {
+        crate::Watcher::new(&self.engine)
     }
 
     /// Records a nested child in this dict's register.
