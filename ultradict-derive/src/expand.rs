@@ -233,7 +233,10 @@ fn struct_fields_impl(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) ->
             fn touched(&self, out: &mut ::std::vec::Vec<&'static str>) -> bool {
                 match self {
                     #(#update::#variants(_) => out.push(#keys),)*
-                    #update::__All(_) => out.extend([#(#keys),*]),
+                    #update::__All(_) => {
+                        let all: &[&'static str] = &[#(#keys),*];
+                        out.extend_from_slice(all);
+                    }
                 }
                 true
             }

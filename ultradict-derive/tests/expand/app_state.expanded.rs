@@ -119,7 +119,10 @@ impl ::ultradict::__private::Touches<&'static str> for __UltradictUpdateOfAppSta
         match self {
             __UltradictUpdateOfAppState::Counter(_) => out.push("counter"),
             __UltradictUpdateOfAppState::Label(_) => out.push("label"),
-            __UltradictUpdateOfAppState::__All(_) => out.extend(["counter", "label"]),
+            __UltradictUpdateOfAppState::__All(_) => {
+                let all: &[&'static str] = &["counter", "label"];
+                out.extend_from_slice(all);
+            }
         }
         true
     }

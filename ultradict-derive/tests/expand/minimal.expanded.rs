@@ -92,7 +92,10 @@ impl ::my_ultradict::__private::Touches<&'static str> for __UltradictUpdateOfMin
     fn touched(&self, out: &mut ::std::vec::Vec<&'static str>) -> bool {
         match self {
             __UltradictUpdateOfMinimal::Type(_) => out.push("type"),
-            __UltradictUpdateOfMinimal::__All(_) => out.extend(["type"]),
+            __UltradictUpdateOfMinimal::__All(_) => {
+                let all: &[&'static str] = &["type"];
+                out.extend_from_slice(all);
+            }
         }
         true
     }
