@@ -67,6 +67,7 @@ mod dump;
 mod engine;
 mod error;
 mod fault;
+mod inspect;
 mod lock;
 mod lock_guard;
 mod map;
@@ -82,6 +83,7 @@ mod structs;
 mod watch;
 
 pub use error::{Error, Result};
+pub use inspect::{Attached, DictInfo, Listed, cleanup, inspect, list};
 pub use lock_guard::{LockGuard, LockOptions};
 pub use map::{Builder, Key, UltraDict, Value};
 pub use naming::MAX_NAME_LEN;

@@ -1,0 +1,304 @@
+//! `ultradict`: list, inspect, watch and remove the shared dicts on this machine, without
+//! knowing their key and value types.
+//!
+//! Exit codes: 0 success; 1 an unexpected error; 2 bad usage; 3 no such dict; 4 the object
+//! is not an ultradict (or is of another format version, or never finished being created);
+//! 5 permission denied.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+use ultradict::{DictInfo, Error};
+
+#[derive(Parser)]
+#[command(
+    name = "ultradict",
+    version,
+    about = "Inspect and manage ultradict shared dicts in /dev/shm"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Every ultradict in /dev/shm: size, epoch, live processes, lock holder, orphaned or not.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What `status()` shows for one dict.
+    Status {
+        /// The dict's name.
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A live view of a dict's update rate, epochs, dumps and processes, until Ctrl-C.
+    Watch {
+        /// The dict's name.
+        name: String,
+        /// Time between two lines.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Stop after this many lines (default: never).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Remove a dict and its nested dicts from /dev/shm.
+    Unlink {
+        /// The dict's name.
+        name: String,
+    },
+    /// Remove every orphaned dict (all its processes died).
+    Cleanup {
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::List { json } => list(json),
+        Command::Status { name, json } => status(&name, json),
+        Command::Watch {
+            name,
+            interval_ms,
+            count,
+        } => watch(&name, Duration::from_millis(interval_ms), count),
+        Command::Unlink { name } => unlink(&name),
+        Command::Cleanup { dry_run } => cleanup(dry_run),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("ultradict: {err}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+/// The documented exit code of an error.
+fn exit_code(err: &Error) -> u8 {
+    match err {
+        Error::NotFound { .. } => 3,
+        Error::Foreign { .. } | Error::VersionMismatch { .. } | Error::NotReady { .. } => 4,
+        Error::PermissionDenied { .. } => 5,
+        Error::InvalidName { .. } => 2,
+        _ => 1,
+    }
+}
+
+fn list(as_json: bool) -> ultradict::Result<()> {
+    let listed = ultradict::list()?;
+    if as_json {
+        let entries: Vec<Value> = listed
+            .iter()
+            .map(|l| match &l.info {
+                Ok(info) => info_json(info),
+                Err(err) => json!({ "name": l.name, "error": err.to_string() }),
+            })
+            .collect();
+        println!("{}", Value::Array(entries));
+        return Ok(());
+    }
+    println!(
+        "{:<32} {:>10} {:>6} {:>6} {:>10} {:>8}",
+        "NAME", "BYTES", "EPOCH", "LIVE", "LOCK", "ORPHANED"
+    );
+    for l in &listed {
+        match &l.info {
+            Ok(info) => println!(
+                "{:<32} {:>10} {:>6} {:>6} {:>10} {:>8}",
+                info.name,
+                info.bytes(),
+                info.epoch,
+                info.live_pids().len(),
+                info.lock_holder
+                    .as_ref()
+                    .map_or("-".to_owned(), |h| h.pid.to_string()),
+                if info.orphaned() { "yes" } else { "no" }
+            ),
+            Err(err) => println!("{:<32} unreadable: {err}", l.name),
+        }
+    }
+    Ok(())
+}
+
+fn status(name: &str, as_json: bool) -> ultradict::Result<()> {
+    let info = ultradict::inspect(name)?;
+    if as_json {
+        println!("{}", info_json(&info));
+    } else {
+        print_status(&info);
+    }
+    Ok(())
+}
+
+fn print_status(info: &DictInfo) {
+    println!("dict              {}", info.name);
+    println!("schema            {}", info.schema);
+    for (object, len) in &info.segments {
+        println!("segment           /dev/shm/{object} ({len} bytes)");
+    }
+    println!(
+        "stream            {} of {} bytes used",
+        info.buffer_used, info.buffer_size
+    );
+    match info.full_dump_size {
+        Some(size) => println!("dump capacity     {size} bytes (fixed)"),
+        None => println!("dump capacity     grows as needed"),
+    }
+    println!("epoch             {}", info.epoch);
+    println!(
+        "records, dumps    {}, {} (current dump {} bytes)",
+        info.records, info.dumps, info.dump_bytes
+    );
+    println!("lifetime          {:?}", info.lifetime);
+    let attached: Vec<String> = info
+        .attached
+        .iter()
+        .map(|a| {
+            if a.alive {
+                a.pid.to_string()
+            } else {
+                format!("{} (dead)", a.pid)
+            }
+        })
+        .collect();
+    println!(
+        "attached          {} [{}]",
+        info.attached.len(),
+        attached.join(", ")
+    );
+    match (&info.lock_holder, info.lock_holder_alive) {
+        (Some(holder), alive) => {
+            let held = holder.since.and_then(|s| s.elapsed().ok());
+            let dead = if alive == Some(false) {
+                " (dead: the next acquire recovers it)"
+            } else {
+                ""
+            };
+            match held {
+                Some(held) => println!(
+                    "lock              held by pid {} for at least {held:?}{dead}",
+                    holder.pid
+                ),
+                None => println!("lock              held by pid {}{dead}", holder.pid),
+            }
+        }
+        (None, _) => println!("lock              free"),
+    }
+    println!("lock recoveries   {}", info.lock_recoveries);
+    if !info.children.is_empty() {
+        println!("nested dicts      {}", info.children.join(", "));
+    }
+    println!(
+        "orphaned          {}",
+        if info.orphaned() { "yes" } else { "no" }
+    );
+}
+
+fn info_json(info: &DictInfo) -> Value {
+    let since = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs_f64() as u64)
+    };
+    json!({
+        "name": info.name,
+        "schema": info.schema,
+        "segments": info.segments.iter().map(|(o, l)| json!({ "name": o, "bytes": l })).collect::<Vec<_>>(),
+        "bytes": info.bytes(),
+        "buffer_size": info.buffer_size,
+        "buffer_used": info.buffer_used,
+        "full_dump_size": info.full_dump_size,
+        "epoch": info.epoch,
+        "records": info.records,
+        "dumps": info.dumps,
+        "dump_bytes": info.dump_bytes,
+        "lifetime": format!("{:?}", info.lifetime),
+        "attached": info.attached.iter().map(|a| json!({ "pid": a.pid, "alive": a.alive })).collect::<Vec<_>>(),
+        "lock_holder": info.lock_holder.as_ref().map(|h| json!({
+            "pid": h.pid,
+            "since_unix_s": h.since.map(since),
+            "alive": info.lock_holder_alive,
+        })),
+        "lock_recoveries": info.lock_recoveries,
+        "children": info.children,
+        "orphaned": info.orphaned(),
+    })
+}
+
+fn watch(name: &str, interval: Duration, count: Option<u64>) -> ultradict::Result<()> {
+    let mut last = ultradict::inspect(name)?;
+    let mut last_at = Instant::now();
+    println!(
+        "{:>8} {:>12} {:>8} {:>8} {:>10} {:>6} {:>10}",
+        "SECONDS", "UPDATES/S", "EPOCH", "DUMPS", "RECORDS", "LIVE", "LOCK"
+    );
+    let started = Instant::now();
+    let mut lines = 0;
+    while count.is_none_or(|count| lines < count) {
+        std::thread::sleep(interval);
+        let now = ultradict::inspect(name)?;
+        let elapsed = last_at.elapsed().as_secs_f64().max(1e-9);
+        let updates = (now.records + now.dumps).saturating_sub(last.records + last.dumps);
+        println!(
+            "{:>8.1} {:>12.0} {:>8} {:>8} {:>10} {:>6} {:>10}",
+            started.elapsed().as_secs_f64(),
+            updates as f64 / elapsed,
+            now.epoch,
+            now.dumps,
+            now.records,
+            now.live_pids().len(),
+            now.lock_holder
+                .as_ref()
+                .map_or("-".to_owned(), |h| h.pid.to_string()),
+        );
+        last = now;
+        last_at = Instant::now();
+        lines += 1;
+    }
+    Ok(())
+}
+
+fn unlink(name: &str) -> ultradict::Result<()> {
+    // Refuse objects that are not ours; a dict whose control segment is gone but whose
+    // dumps remain is still removed.
+    match ultradict::inspect(name) {
+        Ok(_) | Err(Error::NotReady { .. }) => {}
+        Err(Error::NotFound { .. }) if !leftovers(name)? => {
+            return Err(Error::NotFound {
+                name: name.to_owned(),
+            });
+        }
+        Err(Error::NotFound { .. }) => {}
+        Err(err) => return Err(err),
+    }
+    ultradict::UltraDict::<u8, u8>::unlink_by_name(name)?;
+    println!("removed {name}");
+    Ok(())
+}
+
+fn leftovers(name: &str) -> ultradict::Result<bool> {
+    Ok(ultradict::list()?.iter().any(|l| l.name == name))
+}
+
+fn cleanup(dry_run: bool) -> ultradict::Result<()> {
+    let removed = ultradict::cleanup(dry_run)?;
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for name in &removed {
+        println!("{verb} {name}");
+    }
+    if removed.is_empty() {
+        println!("no orphaned dicts");
+    }
+    Ok(())
+}

@@ -1,0 +1,202 @@
+//! The `ultradict` binary, run as users run it.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use ultradict::{Create, UltraDict};
+use ultradict_workspace::{Spawn, arg, assert_no_segments, report, role, shm_objects, unique_name};
+
+fn ultradict(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ultradict"))
+        .args(args)
+        .output()
+        .expect("run ultradict")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn child_entry() {
+    let Some(role) = role() else { return };
+    assert_eq!(role, "attach_and_hang");
+    let d: UltraDict<String, u64> = UltraDict::builder()
+        .name(arg("NAME"))
+        .create(Create::Open)
+        .open()
+        .unwrap();
+    d.insert("child".into(), 1).unwrap();
+    report("attached");
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn list_and_status_describe_a_dict_without_its_types() {
+    let name = unique_name("cli-status");
+    let d: UltraDict<String, u64> = UltraDict::builder()
+        .name(&name)
+        .buffer_size(4096)
+        .open()
+        .unwrap();
+    d.insert("a".into(), 1).unwrap();
+    d.nested::<u32, u32>("child").unwrap().insert(1, 1).unwrap();
+
+    let out = ultradict(&["list"]);
+    assert!(out.status.success());
+    let line = stdout(&out)
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .map(str::to_owned)
+        .expect("listed");
+    assert!(line.ends_with("no"), "not orphaned: {line}");
+
+    let out = ultradict(&["list", "--json"]);
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let entry = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name.as_str())
+        .expect("in json");
+    assert_eq!(entry["orphaned"], false);
+
+    let out = ultradict(&["status", &name]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    for needle in [
+        "UltraDict<alloc::string::String, u64>",
+        "epoch             0",
+        "lock              free",
+        "nested dicts",
+    ] {
+        assert!(text.contains(needle), "{needle:?} in\n{text}");
+    }
+    let out = ultradict(&["status", &name, "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(status["name"], name.as_str());
+    assert_eq!(status["buffer_size"], 4096);
+    assert_eq!(status["attached"][0]["pid"], std::process::id());
+    assert_eq!(status["children"].as_array().unwrap().len(), 1);
+    drop(d);
+    assert_no_segments(&name);
+}
+
+#[test]
+fn errors_have_documented_exit_codes() {
+    let missing = unique_name("cli-missing");
+    let out = ultradict(&["status", &missing]);
+    assert_eq!(out.status.code(), Some(3), "unknown name");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no dict named"));
+    assert_eq!(
+        ultradict(&["status", "../etc"]).status.code(),
+        Some(2),
+        "invalid name"
+    );
+    assert_eq!(
+        ultradict(&["frobnicate"]).status.code(),
+        Some(2),
+        "bad usage"
+    );
+
+    let foreign = unique_name("cli-foreign");
+    std::fs::write(format!("/dev/shm/ultradict.{foreign}"), vec![7u8; 16_384]).unwrap();
+    let out = ultradict(&["status", &foreign]);
+    assert_eq!(out.status.code(), Some(4), "foreign segment");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an ultradict segment"));
+    assert_eq!(
+        ultradict(&["unlink", &foreign]).status.code(),
+        Some(4),
+        "unlink refuses foreign objects"
+    );
+    std::fs::remove_file(format!("/dev/shm/ultradict.{foreign}")).unwrap();
+}
+
+#[test]
+fn watch_prints_a_line_per_interval() {
+    let name = unique_name("cli-watch");
+    let d: UltraDict<u32, u32> = UltraDict::open(&name).unwrap();
+    let writer = std::thread::spawn({
+        let name = name.clone();
+        move || {
+            let d: UltraDict<u32, u32> = UltraDict::open(&name).unwrap();
+            for i in 0..200 {
+                d.insert(i, i).unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    });
+    let out = ultradict(&["watch", &name, "--interval-ms", "50", "--count", "3"]);
+    writer.join().unwrap();
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 4, "a header and 3 lines:\n{text}");
+    assert!(text.trim_start().starts_with("SECONDS"), "{text}");
+    drop(d);
+    assert_no_segments(&name);
+}
+
+#[test]
+fn unlink_removes_a_dict_with_its_nested_dicts() {
+    let name = unique_name("cli-unlink");
+    let d: UltraDict<String, u64> = UltraDict::builder()
+        .name(&name)
+        .lifetime(ultradict::Lifetime::Persistent)
+        .open()
+        .unwrap();
+    d.nested::<String, u64>("jobs")
+        .unwrap()
+        .insert("x".into(), 1)
+        .unwrap();
+    d.dump().unwrap();
+    drop(d);
+    assert!(shm_objects(&name).len() >= 4, "{:?}", shm_objects(&name));
+    let out = ultradict(&["unlink", &name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_no_segments(&name);
+    assert_eq!(ultradict(&["unlink", &name]).status.code(), Some(3));
+}
+
+#[test]
+fn cleanup_removes_dicts_whose_processes_all_died() {
+    let name = unique_name("cli-orphan");
+    let d: UltraDict<String, u64> = UltraDict::open(&name).unwrap();
+    d.nested::<u32, u32>("inner").unwrap().insert(1, 1).unwrap();
+    let mut child = Spawn::test("child_entry", "attach_and_hang")
+        .env("NAME", &name)
+        .start();
+    child.wait_for_report("attached", Duration::from_secs(60));
+    drop(d); // the child is now the only process attached
+    child.kill(); // SIGKILL: it never detaches
+    assert!(
+        !shm_objects(&name).is_empty(),
+        "the dead child kept the dict"
+    );
+    let listed = stdout(&ultradict(&["list"]));
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .expect("listed");
+    assert!(line.ends_with("yes"), "orphaned: {line}");
+
+    let out = ultradict(&["cleanup", "--dry-run"]);
+    assert!(
+        stdout(&out).contains(&format!("would remove {name}")),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!shm_objects(&name).is_empty(), "a dry run removes nothing");
+
+    let out = ultradict(&["cleanup"]);
+    assert!(out.status.success());
+    assert!(
+        stdout(&out).contains(&format!("removed {name}")),
+        "{}",
+        stdout(&out)
+    );
+    assert_no_segments(&name);
+}
