@@ -112,6 +112,11 @@ fn helper_types(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> Token
         ..
     } = names;
     let vis = &input.original.vis;
+    // rkyv would name these `Archived__Ultradict...`, which trips the naming lint.
+    let archived_fields = format_ident!("__UltradictArchivedFieldsOf{}", ident);
+    let fields_resolver = format_ident!("__UltradictFieldsResolverOf{}", ident);
+    let archived_update = format_ident!("__UltradictArchivedUpdateOf{}", ident);
+    let update_resolver = format_ident!("__UltradictUpdateResolverOf{}", ident);
     let field_idents: Vec<&Ident> = plain.iter().map(|f| f.ident).collect();
     let field_types: Vec<&syn::Type> = plain.iter().map(|f| f.ty).collect();
     let variants: Vec<Ident> = plain.iter().map(|f| f.variant()).collect();
@@ -122,7 +127,7 @@ fn helper_types(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> Token
         #[doc = #doc_fields]
         #[doc(hidden)]
         #[derive(#rkyv::Archive, #rkyv::Serialize, #rkyv::Deserialize, ::core::clone::Clone)]
-        #[rkyv(crate = #rkyv)]
+        #[rkyv(crate = #rkyv, archived = #archived_fields, resolver = #fields_resolver)]
         #vis struct #fields {
             #(#field_idents: #field_types,)*
         }
@@ -130,7 +135,7 @@ fn helper_types(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> Token
         #[doc = #doc_update]
         #[doc(hidden)]
         #[derive(#rkyv::Archive, #rkyv::Serialize, #rkyv::Deserialize)]
-        #[rkyv(crate = #rkyv)]
+        #[rkyv(crate = #rkyv, archived = #archived_update, resolver = #update_resolver)]
         #vis enum #update {
             #(#variants(#field_types),)*
             __All(#fields),

@@ -78,12 +78,7 @@ where
             }
             other => other?,
         };
-        let mut header = [0u8; DUMP_HEADER];
-        header[MAGIC_AT..MAGIC_AT + 8].copy_from_slice(&DUMP_MAGIC);
-        header[VERSION_AT..VERSION_AT + 4].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        header[EPOCH_AT..EPOCH_AT + 4].copy_from_slice(&epoch.to_le_bytes());
-        header[FINGERPRINT_AT..FINGERPRINT_AT + 8].copy_from_slice(&fingerprint.to_le_bytes());
-        header[LEN_AT..LEN_AT + 8].copy_from_slice(&(archive.len() as u64).to_le_bytes());
+        let header = header(epoch, fingerprint, archive.len());
         // SAFETY: the segment was just created by this process and is not yet published, so
         // nobody else maps it; both copies stay within its `len` bytes.
         unsafe {
@@ -97,51 +92,15 @@ where
     }
 
     fn validate(segment: Segment, epoch: u32, fingerprint: u64) -> Result<Self> {
-        let object = segment.object().to_owned();
-        if segment.len() < DUMP_HEADER {
-            return Err(Error::corrupt(&object, "dump shorter than its header"));
-        }
         // SAFETY: dumps are immutable once published (invariant 4), and this one is published
         // (or is ours and unpublished): nobody writes its bytes any more.
-        let header = unsafe { segment.immutable_bytes(0, DUMP_HEADER) };
-        let u32_at =
-            |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().unwrap_or_default());
-        let u64_at =
-            |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().unwrap_or_default());
-        if header[MAGIC_AT..MAGIC_AT + 8] != DUMP_MAGIC {
-            return Err(Error::Foreign {
-                segment: object,
-                reason: "no dump magic".into(),
-            });
-        }
-        if u32_at(VERSION_AT) != FORMAT_VERSION {
-            return Err(Error::VersionMismatch {
-                segment: object,
-                found: u32_at(VERSION_AT),
-                expected: FORMAT_VERSION,
-            });
-        }
-        if u32_at(EPOCH_AT) != epoch {
-            return Err(Error::corrupt(
-                &object,
-                format!("dump says epoch {}", u32_at(EPOCH_AT)),
-            ));
-        }
-        if u64_at(FINGERPRINT_AT) != fingerprint {
-            return Err(Error::corrupt(&object, "dump written with another schema"));
-        }
-        let archive_len = usize::try_from(u64_at(LEN_AT))
-            .ok()
-            .filter(|&len| len <= segment.len() - DUMP_HEADER)
-            .ok_or_else(|| Error::corrupt(&object, "archive length beyond the segment"))?;
-        let dump = Dump {
+        let bytes = unsafe { segment.immutable_bytes(0, segment.len()) };
+        let archive_len = check::<T>(bytes, segment.object(), epoch, fingerprint)?.len();
+        Ok(Dump {
             segment,
             archive_len,
             _root: PhantomData,
-        };
-        rkyv::access::<T, rancor::Error>(dump.archive())
-            .map_err(|e| Error::corrupt(&object, format!("dump failed validation: {e}")))?;
-        Ok(dump)
+        })
     }
 
     /// The archive's root.
@@ -150,6 +109,67 @@ where
         // mapped.
         unsafe { rkyv::access_unchecked::<T>(self.archive()) }
     }
+}
+
+/// Checks a whole dump (header and archive) as it lies in `object`, and returns its archive.
+/// Everything is validated: a dump is bytes from shared memory, which anyone attached could
+/// have written.
+pub(crate) fn check<'a, T>(
+    bytes: &'a [u8],
+    object: &str,
+    epoch: u32,
+    fingerprint: u64,
+) -> Result<&'a [u8]>
+where
+    T: Portable + for<'v> CheckBytes<Validator<'v>>,
+{
+    let Some(header) = bytes.get(..DUMP_HEADER) else {
+        return Err(Error::corrupt(object, "dump shorter than its header"));
+    };
+    let u32_at = |at: usize| {
+        u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    let u64_at = |at: usize| u64::from(u32_at(at)) | (u64::from(u32_at(at + 4)) << 32);
+    if header[MAGIC_AT..MAGIC_AT + 8] != DUMP_MAGIC {
+        return Err(Error::Foreign {
+            segment: object.to_owned(),
+            reason: "no dump magic".into(),
+        });
+    }
+    if u32_at(VERSION_AT) != FORMAT_VERSION {
+        return Err(Error::VersionMismatch {
+            segment: object.to_owned(),
+            found: u32_at(VERSION_AT),
+            expected: FORMAT_VERSION,
+        });
+    }
+    if u32_at(EPOCH_AT) != epoch {
+        return Err(Error::corrupt(
+            object,
+            format!("dump says epoch {}", u32_at(EPOCH_AT)),
+        ));
+    }
+    if u64_at(FINGERPRINT_AT) != fingerprint {
+        return Err(Error::corrupt(object, "dump written with another schema"));
+    }
+    let archive = usize::try_from(u64_at(LEN_AT))
+        .ok()
+        .and_then(|len| bytes.get(DUMP_HEADER..DUMP_HEADER.checked_add(len)?))
+        .ok_or_else(|| Error::corrupt(object, "archive length beyond the segment"))?;
+    rkyv::access::<T, rancor::Error>(archive)
+        .map_err(|e| Error::corrupt(object, format!("dump failed validation: {e}")))?;
+    Ok(archive)
+}
+
+/// Builds the header of a dump of `archive_len` bytes.
+pub(crate) fn header(epoch: u32, fingerprint: u64, archive_len: usize) -> [u8; DUMP_HEADER] {
+    let mut header = [0u8; DUMP_HEADER];
+    header[MAGIC_AT..MAGIC_AT + 8].copy_from_slice(&DUMP_MAGIC);
+    header[VERSION_AT..VERSION_AT + 4].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[EPOCH_AT..EPOCH_AT + 4].copy_from_slice(&epoch.to_le_bytes());
+    header[FINGERPRINT_AT..FINGERPRINT_AT + 8].copy_from_slice(&fingerprint.to_le_bytes());
+    header[LEN_AT..LEN_AT + 8].copy_from_slice(&(archive_len as u64).to_le_bytes());
+    header
 }
 
 impl<T> Dump<T> {

@@ -67,6 +67,8 @@ mod dump;
 mod engine;
 mod error;
 mod fault;
+#[doc(hidden)]
+pub mod fuzzing;
 mod inspect;
 mod lock;
 mod lock_guard;

@@ -70,6 +70,11 @@ pub(crate) struct MapOverlay<K, V> {
     len: usize,
 }
 
+/// The number of live keys an overlay (with no dump under it) holds.
+pub(crate) fn overlay_len<K, V>(overlay: &MapOverlay<K, V>) -> usize {
+    overlay.len
+}
+
 /// The schema of `UltraDict<K, V>`.
 pub(crate) struct MapSchema<K, V>(PhantomData<fn() -> (K, V)>);
 

@@ -6,7 +6,11 @@
     ::ultradict::rkyv::Deserialize,
     ::core::clone::Clone
 )]
-#[rkyv(crate = ::ultradict::rkyv)]
+#[rkyv(
+    crate = ::ultradict::rkyv,
+    archived = __UltradictArchivedFieldsOfAppState,
+    resolver = __UltradictFieldsResolverOfAppState
+)]
 pub struct __UltradictFieldsOfAppState {
     counter: u64,
     label: String,
@@ -18,7 +22,11 @@ pub struct __UltradictFieldsOfAppState {
     ::ultradict::rkyv::Serialize,
     ::ultradict::rkyv::Deserialize
 )]
-#[rkyv(crate = ::ultradict::rkyv)]
+#[rkyv(
+    crate = ::ultradict::rkyv,
+    archived = __UltradictArchivedUpdateOfAppState,
+    resolver = __UltradictUpdateResolverOfAppState
+)]
 pub enum __UltradictUpdateOfAppState {
     Counter(u64),
     Label(String),

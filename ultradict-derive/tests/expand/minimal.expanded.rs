@@ -6,7 +6,11 @@
     ::my_ultradict::rkyv::Deserialize,
     ::core::clone::Clone
 )]
-#[rkyv(crate = ::my_ultradict::rkyv)]
+#[rkyv(
+    crate = ::my_ultradict::rkyv,
+    archived = __UltradictArchivedFieldsOfMinimal,
+    resolver = __UltradictFieldsResolverOfMinimal
+)]
 struct __UltradictFieldsOfMinimal {
     r#type: u8,
 }
@@ -17,7 +21,11 @@ struct __UltradictFieldsOfMinimal {
     ::my_ultradict::rkyv::Serialize,
     ::my_ultradict::rkyv::Deserialize
 )]
-#[rkyv(crate = ::my_ultradict::rkyv)]
+#[rkyv(
+    crate = ::my_ultradict::rkyv,
+    archived = __UltradictArchivedUpdateOfMinimal,
+    resolver = __UltradictUpdateResolverOfMinimal
+)]
 enum __UltradictUpdateOfMinimal {
     Type(u8),
     __All(__UltradictFieldsOfMinimal),

@@ -1,0 +1,222 @@
+//! Bytes from shared memory are validated (invariant 9): random corruptions of a real stream
+//! and a real dump, truncations, garbage control blocks and newer format versions give Ok or
+//! a typed error, never a panic, a hang or undefined behaviour.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::sync::OnceLock;
+
+use proptest::prelude::*;
+use ultradict::fuzzing::{STREAM_OFFSET, decode_stream, load_dump};
+use ultradict::{Create, Error, Lifetime, UltraDict};
+use ultradict_workspace::{assert_no_segments, unique_name};
+
+/// A real stream range and a real dump of an `UltraDict<String, u64>`, and their epochs.
+struct Sample {
+    stream: Vec<u8>,
+    stream_epoch: u32,
+    dump: Vec<u8>,
+    dump_epoch: u32,
+}
+
+fn sample() -> &'static Sample {
+    static SAMPLE: OnceLock<Sample> = OnceLock::new();
+    SAMPLE.get_or_init(|| {
+        let name = unique_name("sample");
+        let d: UltraDict<String, u64> = UltraDict::open(&name).unwrap();
+        d.extend((0..50).map(|i| (format!("key-{i}"), i))).unwrap();
+        d.dump().unwrap();
+        let dump_epoch = d.status().epoch;
+        let dump = std::fs::read(format!("/dev/shm/ultradict.{name}~dump.{dump_epoch}")).unwrap();
+        for i in 0..20u64 {
+            d.insert(format!("key-{i}"), i * 100).unwrap();
+            d.remove(&format!("key-{}", 40 + i % 5)).unwrap();
+        }
+        d.extend([("a".to_string(), 1), ("b".to_string(), 2)])
+            .unwrap();
+        let status = d.status();
+        let control = std::fs::read(format!("/dev/shm/ultradict.{name}")).unwrap();
+        let stream = control[STREAM_OFFSET..STREAM_OFFSET + status.committed_offset].to_vec();
+        drop(d);
+        assert_no_segments(&name);
+        Sample {
+            stream,
+            stream_epoch: status.epoch,
+            dump,
+            dump_epoch,
+        }
+    })
+}
+
+fn corrupt(bytes: &[u8], flips: &[(usize, u8)], truncate: Option<usize>) -> Vec<u8> {
+    let mut bytes = bytes.to_vec();
+    for &(at, mask) in flips {
+        let len = bytes.len();
+        bytes[at % len] ^= mask | 1;
+    }
+    if let Some(cut) = truncate {
+        bytes.truncate(cut % (bytes.len() + 1));
+    }
+    bytes
+}
+
+#[test]
+fn the_samples_decode_when_intact() {
+    let sample = sample();
+    assert_eq!(
+        decode_stream(&sample.stream, sample.stream_epoch).unwrap(),
+        22
+    );
+    assert_eq!(load_dump(&sample.dump, sample.dump_epoch).unwrap(), 50);
+    assert!(
+        decode_stream(&sample.stream, sample.stream_epoch + 1).is_err(),
+        "another epoch"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn corrupted_streams_are_ok_or_typed_errors(
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        truncate in proptest::option::of(any::<usize>()),
+    ) {
+        let sample = sample();
+        let bytes = corrupt(&sample.stream, &flips, truncate);
+        match decode_stream(&bytes, sample.stream_epoch) {
+            Ok(_) | Err(Error::Corrupt { .. }) => {}
+            Err(other) => prop_assert!(false, "unexpected error kind: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn corrupted_dumps_are_ok_or_typed_errors(
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        truncate in proptest::option::of(any::<usize>()),
+    ) {
+        let sample = sample();
+        let bytes = corrupt(&sample.dump, &flips, truncate);
+        match load_dump(&bytes, sample.dump_epoch) {
+            Ok(_) | Err(Error::Corrupt { .. } | Error::Foreign { .. } | Error::VersionMismatch { .. }) => {}
+            Err(other) => prop_assert!(false, "unexpected error kind: {other:?}"),
+        }
+    }
+}
+
+/// Overwrites bytes of an object in /dev/shm.
+fn poke(object: &str, at: u64, bytes: &[u8]) {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(format!("/dev/shm/{object}"))
+        .unwrap();
+    file.write_all_at(bytes, at).unwrap();
+}
+
+fn persistent(name: &str) -> UltraDict<String, u64> {
+    UltraDict::builder()
+        .name(name)
+        .lifetime(Lifetime::Persistent)
+        .open()
+        .unwrap()
+}
+
+fn attach(name: &str) -> ultradict::Result<UltraDict<String, u64>> {
+    UltraDict::builder().name(name).create(Create::Open).open()
+}
+
+#[test]
+fn a_corrupted_dump_in_shared_memory_is_an_error_for_new_readers() {
+    let name = unique_name("bad-dump");
+    let d = persistent(&name);
+    d.extend((0..100).map(|i| (format!("k{i}"), i))).unwrap();
+    d.dump().unwrap();
+    drop(d);
+    let dump = format!("ultradict.{name}~dump.1");
+    let len = std::fs::metadata(format!("/dev/shm/{dump}")).unwrap().len();
+    let original = std::fs::read(format!("/dev/shm/{dump}")).unwrap();
+    // Scribbles anywhere: a new reader either validates what it finds or refuses it.
+    for at in (64..len).step_by(97) {
+        poke(&dump, at, &[0xFF; 16]);
+        if let Ok(reader) = attach(&name) {
+            for i in 0..100 {
+                let _ = reader.get(&format!("k{i}"));
+            }
+            let _ = reader.to_hashmap();
+        }
+        poke(&dump, 0, &original);
+    }
+    // The archive's root (at its end) pointing out of bounds.
+    poke(&dump, len - 16, &[0xFF; 16]);
+    match attach(&name) {
+        Err(Error::Corrupt { detail, .. }) => assert!(detail.contains("validation"), "{detail}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    // A truncated dump is caught too (the header promises more than there is).
+    let file = OpenOptions::new()
+        .write(true)
+        .open(format!("/dev/shm/{dump}"))
+        .unwrap();
+    file.set_len(100).unwrap();
+    assert!(matches!(attach(&name), Err(Error::Corrupt { .. })));
+    UltraDict::<u8, u8>::unlink_by_name(&name).unwrap();
+    assert_no_segments(&name);
+}
+
+#[test]
+fn a_corrupted_stream_is_an_error_and_applies_nothing() {
+    let name = unique_name("bad-stream");
+    let d = persistent(&name);
+    d.insert("first".into(), 1).unwrap();
+    let reader = attach(&name).unwrap();
+    assert_eq!(reader.get("first").unwrap(), Some(1));
+    d.insert("second".into(), 2).unwrap();
+    d.insert("third".into(), 3).unwrap();
+    // Break the frame of "second": the reader must apply neither it nor "third".
+    let at = (STREAM_OFFSET + d.status().committed_offset / 2) as u64;
+    poke(&format!("ultradict.{name}"), at, &[0xAB; 8]);
+    assert!(matches!(reader.get("third"), Err(Error::Corrupt { .. })));
+    assert!(
+        matches!(reader.get("first"), Err(Error::Corrupt { .. })),
+        "it keeps failing, no partial state"
+    );
+    drop((d, reader));
+    UltraDict::<u8, u8>::unlink_by_name(&name).unwrap();
+    assert_no_segments(&name);
+}
+
+#[test]
+fn garbage_control_blocks_and_newer_versions_are_refused() {
+    let name = unique_name("bad-control");
+    drop(persistent(&name));
+    let control = format!("ultradict.{name}");
+    // A newer format version (bytes 8..12 after the magic).
+    poke(&control, 8, &2u32.to_le_bytes());
+    match attach(&name) {
+        Err(Error::VersionMismatch {
+            found: 2,
+            expected: 1,
+            ..
+        }) => {}
+        other => panic!("expected VersionMismatch, got {other:?}"),
+    }
+    poke(&control, 8, &1u32.to_le_bytes());
+    assert!(attach(&name).is_ok());
+    // Our magic, then garbage where the sizes are.
+    poke(&control, 16, &[0x5A; 24]);
+    assert!(matches!(attach(&name), Err(Error::Corrupt { .. })));
+    // Truncated below its own header.
+    let file = OpenOptions::new()
+        .write(true)
+        .open(format!("/dev/shm/{control}"))
+        .unwrap();
+    file.set_len(4096).unwrap();
+    let result = UltraDict::<String, u64>::builder()
+        .name(&name)
+        .create(Create::Open)
+        .open_timeout(std::time::Duration::from_millis(50))
+        .open();
+    assert!(matches!(result, Err(Error::Foreign { .. })), "{result:?}");
+    UltraDict::<u8, u8>::unlink_by_name(&name).unwrap();
+    assert_no_segments(&name);
+}

@@ -1,0 +1,84 @@
+//! Entry points for fuzzers and corruption tests: the two places where bytes from shared
+//! memory enter, the record decoder and the dump loader, over arbitrary input. Not a stable
+//! API; `fuzz/` and `tests/corruption.rs` use it.
+
+use crate::control::HEADER_SIZE;
+use crate::dump::{self, AlignedBuf};
+use crate::error::Result;
+use crate::map::{MapSchema, MapUpdate};
+use crate::schema::{Data, Schema};
+use crate::stream;
+
+/// The schema the entry points decode: `UltraDict<String, u64>`.
+type Sample = MapSchema<String, u64>;
+
+/// Bytes at offset 0 of a 16-byte aligned buffer (shared memory is page aligned; fuzzer input
+/// is not).
+fn aligned(bytes: &[u8]) -> AlignedBuf {
+    let mut buf = AlignedBuf::with_capacity(bytes.len());
+    buf.zeroed_mut(bytes.len()).copy_from_slice(bytes);
+    buf
+}
+
+/// Decodes `bytes` as a committed stream range of epoch `epoch` of an
+/// `UltraDict<String, u64>` and applies every record to an empty state, as a reader catching
+/// up would. Returns the number of entries afterwards.
+///
+/// # Errors
+/// [`Error::Corrupt`](crate::Error::Corrupt) for anything that is not a valid record.
+pub fn decode_stream(bytes: &[u8], epoch: u32) -> Result<usize> {
+    let buf = aligned(bytes);
+    // SAFETY: `aligned` initialized all `bytes.len()` bytes.
+    let bytes = unsafe { buf.initialized(bytes.len()) };
+    let mut overlay = Sample::overlay_for(None);
+    let mut updates = Vec::new();
+    for record in stream::records(bytes, 0, epoch) {
+        let record = record.map_err(|e| crate::Error::corrupt("fuzz stream", e.to_string()))?;
+        let update = rkyv::access::<<MapUpdate<String, u64> as Data>::Stored, rkyv::rancor::Error>(
+            record.archive,
+        )
+        .map_err(|e| crate::Error::corrupt("fuzz stream", e.to_string()))?;
+        updates.push(update);
+    }
+    for update in updates {
+        Sample::apply_archived(None, &mut overlay, update)
+            .map_err(|e| crate::Error::corrupt("fuzz stream", e.to_string()))?;
+    }
+    Ok(overlay_len(&overlay))
+}
+
+fn overlay_len(overlay: &<Sample as Schema>::Overlay) -> usize {
+    crate::map::overlay_len(overlay)
+}
+
+/// Loads `bytes` as a whole dump segment (header and archive) of epoch `epoch` of an
+/// `UltraDict<String, u64>`, then reads every entry as lookups would. Returns the number of
+/// entries.
+///
+/// # Errors
+/// [`Error::Corrupt`](crate::Error::Corrupt), [`Error::Foreign`](crate::Error::Foreign) or
+/// [`Error::VersionMismatch`](crate::Error::VersionMismatch).
+pub fn load_dump(bytes: &[u8], epoch: u32) -> Result<usize> {
+    let buf = aligned(bytes);
+    // SAFETY: `aligned` initialized all `bytes.len()` bytes.
+    let bytes = unsafe { buf.initialized(bytes.len()) };
+    let fingerprint = Sample::fingerprint().hash;
+    let archive = dump::check::<<Sample as Schema>::Dump>(bytes, "fuzz dump", epoch, fingerprint)?;
+    // SAFETY: `check` validated exactly these bytes as this type.
+    let map = unsafe { rkyv::access_unchecked::<<Sample as Schema>::Dump>(archive) };
+    let mut entries = 0;
+    for (key, value) in map.iter() {
+        let key: String = crate::schema::deserialize(key)
+            .map_err(|e| crate::Error::corrupt("fuzz dump", e.to_string()))?;
+        // A valid archive may still place entries where a lookup does not find them: that
+        // is a wrong answer for corrupt data, never a crash.
+        let _found = map.get_with(key.as_str(), |q, k| k.as_str() == q);
+        let _value: u64 = crate::schema::deserialize(value)
+            .map_err(|e| crate::Error::corrupt("fuzz dump", e.to_string()))?;
+        entries += 1;
+    }
+    Ok(entries)
+}
+
+/// Where the stream starts in a control segment.
+pub const STREAM_OFFSET: usize = HEADER_SIZE;
