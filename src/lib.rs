@@ -144,9 +144,11 @@ impl Spawn {
     pub fn start(mut self) -> Running {
         let mut child = self
             .command
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn child");
+        let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("stdout captured");
         let (sender, lines) = std::sync::mpsc::channel();
         // One reader thread per child forwards every line, so waits can time out even when
@@ -161,6 +163,7 @@ impl Spawn {
         });
         Running {
             child,
+            stdin,
             lines,
             output: String::new(),
         }
@@ -171,6 +174,7 @@ impl Spawn {
 #[derive(Debug)]
 pub struct Running {
     child: Child,
+    stdin: Option<std::process::ChildStdin>,
     lines: Receiver<String>,
     output: String,
 }
@@ -216,6 +220,19 @@ impl Running {
                 }
             }
         }
+    }
+
+    /// Sends one line to the child's standard input and waits for its next report (the
+    /// child answers each request with one [`report`]).
+    ///
+    /// # Panics
+    /// If the child does not answer within `timeout` or has closed its input.
+    pub fn request(&mut self, line: &str, timeout: Duration) -> String {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("stdin piped");
+        writeln!(stdin, "{line}").expect("write to child");
+        stdin.flush().expect("flush");
+        self.wait_for_report("", timeout)
     }
 
     /// Sends SIGKILL and reaps the child.

@@ -209,6 +209,39 @@ fn concurrent_writers_lose_nothing() {
 }
 
 #[test]
+fn eight_processes_insert_ten_thousand_keys_at_once() {
+    const WRITERS: u64 = 8;
+    const COUNT: u64 = 1_250;
+    let name = unique_name("eight");
+    let d: UltraDict<String, u64> = UltraDict::builder()
+        .name(&name)
+        .buffer_size(16 << 10)
+        .open()
+        .unwrap();
+    let children: Vec<_> = (0..WRITERS)
+        .map(|i| {
+            Spawn::test("child_entry", "insert_distinct")
+                .env("NAME", &name)
+                .env("INDEX", i)
+                .env("COUNT", COUNT)
+                .start()
+        })
+        .collect();
+    for child in children {
+        child.wait(WATCHDOG);
+    }
+    let all = d.to_hashmap().unwrap();
+    assert_eq!(all.len(), 10_000);
+    for i in 0..WRITERS {
+        for n in 0..COUNT {
+            assert_eq!(all.get(&format!("w{i}-{n}")), Some(&(i * 1_000_000 + n)));
+        }
+    }
+    drop(d);
+    assert_no_segments(&name);
+}
+
+#[test]
 fn concurrent_updates_give_the_exact_total() {
     const WORKERS: u64 = 3;
     const COUNT: u64 = 10_000;

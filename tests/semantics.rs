@@ -76,8 +76,63 @@ fn child_entry() {
             d.insert(0, "small".into()).unwrap();
             report(format!("committed {committed} then: {err}"));
         }
+        "intruder" => {
+            // Runs as `nobody`: may neither attach nor remove another user's dict.
+            let open = UltraDict::<u32, u32>::builder()
+                .name(&name)
+                .create(Create::Open)
+                .open();
+            report(format!(
+                "open: {}",
+                open.map(|_| "attached".to_string())
+                    .unwrap_or_else(|e| format!("{e:?}"))
+            ));
+            let either = UltraDict::<u32, u32>::open(&name);
+            report(format!(
+                "open_or_create: {}",
+                either
+                    .map(|_| "attached".to_string())
+                    .unwrap_or_else(|e| format!("{e:?}"))
+            ));
+            let unlink = UltraDict::<u32, u32>::unlink_by_name(&name);
+            report(format!("unlink: {unlink:?}"));
+        }
         other => panic!("unknown role {other}"),
     }
+}
+
+#[test]
+fn another_user_cannot_attach_or_remove() {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipped: needs root to start a child as `nobody`");
+        return;
+    }
+    let name = unique_name("intruder");
+    let d = UltraDict::<u32, u32>::open(&name).unwrap();
+    d.insert(1, 1).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let output = std::process::Command::new(exe)
+        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .env(ultradict_workspace::ROLE_VAR, "intruder")
+        .env("ULTRADICT_TEST_NAME", &name)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(out.contains("open: PermissionDenied"), "{out}");
+    assert!(out.contains("open_or_create: PermissionDenied"), "{out}");
+    assert!(out.contains("unlink: Err(PermissionDenied"), "{out}");
+    assert_eq!(d.get(&1).unwrap(), Some(1));
+    drop(d);
+    assert_no_segments(&name);
 }
 
 #[test]

@@ -110,6 +110,11 @@ pub(crate) fn unlink(object: &str) -> Result<()> {
     match os::unlink_object(object) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => {
+            Err(Error::PermissionDenied {
+                segment: object.to_owned(),
+            })
+        }
         Err(e) => Err(Error::io(format!("unlinking {object}"), e)),
     }
 }
