@@ -61,6 +61,18 @@ fn corrupt(bytes: &[u8], flips: &[(usize, u8)], truncate: Option<usize>) -> Vec<
 }
 
 #[test]
+fn the_fuzz_seeds_decode() {
+    let (stream, epoch) = ultradict::fuzzing::sample_stream();
+    assert_eq!(
+        decode_stream(&stream, epoch).unwrap(),
+        1,
+        "only the insert after the clear stays"
+    );
+    let (dump, epoch) = ultradict::fuzzing::sample_dump();
+    assert_eq!(load_dump(&dump, epoch).unwrap(), 20);
+}
+
+#[test]
 fn the_samples_decode_when_intact() {
     let sample = sample();
     assert_eq!(

@@ -82,3 +82,47 @@ pub fn load_dump(bytes: &[u8], epoch: u32) -> Result<usize> {
 
 /// Where the stream starts in a control segment.
 pub const STREAM_OFFSET: usize = HEADER_SIZE;
+
+/// A well-formed stream range (with its epoch) of an `UltraDict<String, u64>`: inserts,
+/// removes, an extend and a clear. Seeds for fuzzers.
+pub fn sample_stream() -> (Vec<u8>, u32) {
+    const EPOCH: u32 = 3;
+    let updates = [
+        MapUpdate::Insert("alpha".to_string(), 1),
+        MapUpdate::Insert("a key longer than eight bytes".to_string(), u64::MAX),
+        MapUpdate::Remove("alpha".to_string()),
+        MapUpdate::Extend(vec![("x".to_string(), 7), ("y".to_string(), 8)]),
+        MapUpdate::Clear,
+        MapUpdate::Insert("after clear".to_string(), 42),
+    ];
+    let mut buf = AlignedBuf::with_capacity(4096);
+    let stream = buf.zeroed_mut(4096);
+    let mut end = 0;
+    for update in &updates {
+        // SAFETY: a local, 16-byte aligned buffer of 4096 bytes that nothing else touches.
+        end = unsafe { stream::append(stream.as_mut_ptr(), stream.len(), end, EPOCH, update) }
+            .expect("the sample fits");
+    }
+    (stream[..end].to_vec(), EPOCH)
+}
+
+/// A well-formed dump segment (with its epoch) of an `UltraDict<String, u64>` of 20 entries.
+pub fn sample_dump() -> (Vec<u8>, u32) {
+    const EPOCH: u32 = 5;
+    let mut overlay = Sample::overlay_for(None);
+    let entries = (0..20u64).map(|i| (format!("key-{i}"), i * 3)).collect();
+    Sample::apply(None, &mut overlay, MapUpdate::Extend(entries));
+    let mut buf = AlignedBuf::with_capacity(16 << 10);
+    let len = Sample::write_dump(
+        None,
+        &overlay,
+        None,
+        rkyv::ser::writer::Buffer::from(buf.as_uninit_mut()),
+    )
+    .expect("the sample fits");
+    // SAFETY: `write_dump` initialized the `len` bytes it reports.
+    let archive = unsafe { buf.initialized(len) };
+    let mut segment = dump::header(EPOCH, Sample::fingerprint().hash, archive.len()).to_vec();
+    segment.extend_from_slice(archive);
+    (segment, EPOCH)
+}
