@@ -10,6 +10,10 @@ import sys
 import time
 
 
+# Writes to "distinct keys" cycle through this many keys, as in the Rust harness.
+DISTINCT_KEYS = 10_000
+
+
 def emit(scenario, peer, value, unit="ops/s"):
     print(json.dumps({"scenario": scenario, "peer": peer, "value": value, "unit": unit}), flush=True)
 
@@ -57,7 +61,7 @@ def single(ops, keys):
 
         def distinct(n):
             for i in range(n):
-                d[i + 10**12] = i
+                d[10**12 + i % DISTINCT_KEYS] = i
 
         def hot(n):
             for i in range(n):
@@ -91,7 +95,7 @@ def manager(ops, keys):
 
         def distinct(n):
             for i in range(n):
-                d[i + 10**12] = i
+                d[10**12 + i % DISTINCT_KEYS] = i
 
         def hot(n):
             for i in range(n):

@@ -777,14 +777,15 @@ impl<S: Schema> Engine<S> {
         if fixed > 0 {
             capacity = capacity.min(fixed.saturating_sub(crate::dump::DUMP_HEADER));
         }
+        let snapshot = S::snapshot(view.dump(), &view.overlay, pending).map_err(|e| {
+            Error::corrupt(
+                self.segment.object(),
+                format!("reading the state for a dump: {e}"),
+            )
+        })?;
         loop {
             let mut buf = AlignedBuf::with_capacity(capacity);
-            match S::write_dump(
-                view.dump(),
-                &view.overlay,
-                pending,
-                Buffer::from(buf.as_uninit_mut()),
-            ) {
+            match S::archive(&snapshot, Buffer::from(buf.as_uninit_mut())) {
                 Ok(len) => return Ok((buf, len)),
                 Err(err) => {
                     if fixed > 0 && capacity >= fixed.saturating_sub(crate::dump::DUMP_HEADER) {

@@ -113,14 +113,13 @@ pub fn sample_dump() -> (Vec<u8>, u32) {
     let entries = (0..20u64).map(|i| (format!("key-{i}"), i * 3)).collect();
     Sample::apply(None, &mut overlay, MapUpdate::Extend(entries));
     let mut buf = AlignedBuf::with_capacity(16 << 10);
-    let len = Sample::write_dump(
-        None,
-        &overlay,
-        None,
+    let snapshot = Sample::snapshot(None, &overlay, None).expect("an owned state");
+    let len = Sample::archive(
+        &snapshot,
         rkyv::ser::writer::Buffer::from(buf.as_uninit_mut()),
     )
     .expect("the sample fits");
-    // SAFETY: `write_dump` initialized the `len` bytes it reports.
+    // SAFETY: `archive` initialized the `len` bytes it reports.
     let archive = unsafe { buf.initialized(len) };
     let mut segment = dump::header(EPOCH, Sample::fingerprint().hash, archive.len()).to_vec();
     segment.extend_from_slice(archive);

@@ -20,7 +20,7 @@ use rkyv::{Archive, Place, Serialize};
 use crate::engine::{Engine, View};
 use crate::error::Result;
 use crate::lock_guard::{LockGuard, LockOptions};
-use crate::options::{Create, Lifetime, Options};
+use crate::options::{Lifetime, Options};
 use crate::schema::{self, Data, Fingerprint, Schema};
 use crate::status::Status;
 
@@ -231,30 +231,68 @@ impl<K: Key, V: Value> Schema for MapSchema<K, V> {
         }
     }
 
-    fn write_dump(
+    type Snapshot = Vec<(K, V)>;
+
+    fn snapshot(
         dump: Option<&Self::Dump>,
         overlay: &Self::Overlay,
         pending: Option<&Self::Update>,
-        out: Buffer<'_>,
-    ) -> std::result::Result<usize, rancor::Error> {
-        let mut all = match pending {
-            Some(MapUpdate::Clear | MapUpdate::Replace(_)) => FastMap::default(),
-            _ => Self::materialize(dump, overlay)?,
-        };
-        match pending {
+    ) -> std::result::Result<Vec<(K, V)>, rancor::Error> {
+        // What the pending update writes: it wins over the dump and the overlay. Later pairs
+        // of a batch win over earlier ones.
+        let mut written: FastMap<&K, Option<&V>> = FastMap::default();
+        let keep_old = match pending {
+            None => true,
             Some(MapUpdate::Insert(key, value)) => {
-                all.insert(key.clone(), value.clone());
+                written.insert(key, Some(value));
+                true
             }
             Some(MapUpdate::Remove(key)) => {
-                all.remove(key);
+                written.insert(key, None);
+                true
             }
-            Some(MapUpdate::Extend(pairs) | MapUpdate::Replace(pairs)) => {
-                all.extend(pairs.iter().cloned());
+            Some(MapUpdate::Extend(pairs)) => {
+                written.extend(pairs.iter().map(|(key, value)| (key, Some(value))));
+                true
             }
-            Some(MapUpdate::Clear) | None => {}
+            Some(MapUpdate::Replace(pairs)) => {
+                written.extend(pairs.iter().map(|(key, value)| (key, Some(value))));
+                false
+            }
+            Some(MapUpdate::Clear) => false,
+        };
+        let mut entries = Vec::with_capacity(overlay.len + written.len());
+        if keep_old {
+            if let (Some(dump), false) = (dump, overlay.cleared) {
+                for (stored_key, stored_value) in dump.iter() {
+                    let key: K = schema::deserialize(stored_key)?;
+                    let shadowed = (!overlay.entries.is_empty()
+                        && overlay.entries.contains_key(&key))
+                        || (!written.is_empty() && written.contains_key(&key));
+                    if !shadowed {
+                        entries.push((key, schema::deserialize(stored_value)?));
+                    }
+                }
+            }
+            for (key, value) in &overlay.entries {
+                if let (Some(value), false) = (value, written.contains_key(key)) {
+                    entries.push((key.clone(), value.clone()));
+                }
+            }
         }
-        let written = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&DumpEntries(&all), out)?;
-        Ok(written.len())
+        entries.extend(
+            written
+                .into_iter()
+                .filter_map(|(key, value)| Some((key.clone(), value?.clone()))),
+        );
+        Ok(entries)
+    }
+
+    fn archive(
+        entries: &Vec<(K, V)>,
+        out: Buffer<'_>,
+    ) -> std::result::Result<usize, rancor::Error> {
+        Ok(rkyv::api::high::to_bytes_in::<_, rancor::Error>(&DumpEntries(entries), out)?.len())
     }
 }
 
@@ -286,11 +324,11 @@ fn key_bytes<K: Key>(key: &K) -> Result<Vec<u8>> {
     }
 }
 
-/// Serializes a `HashMap` with any hasher as rkyv's `ArchivedHashMap` (whose own hasher is
-/// fixed), so a dump is written straight from the map the writer builds.
-struct DumpEntries<'a, K, V, H>(&'a HashMap<K, V, H>);
+/// Serializes distinct key-value pairs as rkyv's `ArchivedHashMap`, straight from the list the
+/// writer built (no `HashMap` in between: the archive hashes each key once).
+struct DumpEntries<'a, K, V>(&'a [(K, V)]);
 
-impl<K: Archive, V: Archive, H> Archive for DumpEntries<'_, K, V, H> {
+impl<K: Archive, V: Archive> Archive for DumpEntries<'_, K, V> {
     type Archived = ArchivedHashMap<K::Archived, V::Archived>;
     type Resolver = HashMapResolver;
 
@@ -299,7 +337,7 @@ impl<K: Archive, V: Archive, H> Archive for DumpEntries<'_, K, V, H> {
     }
 }
 
-impl<K, V, H, S> Serialize<S> for DumpEntries<'_, K, V, H>
+impl<K, V, S> Serialize<S> for DumpEntries<'_, K, V>
 where
     K: Serialize<S> + Hash + Eq,
     V: Serialize<S>,
@@ -308,7 +346,7 @@ where
 {
     fn serialize(&self, serializer: &mut S) -> std::result::Result<Self::Resolver, S::Error> {
         ArchivedHashMap::<K::Archived, V::Archived>::serialize_from_iter::<_, _, _, K, V, _>(
-            self.0.iter(),
+            self.0.iter().map(|(key, value)| (key, value)),
             LOAD_FACTOR,
             serializer,
         )
@@ -771,45 +809,7 @@ pub struct Builder<K, V> {
 }
 
 impl<K: Key, V: Value> Builder<K, V> {
-    /// The dict's name; every process that opens this name shares the dict.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.options.name = Some(name.into());
-        self
-    }
-
-    /// Create, attach, or either (the default).
-    pub fn create(mut self, create: Create) -> Self {
-        self.options.create = create;
-        self
-    }
-
-    /// Bytes of update stream (default [`DEFAULT_BUFFER_SIZE`](crate::DEFAULT_BUFFER_SIZE)).
-    /// When the stream is full the next write makes a full dump. The creator's choice wins;
-    /// asking an existing dict for another size is an error.
-    pub fn buffer_size(mut self, bytes: usize) -> Self {
-        self.options.buffer_size = Some(bytes);
-        self
-    }
-
-    /// Fixes the size of every full dump segment. A dump that would not fit fails cleanly:
-    /// the write returns [`Error::DumpTooSmall`](crate::Error::DumpTooSmall) and nothing
-    /// changes. Unset, dumps are as large as they need to be.
-    pub fn full_dump_size(mut self, bytes: usize) -> Self {
-        self.options.full_dump_size = Some(bytes);
-        self
-    }
-
-    /// When the dict's segments are removed (default [`Lifetime::LastClose`]).
-    pub fn lifetime(mut self, lifetime: Lifetime) -> Self {
-        self.options.lifetime = Some(lifetime);
-        self
-    }
-
-    /// How long to wait for a dict that another process is still creating (default 2 s).
-    pub fn open_timeout(mut self, timeout: Duration) -> Self {
-        self.options.open_timeout = timeout;
-        self
-    }
+    crate::options::option_setters!();
 
     /// Opens the dict.
     ///

@@ -124,3 +124,53 @@ impl Options {
         }
     }
 }
+
+/// The setters every builder shares (for a map or a derived state), on a `self.options`
+/// field of type [`Options`].
+macro_rules! option_setters {
+    () => {
+        /// The dict's name; every process that opens this name shares the dict (and, for a
+        /// derived state, its nested dicts, named after it).
+        pub fn name(mut self, name: impl Into<String>) -> Self {
+            self.options.name = Some(name.into());
+            self
+        }
+
+        /// Create, attach, or either (the default).
+        pub fn create(mut self, create: $crate::Create) -> Self {
+            self.options.create = create;
+            self
+        }
+
+        /// Bytes of update stream (default [`DEFAULT_BUFFER_SIZE`](crate::DEFAULT_BUFFER_SIZE);
+        /// for a derived state, of its root dict). When the stream is full the next write makes
+        /// a full dump. The creator's choice wins; asking an existing dict for another size is
+        /// an error.
+        pub fn buffer_size(mut self, bytes: usize) -> Self {
+            self.options.buffer_size = Some(bytes);
+            self
+        }
+
+        /// Fixes the size of every full dump segment. A dump that would not fit fails cleanly:
+        /// the write returns [`Error::DumpTooSmall`](crate::Error::DumpTooSmall) and nothing
+        /// changes. Unset, dumps are as large as they need to be.
+        pub fn full_dump_size(mut self, bytes: usize) -> Self {
+            self.options.full_dump_size = Some(bytes);
+            self
+        }
+
+        /// When the dict's segments (and nested dicts) are removed (default
+        /// [`Lifetime::LastClose`](crate::Lifetime::LastClose)).
+        pub fn lifetime(mut self, lifetime: $crate::Lifetime) -> Self {
+            self.options.lifetime = Some(lifetime);
+            self
+        }
+
+        /// How long to wait for a dict that another process is still creating (default 2 s).
+        pub fn open_timeout(mut self, timeout: ::std::time::Duration) -> Self {
+            self.options.open_timeout = timeout;
+            self
+        }
+    };
+}
+pub(crate) use option_setters;

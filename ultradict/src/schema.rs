@@ -114,12 +114,18 @@ pub trait Schema: Send + Sync + 'static {
     /// Applies this process's own record after it was committed.
     fn apply(dump: Option<&Self::Dump>, overlay: &mut Self::Overlay, update: Self::Update);
 
-    /// Archives the whole state (dump, then overlay, then `pending` if any) into `out` and
-    /// returns the archive's length. Fails when `out` is too small.
-    fn write_dump(
+    /// The whole state (dump, then overlay, then `pending` if any) as owned values, ready to
+    /// be archived as the next full dump.
+    type Snapshot;
+
+    /// Builds the [`Snapshot`](Self::Snapshot) of the next full dump.
+    fn snapshot(
         dump: Option<&Self::Dump>,
         overlay: &Self::Overlay,
         pending: Option<&Self::Update>,
-        out: Buffer<'_>,
-    ) -> Result<usize, rancor::Error>;
+    ) -> Result<Self::Snapshot, rancor::Error>;
+
+    /// Archives a snapshot into `out` and returns the archive's length. Fails when `out` is
+    /// too small (the engine retries with more room).
+    fn archive(snapshot: &Self::Snapshot, out: Buffer<'_>) -> Result<usize, rancor::Error>;
 }

@@ -14,7 +14,7 @@ use rkyv::ser::writer::Buffer;
 use crate::engine::{Engine, View};
 use crate::error::{Error, Result};
 use crate::lock_guard::{LockGuard, LockOptions};
-use crate::options::{Create, Lifetime, Options};
+use crate::options::Options;
 use crate::schema::{Data, Fingerprint, Schema};
 use crate::status::Status;
 
@@ -72,26 +72,30 @@ impl<F: StructFields> Schema for StructSchema<F> {
         F::apply(overlay, update);
     }
 
-    fn write_dump(
+    type Snapshot = F;
+
+    fn snapshot(
         dump: Option<&Self::Dump>,
         overlay: &Self::Overlay,
         pending: Option<&Self::Update>,
-        out: Buffer<'_>,
-    ) -> Result<usize, rancor::Error> {
-        let fields = match dump {
+    ) -> Result<F, rancor::Error> {
+        match dump {
             Some(dump) => {
                 let mut fields = F::materialize(dump, overlay)?;
                 if let Some(update) = pending {
                     F::apply_to(&mut fields, update);
                 }
-                fields
+                Ok(fields)
             }
             // Only the creator's first dump has no predecessor, and it replaces everything.
             None => pending
                 .and_then(F::from_update)
-                .ok_or_else(|| rancor::Error::new(MissingInitialState))?,
-        };
-        Ok(rkyv::api::high::to_bytes_in::<_, rancor::Error>(&fields, out)?.len())
+                .ok_or_else(|| rancor::Error::new(MissingInitialState)),
+        }
+    }
+
+    fn archive(fields: &F, out: Buffer<'_>) -> Result<usize, rancor::Error> {
+        Ok(rkyv::api::high::to_bytes_in::<_, rancor::Error>(fields, out)?.len())
     }
 }
 
@@ -296,41 +300,7 @@ pub struct StructBuilder<T> {
 }
 
 impl<T: SharedDict> StructBuilder<T> {
-    /// The state's name; nested children are named after it.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.options.name = Some(name.into());
-        self
-    }
-
-    /// Create, attach, or either (the default).
-    pub fn create(mut self, create: Create) -> Self {
-        self.options.create = create;
-        self
-    }
-
-    /// Bytes of update stream of the root dict (nested dicts use the default).
-    pub fn buffer_size(mut self, bytes: usize) -> Self {
-        self.options.buffer_size = Some(bytes);
-        self
-    }
-
-    /// Fixed size of the root dict's dumps.
-    pub fn full_dump_size(mut self, bytes: usize) -> Self {
-        self.options.full_dump_size = Some(bytes);
-        self
-    }
-
-    /// When the state (with all its nested dicts) is removed.
-    pub fn lifetime(mut self, lifetime: Lifetime) -> Self {
-        self.options.lifetime = Some(lifetime);
-        self
-    }
-
-    /// How long to wait for a state that another process is still creating.
-    pub fn open_timeout(mut self, timeout: std::time::Duration) -> Self {
-        self.options.open_timeout = timeout;
-        self
-    }
+    crate::options::option_setters!();
 
     /// Opens the state; if it is created here, it starts from `T::default()`.
     ///
