@@ -129,6 +129,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         match arg.as_str() {
             "--smoke" => smoke = true,
             "--out" => out = PathBuf::from(args.next().ok_or("--out needs a directory")?),
+            // Redraws ops.svg from a results.json, without measuring again.
+            "--replot" => {
+                let json = PathBuf::from(args.next().ok_or("--replot needs a results.json")?);
+                let rows = rows_from_json(&serde_json::from_str(&std::fs::read_to_string(&json)?)?);
+                let svg = json.with_file_name("ops.svg");
+                std::fs::write(&svg, svg::single_process_chart(&rows))?;
+                println!("wrote {}", svg.display());
+                return Ok(());
+            }
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -170,6 +179,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("ops.svg").display()
     );
     Ok(())
+}
+
+fn rows_from_json(json: &Value) -> Vec<Row> {
+    let units = ["ops/s", "ns", "us", "ms", "s", "%", "x", "KiB"];
+    json["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|r| {
+                    let unit = units.iter().find(|u| r["unit"].as_str() == Some(u))?;
+                    Some(Row {
+                        scenario: r["scenario"].as_str()?.to_owned(),
+                        peer: r["peer"].as_str()?.to_owned(),
+                        value: r["value"].as_f64()?,
+                        unit,
+                        ratio: r["ratio"].as_f64(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn cores() -> usize {

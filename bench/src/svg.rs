@@ -27,8 +27,16 @@ pub fn single_process_chart(rows: &[Row]) -> String {
         .log10()
         .ceil()
         .max(1.0);
+    // Start one decade below the slowest peer, so the bars use the width.
+    let slowest = rows
+        .iter()
+        .map(|r| r.value)
+        .fold(f64::INFINITY, f64::min)
+        .max(1.0);
+    let min = (slowest.log10().floor() - 1.0).clamp(0.0, max - 1.0);
     let plot_width = WIDTH - LABEL - 80.0;
-    let x = |value: f64| LABEL + plot_width * (value.max(1.0).log10() / max);
+    let x =
+        |value: f64| LABEL + plot_width * ((value.max(1.0).log10() - min).max(0.0) / (max - min));
     let height = 60.0
         + scenarios
             .iter()
@@ -44,7 +52,7 @@ pub fn single_process_chart(rows: &[Row]) -> String {
         svg,
         r#"<text x="10" y="20" font-size="14" font-weight="bold">One process, small values: operations per second (log scale, more is better)</text>"#
     );
-    for decade in 0..=(max as u32) {
+    for decade in (min as u32)..=(max as u32) {
         let value = 10f64.powi(decade as i32);
         let gx = x(value);
         let _ = writeln!(
