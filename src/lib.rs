@@ -170,6 +170,18 @@ impl Spawn {
     }
 }
 
+/// Starts every child, then waits for all of them under the watchdog; returns their reports.
+///
+/// # Panics
+/// As [`Running::wait`].
+pub fn run_all(children: impl IntoIterator<Item = Spawn>, timeout: Duration) -> Vec<Vec<String>> {
+    let running: Vec<Running> = children.into_iter().map(Spawn::start).collect();
+    running
+        .into_iter()
+        .map(|child| child.wait(timeout))
+        .collect()
+}
+
 /// A started child.
 #[derive(Debug)]
 pub struct Running {

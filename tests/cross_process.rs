@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use ultradict::{Create, UltraDict};
 use ultradict_workspace::{
-    Spawn, arg, assert_no_segments, fork, report, role, unique_name, wait_forked,
+    Spawn, arg, assert_no_segments, fork, report, role, run_all, unique_name, wait_forked,
 };
 
 const WATCHDOG: Duration = Duration::from_secs(120);
@@ -169,74 +169,52 @@ fn forked_processes_see_each_others_writes() {
     assert_no_segments(&name);
 }
 
-#[test]
-fn concurrent_writers_lose_nothing() {
-    const WRITERS: u64 = 3;
-    const COUNT: u64 = 10_000;
-    let name = unique_name("writers");
-    // A small stream, so the writers go through many dumps while they race.
+/// `writers` processes insert `count` distinct keys each, at once, into a dict with a stream
+/// of `buffer` bytes; every key must be there with its value.
+fn distinct_writers(tag: &str, writers: u64, count: u64, buffer: usize) -> UltraDict<String, u64> {
+    let name = unique_name(tag);
     let d: UltraDict<String, u64> = UltraDict::builder()
         .name(&name)
-        .buffer_size(64 << 10)
+        .buffer_size(buffer)
         .open()
         .unwrap();
-    let children: Vec<_> = (0..WRITERS)
-        .map(|i| {
+    run_all(
+        (0..writers).map(|i| {
             Spawn::test("child_entry", "insert_distinct")
                 .env("NAME", &name)
                 .env("INDEX", i)
-                .env("COUNT", COUNT)
-                .start()
-        })
-        .collect();
-    for child in children {
-        child.wait(WATCHDOG);
-    }
-    assert_eq!(d.len().unwrap(), (WRITERS * COUNT) as usize);
+                .env("COUNT", count)
+        }),
+        WATCHDOG,
+    );
     let all = d.to_hashmap().unwrap();
-    for i in 0..WRITERS {
-        for n in 0..COUNT {
+    assert_eq!(all.len(), (writers * count) as usize);
+    for i in 0..writers {
+        for n in 0..count {
             assert_eq!(all.get(&format!("w{i}-{n}")), Some(&(i * 1_000_000 + n)));
         }
     }
+    d
+}
+
+#[test]
+fn concurrent_writers_lose_nothing() {
+    // A small stream, so the writers go through many dumps while they race.
+    let d = distinct_writers("writers", 3, 10_000, 64 << 10);
     assert!(
         d.status().epoch > 1,
         "the test meant to cross epochs: {}",
         d.status()
     );
+    let name = d.name().to_owned();
     drop(d);
     assert_no_segments(&name);
 }
 
 #[test]
 fn eight_processes_insert_ten_thousand_keys_at_once() {
-    const WRITERS: u64 = 8;
-    const COUNT: u64 = 1_250;
-    let name = unique_name("eight");
-    let d: UltraDict<String, u64> = UltraDict::builder()
-        .name(&name)
-        .buffer_size(16 << 10)
-        .open()
-        .unwrap();
-    let children: Vec<_> = (0..WRITERS)
-        .map(|i| {
-            Spawn::test("child_entry", "insert_distinct")
-                .env("NAME", &name)
-                .env("INDEX", i)
-                .env("COUNT", COUNT)
-                .start()
-        })
-        .collect();
-    for child in children {
-        child.wait(WATCHDOG);
-    }
-    let all = d.to_hashmap().unwrap();
-    assert_eq!(all.len(), 10_000);
-    for i in 0..WRITERS {
-        for n in 0..COUNT {
-            assert_eq!(all.get(&format!("w{i}-{n}")), Some(&(i * 1_000_000 + n)));
-        }
-    }
+    let d = distinct_writers("eight", 8, 1_250, 16 << 10);
+    let name = d.name().to_owned();
     drop(d);
     assert_no_segments(&name);
 }
@@ -251,17 +229,14 @@ fn concurrent_updates_give_the_exact_total() {
         .buffer_size(32 << 10)
         .open()
         .unwrap();
-    let children: Vec<_> = (0..WORKERS)
-        .map(|_| {
+    run_all(
+        (0..WORKERS).map(|_| {
             Spawn::test("child_entry", "increment")
                 .env("NAME", &name)
                 .env("COUNT", COUNT)
-                .start()
-        })
-        .collect();
-    for child in children {
-        child.wait(WATCHDOG);
-    }
+        }),
+        WATCHDOG,
+    );
     assert_eq!(d.get("counter").unwrap(), Some(WORKERS * COUNT));
     drop(d);
     assert_no_segments(&name);

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use ultradict::{Create, Error, LockOptions, UltraDict};
 use ultradict_workspace::{
-    Spawn, arg, assert_no_segments, report, role, shm_objects, thread_cpu_time, unique_name,
+    Spawn, arg, assert_no_segments, report, role, run_all, shm_objects, thread_cpu_time,
+    unique_name,
 };
 
 const WATCHDOG: Duration = Duration::from_secs(120);
@@ -234,17 +235,14 @@ fn processes_and_threads_exclude_each_other() {
         .buffer_size(16 << 10)
         .open()
         .unwrap();
-    let children: Vec<_> = (0..PROCESSES)
-        .map(|_| {
+    run_all(
+        (0..PROCESSES).map(|_| {
             Spawn::test("child_entry", "threads_increment")
                 .env("NAME", &name)
                 .env("COUNT", COUNT)
-                .start()
-        })
-        .collect();
-    for child in children {
-        child.wait(WATCHDOG);
-    }
+        }),
+        WATCHDOG,
+    );
     assert_eq!(d.get(&0).unwrap(), Some(PROCESSES * 2 * COUNT));
     drop(d);
     assert_no_segments(&name);

@@ -53,92 +53,90 @@ pub(crate) struct ContainerAttrs {
     pub(crate) crate_path: Option<Path>,
 }
 
-fn ultradict_attrs(attrs: &[Attribute]) -> impl Iterator<Item = &Attribute> {
-    attrs.iter().filter(|attr| attr.path().is_ident(ULTRADICT))
+/// Calls `visit` on every key of every `#[ultradict(...)]` attribute; a key that cannot be
+/// parsed becomes an error and ends that attribute.
+fn each_key(
+    attrs: &[Attribute],
+    errors: &mut Errors,
+    mut visit: impl FnMut(&syn::meta::ParseNestedMeta<'_>, &mut Errors) -> syn::Result<()>,
+) {
+    for attr in attrs.iter().filter(|attr| attr.path().is_ident(ULTRADICT)) {
+        if let Err(error) = attr.parse_nested_meta(|meta| visit(&meta, errors)) {
+            errors.push(error);
+        }
+    }
 }
 
 /// Reads the attributes of a field.
 pub(crate) fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> FieldAttrs {
     let mut found = FieldAttrs::default();
-    for attr in ultradict_attrs(attrs) {
-        let result = attr.parse_nested_meta(|meta| {
-            if meta.path.is_ident(NESTED) {
-                if found.nested.is_some() {
-                    errors.spanned(&meta.path, "duplicate ultradict attribute `nested`");
-                }
-                found.nested = Some(meta.path.clone());
-            } else if meta.path.is_ident(RENAME) {
-                let value: LitStr = meta.value()?.parse()?;
-                if found.rename.is_some() {
-                    errors.spanned(&meta.path, "duplicate ultradict attribute `rename`");
-                }
-                found.rename = Some(value);
-            } else if meta.path.is_ident(CRATE) {
-                errors.spanned(
-                    &meta.path,
-                    "`crate` is a struct attribute: put `#[ultradict(crate = \"...\")]` on the struct",
-                );
-                skip_value(&meta)?;
-            } else {
-                errors.spanned(
+    each_key(attrs, errors, |meta, errors| {
+        if meta.path.is_ident(NESTED) {
+            if found.nested.is_some() {
+                errors.spanned(&meta.path, "duplicate ultradict attribute `nested`");
+            }
+            found.nested = Some(meta.path.clone());
+        } else if meta.path.is_ident(RENAME) {
+            let value: LitStr = meta.value()?.parse()?;
+            if found.rename.is_some() {
+                errors.spanned(&meta.path, "duplicate ultradict attribute `rename`");
+            }
+            found.rename = Some(value);
+        } else if meta.path.is_ident(CRATE) {
+            errors.spanned(
+                &meta.path,
+                "`crate` is a struct attribute: put `#[ultradict(crate = \"...\")]` on the struct",
+            );
+            skip_value(meta)?;
+        } else {
+            errors.spanned(
                     &meta.path,
                     format!(
                         "unknown ultradict field attribute `{}`; expected `nested` or `rename = \"...\"`",
                         path_text(&meta.path)
                     ),
                 );
-                skip_value(&meta)?;
-            }
-            Ok(())
-        });
-        if let Err(error) = result {
-            errors.push(error);
+            skip_value(meta)?;
         }
-    }
+        Ok(())
+    });
     found
 }
 
 /// Reads the attributes of the struct.
 pub(crate) fn container_attrs(attrs: &[Attribute], errors: &mut Errors) -> ContainerAttrs {
     let mut found = ContainerAttrs::default();
-    for attr in ultradict_attrs(attrs) {
-        let result = attr.parse_nested_meta(|meta| {
-            if meta.path.is_ident(CRATE) {
-                let value: LitStr = meta.value()?.parse()?;
-                if found.crate_path.is_some() {
-                    errors.spanned(&meta.path, "duplicate ultradict attribute `crate`");
-                }
-                match value.parse::<Path>() {
-                    Ok(path) => found.crate_path = Some(path),
-                    Err(_) => {
-                        errors.spanned(&value, "`crate` must be a path, like \"::ultradict\"")
-                    }
-                }
-            } else if meta.path.is_ident(NESTED) || meta.path.is_ident(RENAME) {
-                errors.spanned(
-                    &meta.path,
-                    format!(
-                        "`{}` is a field attribute: put it on a field",
-                        path_text(&meta.path)
-                    ),
-                );
-                skip_value(&meta)?;
-            } else {
-                errors.spanned(
-                    &meta.path,
-                    format!(
-                        "unknown ultradict struct attribute `{}`; expected `crate = \"...\"`",
-                        path_text(&meta.path)
-                    ),
-                );
-                skip_value(&meta)?;
+    each_key(attrs, errors, |meta, errors| {
+        if meta.path.is_ident(CRATE) {
+            let value: LitStr = meta.value()?.parse()?;
+            if found.crate_path.is_some() {
+                errors.spanned(&meta.path, "duplicate ultradict attribute `crate`");
             }
-            Ok(())
-        });
-        if let Err(error) = result {
-            errors.push(error);
+            match value.parse::<Path>() {
+                Ok(path) => found.crate_path = Some(path),
+                Err(_) => errors.spanned(&value, "`crate` must be a path, like \"::ultradict\""),
+            }
+        } else if meta.path.is_ident(NESTED) || meta.path.is_ident(RENAME) {
+            errors.spanned(
+                &meta.path,
+                format!(
+                    "`{}` is a field attribute: put it on a field",
+                    path_text(&meta.path)
+                ),
+            );
+            skip_value(meta)?;
+        } else {
+            errors.spanned(
+                &meta.path,
+                format!(
+                    "unknown ultradict struct attribute `{}`; expected `crate = \"...\"`",
+                    path_text(&meta.path)
+                ),
+            );
+            skip_value(meta)?;
         }
-    }
+        Ok(())
+    });
     found
 }
 
