@@ -173,7 +173,8 @@ pub(crate) fn header(epoch: u32, fingerprint: u64, archive_len: usize) -> [u8; D
 }
 
 impl<T> Dump<T> {
-    fn archive(&self) -> &[u8] {
+    /// The archive's bytes.
+    pub(crate) fn archive(&self) -> &[u8] {
         // SAFETY: published dumps are immutable (invariant 4); the range was bounds-checked
         // against the segment in `validate`.
         unsafe { self.segment.immutable_bytes(DUMP_HEADER, self.archive_len) }

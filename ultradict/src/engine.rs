@@ -638,7 +638,19 @@ impl<S: Schema> Engine<S> {
         if epoch == 0 {
             return Ok(None);
         }
-        Dump::open(&self.name, epoch, self.fingerprint.hash).map(Some)
+        let dump = Dump::open(&self.name, epoch, self.fingerprint.hash)?;
+        self.check_dump(&dump)?;
+        Ok(Some(dump))
+    }
+
+    /// The schema's own checks of a validated dump.
+    fn check_dump(&self, dump: &Dump<S::Dump>) -> Result<()> {
+        S::check_dump(dump.root(), dump.archive()).map_err(|detail| {
+            Error::corrupt(
+                &naming::dump(&self.name, self.control().state().epoch),
+                detail,
+            )
+        })
     }
 
     /// Throws the view away and rebuilds it from the current dump and stream (UltraDict's
@@ -740,6 +752,9 @@ impl<S: Schema> Engine<S> {
         // SAFETY: `serialize_dump` returns the buffer and the length it initialized.
         let bytes = unsafe { archive.0.initialized(archive.1) };
         let dump = Dump::<S::Dump>::create(&self.name, next_epoch, self.fingerprint.hash, bytes)?;
+        self.check_dump(&dump).inspect_err(|_| {
+            let _ = segment::unlink(&naming::dump(&self.name, next_epoch));
+        })?;
         crate::fault::point("dump-written");
         control
             .counters

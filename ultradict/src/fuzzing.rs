@@ -66,6 +66,9 @@ pub fn load_dump(bytes: &[u8], epoch: u32) -> Result<usize> {
     let archive = dump::check::<<Sample as Schema>::Dump>(bytes, "fuzz dump", epoch, fingerprint)?;
     // SAFETY: `check` validated exactly these bytes as this type.
     let map = unsafe { rkyv::access_unchecked::<<Sample as Schema>::Dump>(archive) };
+    Sample::check_dump(map, archive).map_err(|e| crate::Error::corrupt("fuzz dump", e))?;
+    // A key no dump holds: the lookup must end (probing stops at an empty bucket).
+    let _absent = map.get_with("\u{0}absent", |q, k| k.as_str() == q);
     let mut entries = 0;
     for (key, value) in map.iter() {
         let key: String = crate::schema::deserialize(key)

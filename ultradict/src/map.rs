@@ -231,6 +231,10 @@ impl<K: Key, V: Value> Schema for MapSchema<K, V> {
         }
     }
 
+    fn check_dump(dump: &Self::Dump, archive: &[u8]) -> std::result::Result<(), String> {
+        lookups_terminate(dump, archive)
+    }
+
     type Snapshot = Vec<(K, V)>;
 
     fn snapshot(
@@ -293,6 +297,106 @@ impl<K: Key, V: Value> Schema for MapSchema<K, V> {
         out: Buffer<'_>,
     ) -> std::result::Result<usize, rancor::Error> {
         Ok(rkyv::api::high::to_bytes_in::<_, rancor::Error>(&DumpEntries(entries), out)?.len())
+    }
+}
+
+/// rkyv's validation of a swiss table counts its full buckets, but lets through control bytes
+/// that are neither full nor empty; a lookup of a missing key then probes forever (found by
+/// fuzzing). Immutable archives never contain such bytes, so a dump with one is corrupt. With
+/// only full and empty bytes and fewer full buckets than the capacity, probing ends.
+///
+/// Reads the table's control bytes from `archive` (the bytes `map` lies in) by rkyv's layout,
+/// pinned by the version in Cargo.toml and checked by the tests below: the map is the table,
+/// whose first field is the 32-bit little-endian relative pointer to its control bytes.
+fn lookups_terminate<K, V>(
+    map: &ArchivedHashMap<K, V>,
+    archive: &[u8],
+) -> std::result::Result<(), String> {
+    let Some(controls) = control_bytes(map, archive)? else {
+        return Ok(());
+    };
+    const EMPTY: u8 = 0xFF;
+    if controls.iter().any(|&byte| byte >= 0x80 && byte != EMPTY) {
+        return Err("a hash table control byte is neither full nor empty".into());
+    }
+    if !controls.contains(&EMPTY) {
+        return Err("a hash table has no empty bucket: lookups would not end".into());
+    }
+    Ok(())
+}
+
+/// The control bytes of `map`'s table (one per bucket), found in `archive`; `None` for a
+/// table without buckets.
+fn control_bytes<'a, K, V>(
+    map: &ArchivedHashMap<K, V>,
+    archive: &'a [u8],
+) -> std::result::Result<Option<&'a [u8]>, String> {
+    const _: () = assert!(std::mem::size_of::<ArchivedHashMap<u8, u8>>() == 12);
+    let capacity = map.capacity();
+    if capacity == 0 {
+        return Ok(None);
+    }
+    let at = (map as *const ArchivedHashMap<K, V>)
+        .cast::<u8>()
+        .addr()
+        .checked_sub(archive.as_ptr().addr())
+        .filter(|&at| at < archive.len())
+        .ok_or("the map lies outside its archive")?;
+    let pointer = archive
+        .get(at..at + 4)
+        .ok_or("the map's table is cut short")?;
+    let offset = i32::from_le_bytes([pointer[0], pointer[1], pointer[2], pointer[3]]);
+    let start = at
+        .checked_add_signed(offset as isize)
+        .ok_or("the table's control bytes lie before the archive")?;
+    let controls = start
+        .checked_add(capacity)
+        .and_then(|end| archive.get(start..end))
+        .ok_or("the table's control bytes lie outside the archive")?;
+    Ok(Some(controls))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn archive_of(entries: Vec<(String, u64)>) -> rkyv::util::AlignedVec<16> {
+        let mut buf = crate::dump::AlignedBuf::with_capacity(64 << 10);
+        let len =
+            MapSchema::<String, u64>::archive(&entries, Buffer::from(buf.as_uninit_mut())).unwrap();
+        let mut archive = rkyv::util::AlignedVec::<16>::new();
+        // SAFETY: `archive` initialized the `len` bytes it reports.
+        archive.extend_from_slice(unsafe { buf.initialized(len) });
+        archive
+    }
+
+    #[test]
+    fn control_bytes_are_found_where_rkyv_puts_them() {
+        let entries: Vec<_> = (0..50u64).map(|i| (format!("key-{i}"), i)).collect();
+        let archive = archive_of(entries);
+        let map = rkyv::access::<ArchivedMap<String, u64>, rancor::Error>(&archive).unwrap();
+        let controls = control_bytes(map, &archive).unwrap().unwrap();
+        assert_eq!(controls.len(), map.capacity());
+        assert_eq!(
+            controls.iter().filter(|&&b| b < 0x80).count(),
+            50,
+            "one full byte per entry"
+        );
+        assert!(lookups_terminate(map, &archive).is_ok());
+
+        // Empty buckets turned into bytes that are neither full nor empty: rkyv still
+        // validates the archive, but a lookup of a missing key would never end.
+        let start = controls.as_ptr().addr() - archive.as_ptr().addr();
+        let mut corrupt = rkyv::util::AlignedVec::<16>::new();
+        corrupt.extend_from_slice(&archive);
+        for byte in &mut corrupt[start..start + controls.len()] {
+            if *byte == 0xFF {
+                *byte = 0xFE;
+            }
+        }
+        let map = rkyv::access::<ArchivedMap<String, u64>, rancor::Error>(&corrupt)
+            .expect("rkyv lets this through");
+        assert!(lookups_terminate(map, &corrupt).is_err());
     }
 }
 

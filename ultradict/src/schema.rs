@@ -114,6 +114,15 @@ pub trait Schema: Send + Sync + 'static {
     /// Applies this process's own record after it was committed.
     fn apply(dump: Option<&Self::Dump>, overlay: &mut Self::Overlay, update: Self::Update);
 
+    /// Checks what validating the archive does not cover but reading it relies on; `archive`
+    /// holds the bytes `dump` lies in. The default has nothing to check.
+    ///
+    /// # Errors
+    /// A description of the problem.
+    fn check_dump(_dump: &Self::Dump, _archive: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+
     /// The whole state (dump, then overlay, then `pending` if any) as owned values, ready to
     /// be archived as the next full dump.
     type Snapshot;
