@@ -232,3 +232,33 @@ fn garbage_control_blocks_and_newer_versions_are_refused() {
     UltraDict::<u8, u8>::unlink_by_name(&name).unwrap();
     assert_no_segments(&name);
 }
+
+/// Inputs the fuzzers found (`tests/fuzz-regressions/<target>-<what>.bin`, first byte the
+/// epoch): each must end, with Ok or a typed error, within a watchdog.
+#[test]
+fn fuzzer_findings_stay_fixed() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions");
+    let mut found = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let input = std::fs::read(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let target = name.clone();
+        std::thread::spawn(move || {
+            let (epoch, bytes) = input
+                .split_first()
+                .map_or((0, &input[..]), |(e, rest)| (u32::from(*e), rest));
+            let outcome = if target.starts_with("dump_loader") {
+                load_dump(bytes, epoch).map(|_| ())
+            } else {
+                decode_stream(bytes, epoch).map(|_| ())
+            };
+            let _ = sender.send(format!("{outcome:?}"));
+        });
+        let outcome = receiver.recv_timeout(std::time::Duration::from_secs(20));
+        assert!(outcome.is_ok(), "{name} did not finish: a hang is back");
+        found += 1;
+    }
+    assert!(found > 0);
+}

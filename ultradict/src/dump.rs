@@ -173,6 +173,11 @@ pub(crate) fn header(epoch: u32, fingerprint: u64, archive_len: usize) -> [u8; D
 }
 
 impl<T> Dump<T> {
+    /// The dump's object name in /dev/shm.
+    pub(crate) fn object(&self) -> &str {
+        self.segment.object()
+    }
+
     /// The archive's bytes.
     pub(crate) fn archive(&self) -> &[u8] {
         // SAFETY: published dumps are immutable (invariant 4); the range was bounds-checked

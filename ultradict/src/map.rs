@@ -301,41 +301,59 @@ impl<K: Key, V: Value> Schema for MapSchema<K, V> {
 }
 
 /// rkyv's validation of a swiss table counts its full buckets, but lets through control bytes
-/// that are neither full nor empty; a lookup of a missing key then probes forever (found by
-/// fuzzing). Immutable archives never contain such bytes, so a dump with one is corrupt. With
-/// only full and empty bytes and fewer full buckets than the capacity, probing ends.
+/// that are neither full nor empty, and leaves most of the wrap-around copy of the control
+/// bytes unchecked; a lookup of a missing key can then probe forever (found by fuzzing).
+/// rkyv writes every byte as full or empty, with the copy equal to the start, so a dump
+/// otherwise is corrupt. A table of that shape with fewer full buckets than buckets (which
+/// validation ensures) ends every probe, as rkyv's own insertion relies on.
 ///
-/// Reads the table's control bytes from `archive` (the bytes `map` lies in) by rkyv's layout,
-/// pinned by the version in Cargo.toml and checked by the tests below: the map is the table,
-/// whose first field is the 32-bit little-endian relative pointer to its control bytes.
+/// Reads the control bytes from `archive` (the bytes `map` lies in) by rkyv's layout, pinned
+/// by the version in Cargo.toml and checked by the tests below: the map is the table, whose
+/// first field is the 32-bit little-endian relative pointer to `capacity` control bytes
+/// rounded up to 16 plus 15 more (the copy).
 fn lookups_terminate<K, V>(
     map: &ArchivedHashMap<K, V>,
     archive: &[u8],
 ) -> std::result::Result<(), String> {
+    const EMPTY: u8 = 0xFF;
     let Some(controls) = control_bytes(map, archive)? else {
         return Ok(());
     };
-    const EMPTY: u8 = 0xFF;
-    if controls.iter().any(|&byte| byte >= 0x80 && byte != EMPTY) {
+    let capacity = map.capacity();
+    let (buckets, copy) = controls.split_at(capacity);
+    if buckets.iter().any(|&byte| byte >= 0x80 && byte != EMPTY) {
         return Err("a hash table control byte is neither full nor empty".into());
     }
-    if !controls.contains(&EMPTY) {
+    if !buckets.contains(&EMPTY) {
         return Err("a hash table has no empty bucket: lookups would not end".into());
+    }
+    let copy_is_faithful = copy
+        .iter()
+        .enumerate()
+        .all(|(i, &byte)| byte == buckets.get(i).copied().unwrap_or(EMPTY));
+    if !copy_is_faithful {
+        return Err("a hash table's wrap-around control bytes differ from its first ones".into());
     }
     Ok(())
 }
 
-/// The control bytes of `map`'s table (one per bucket), found in `archive`; `None` for a
-/// table without buckets.
+/// All control bytes of `map`'s table, found in `archive`; `None` for a table without
+/// buckets.
 fn control_bytes<'a, K, V>(
     map: &ArchivedHashMap<K, V>,
     archive: &'a [u8],
 ) -> std::result::Result<Option<&'a [u8]>, String> {
     const _: () = assert!(std::mem::size_of::<ArchivedHashMap<u8, u8>>() == 12);
+    /// rkyv's `MAX_GROUP_WIDTH`: control bytes come in groups of this many.
+    const GROUP: usize = 16;
     let capacity = map.capacity();
     if capacity == 0 {
         return Ok(None);
     }
+    let count = capacity
+        .checked_next_multiple_of(GROUP)
+        .and_then(|probe_cap| probe_cap.checked_add(GROUP - 1))
+        .ok_or("a hash table's capacity overflows")?;
     let at = (map as *const ArchivedHashMap<K, V>)
         .cast::<u8>()
         .addr()
@@ -350,7 +368,7 @@ fn control_bytes<'a, K, V>(
         .checked_add_signed(offset as isize)
         .ok_or("the table's control bytes lie before the archive")?;
     let controls = start
-        .checked_add(capacity)
+        .checked_add(count)
         .and_then(|end| archive.get(start..end))
         .ok_or("the table's control bytes lie outside the archive")?;
     Ok(Some(controls))
@@ -376,9 +394,11 @@ mod tests {
         let archive = archive_of(entries);
         let map = rkyv::access::<ArchivedMap<String, u64>, rancor::Error>(&archive).unwrap();
         let controls = control_bytes(map, &archive).unwrap().unwrap();
-        assert_eq!(controls.len(), map.capacity());
+        let capacity = map.capacity();
+        assert_eq!(controls.len(), capacity.next_multiple_of(16) + 15);
+        let buckets = &controls[..capacity];
         assert_eq!(
-            controls.iter().filter(|&&b| b < 0x80).count(),
+            buckets.iter().filter(|&&b| b < 0x80).count(),
             50,
             "one full byte per entry"
         );
@@ -389,11 +409,20 @@ mod tests {
         let start = controls.as_ptr().addr() - archive.as_ptr().addr();
         let mut corrupt = rkyv::util::AlignedVec::<16>::new();
         corrupt.extend_from_slice(&archive);
-        for byte in &mut corrupt[start..start + controls.len()] {
+        for byte in &mut corrupt[start..start + capacity] {
             if *byte == 0xFF {
                 *byte = 0xFE;
             }
         }
+        let map = rkyv::access::<ArchivedMap<String, u64>, rancor::Error>(&corrupt)
+            .expect("rkyv lets this through");
+        assert!(lookups_terminate(map, &corrupt).is_err());
+
+        // The unchecked tail of the wrap-around copy, scribbled over: also refused.
+        let mut corrupt = rkyv::util::AlignedVec::<16>::new();
+        corrupt.extend_from_slice(&archive);
+        let last = start + controls.len() - 1;
+        corrupt[last] = 0x11;
         let map = rkyv::access::<ArchivedMap<String, u64>, rancor::Error>(&corrupt)
             .expect("rkyv lets this through");
         assert!(lookups_terminate(map, &corrupt).is_err());
