@@ -645,12 +645,8 @@ impl<S: Schema> Engine<S> {
 
     /// The schema's own checks of a validated dump.
     fn check_dump(&self, dump: &Dump<S::Dump>) -> Result<()> {
-        S::check_dump(dump.root(), dump.archive()).map_err(|detail| {
-            Error::corrupt(
-                &naming::dump(&self.name, self.control().state().epoch),
-                detail,
-            )
-        })
+        S::check_dump(dump.root(), dump.archive())
+            .map_err(|detail| Error::corrupt(dump.object(), detail))
     }
 
     /// Throws the view away and rebuilds it from the current dump and stream (UltraDict's
