@@ -26,8 +26,9 @@ fn sample() -> &'static Sample {
         let d: UltraDict<String, u64> = UltraDict::open(&name).unwrap();
         d.extend((0..50).map(|i| (format!("key-{i}"), i))).unwrap();
         d.dump().unwrap();
-        let dump_epoch = d.status().epoch;
-        let dump = std::fs::read(format!("/dev/shm/ultradict.{name}~dump.{dump_epoch}")).unwrap();
+        let status = d.status();
+        let dump_epoch = status.epoch;
+        let dump = std::fs::read(format!("/dev/shm/{}", status.dump_segment.unwrap())).unwrap();
         for i in 0..20u64 {
             d.insert(format!("key-{i}"), i * 100).unwrap();
             d.remove(&format!("key-{}", 40 + i % 5)).unwrap();
@@ -143,8 +144,8 @@ fn a_corrupted_dump_in_shared_memory_is_an_error_for_new_readers() {
     let d = persistent(&name);
     d.extend((0..100).map(|i| (format!("k{i}"), i))).unwrap();
     d.dump().unwrap();
+    let dump = d.status().dump_segment.unwrap();
     drop(d);
-    let dump = format!("ultradict.{name}~dump.1");
     let len = std::fs::metadata(format!("/dev/shm/{dump}")).unwrap().len();
     let original = std::fs::read(format!("/dev/shm/{dump}")).unwrap();
     // Scribbles anywhere: a new reader either validates what it finds or refuses it.

@@ -670,3 +670,38 @@ fn closures_may_use_the_dict_they_update() {
     drop(d);
     assert_no_segments(&name);
 }
+
+#[test]
+fn a_removed_dict_never_touches_its_successor() {
+    let name = unique_name("successor");
+    let old = UltraDict::<u32, u32>::builder()
+        .name(&name)
+        .buffer_size(256)
+        .open()
+        .unwrap();
+    old.insert(1, 1).unwrap();
+    old.unlink().unwrap();
+    // A new dict under the same name, while the old handle keeps working on its own mapping.
+    let new = UltraDict::<u32, u32>::builder()
+        .name(&name)
+        .buffer_size(256)
+        .open()
+        .unwrap();
+    for i in 0..50 {
+        new.insert(i, 100 + i).unwrap();
+        old.insert(i, i).unwrap(); // both go through many dumps of the same epoch numbers
+    }
+    let reader = UltraDict::<u32, u32>::open(&name).unwrap();
+    assert_eq!(old.get(&10).unwrap(), Some(10));
+    assert_eq!(reader.get(&10).unwrap(), Some(110));
+    // The old instance's last handle leaves: the new dict keeps all its segments.
+    drop(old);
+    reader.load(true).unwrap();
+    assert_eq!(reader.get(&10).unwrap(), Some(110));
+    assert_eq!(
+        UltraDict::<u32, u32>::open(&name).unwrap().len().unwrap(),
+        50
+    );
+    drop((new, reader));
+    assert_no_segments(&name);
+}

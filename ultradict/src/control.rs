@@ -79,9 +79,9 @@ pub(crate) struct LockFields {
     pub(crate) word: AtomicU32,
     /// The holder's process id; 0 while free or before the new holder wrote it.
     pub(crate) holder_pid: AtomicU32,
-    /// The holder thread's start time (clock ticks since boot): tells a reused thread id from
-    /// the holder. 0 while free or not yet written.
-    pub(crate) holder_start_time: AtomicU64,
+    /// The holder's identity, `tid << 32 | (thread start time & 0xffff_ffff)`: tells a reused
+    /// thread id from the holder. 0 while free or not yet written by a new holder.
+    pub(crate) holder: AtomicU64,
     /// When the current holder was first seen holding the lock (ns since the Unix epoch),
     /// 0 until someone looked; see `lock::note_holder_seen`.
     pub(crate) held_since_ns: AtomicU64,
@@ -136,6 +136,8 @@ pub(crate) struct Control {
     pub(crate) creator_pid: u32,
     /// Hash of the schema (types or struct fields).
     pub(crate) fingerprint: u64,
+    /// Random, chosen at creation: this instance of the dict, in its dump names and headers.
+    pub(crate) instance: u64,
     pub(crate) schema_text_len: u32,
     pub(crate) _reserved: u32,
     /// Human-readable schema, UTF-8, `schema_text_len` bytes used.
@@ -184,6 +186,9 @@ impl Control {
     /// Publishes a new state word, then wakes whoever waits for a change.
     pub(crate) fn publish(&self, state: StateWord) {
         self.state.0.store(state.pack(), Ordering::Release);
+        // Stream bytes written after this (a new epoch's records) stay after it, so a reader
+        // that copies them and then sees the old epoch again knows its copy is stale.
+        std::sync::atomic::fence(Ordering::Release);
         // SeqCst pairs with the waiter's increment of `waiters` before it reads `sequence`:
         // either it sees our bump, or we see it waiting and wake it.
         self.changes.sequence.fetch_add(1, Ordering::SeqCst);

@@ -33,6 +33,7 @@ const VERSION_AT: usize = 8;
 const EPOCH_AT: usize = 12;
 const FINGERPRINT_AT: usize = 16;
 const LEN_AT: usize = 24;
+const INSTANCE_AT: usize = 32;
 
 /// A mapped, validated dump whose archive root is a `T`.
 pub(crate) struct Dump<T> {
@@ -57,10 +58,10 @@ where
     ///
     /// A missing segment (the dump was superseded and unlinked meanwhile) comes back as an
     /// [`Error::Io`] of kind `NotFound`; see [`segment::is_not_found`].
-    pub(crate) fn open(name: &str, epoch: u32, fingerprint: u64) -> Result<Self> {
-        let object = naming::dump(name, epoch);
+    pub(crate) fn open(id: DumpId<'_>, epoch: u32) -> Result<Self> {
+        let object = naming::dump(id.name, id.instance, epoch);
         let segment = Segment::open(&object, false)?;
-        Self::validate(segment, epoch, fingerprint)
+        Self::validate(segment, id, epoch)
     }
 
     /// Writes `archive` as the dump of `epoch` of dict `name` and maps it.
@@ -68,8 +69,8 @@ where
     /// A segment already under that name can only be the unpublished leftover of a writer
     /// that died before publishing it (the caller holds the lock and `epoch` is not yet
     /// published), so it is replaced.
-    pub(crate) fn create(name: &str, epoch: u32, fingerprint: u64, archive: &[u8]) -> Result<Self> {
-        let object = naming::dump(name, epoch);
+    pub(crate) fn create(id: DumpId<'_>, epoch: u32, archive: &[u8]) -> Result<Self> {
+        let object = naming::dump(id.name, id.instance, epoch);
         let len = (DUMP_HEADER + archive.len()) as u64;
         let segment = match Segment::create(&object, len) {
             Err(err) if segment::is_already_exists(&err) => {
@@ -78,7 +79,7 @@ where
             }
             other => other?,
         };
-        let header = header(epoch, fingerprint, archive.len());
+        let header = header(id, epoch, archive.len());
         // SAFETY: the segment was just created by this process and is not yet published, so
         // nobody else maps it; both copies stay within its `len` bytes.
         unsafe {
@@ -86,16 +87,16 @@ where
             std::ptr::copy_nonoverlapping(header.as_ptr(), base, DUMP_HEADER);
             std::ptr::copy_nonoverlapping(archive.as_ptr(), base.add(DUMP_HEADER), archive.len());
         }
-        Self::validate(segment, epoch, fingerprint).inspect_err(|_| {
+        Self::validate(segment, id, epoch).inspect_err(|_| {
             let _ = segment::unlink(&object);
         })
     }
 
-    fn validate(segment: Segment, epoch: u32, fingerprint: u64) -> Result<Self> {
+    fn validate(segment: Segment, id: DumpId<'_>, epoch: u32) -> Result<Self> {
         // SAFETY: dumps are immutable once published (invariant 4), and this one is published
         // (or is ours and unpublished): nobody writes its bytes any more.
         let bytes = unsafe { segment.immutable_bytes(0, segment.len()) };
-        let archive_len = check::<T>(bytes, segment.object(), epoch, fingerprint)?.len();
+        let archive_len = check::<T>(bytes, segment.object(), id, epoch)?.len();
         Ok(Dump {
             segment,
             archive_len,
@@ -117,8 +118,8 @@ where
 pub(crate) fn check<'a, T>(
     bytes: &'a [u8],
     object: &str,
+    id: DumpId<'_>,
     epoch: u32,
-    fingerprint: u64,
 ) -> Result<&'a [u8]>
 where
     T: Portable + for<'v> CheckBytes<Validator<'v>>,
@@ -149,8 +150,14 @@ where
             format!("dump says epoch {}", u32_at(EPOCH_AT)),
         ));
     }
-    if u64_at(FINGERPRINT_AT) != fingerprint {
+    if u64_at(FINGERPRINT_AT) != id.fingerprint {
         return Err(Error::corrupt(object, "dump written with another schema"));
+    }
+    if u64_at(INSTANCE_AT) != id.instance {
+        return Err(Error::corrupt(
+            object,
+            "dump of another instance of the dict",
+        ));
     }
     let archive = usize::try_from(u64_at(LEN_AT))
         .ok()
@@ -161,13 +168,22 @@ where
     Ok(archive)
 }
 
+/// Which dict a dump belongs to: its name, instance and schema.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DumpId<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) instance: u64,
+    pub(crate) fingerprint: u64,
+}
+
 /// Builds the header of a dump of `archive_len` bytes.
-pub(crate) fn header(epoch: u32, fingerprint: u64, archive_len: usize) -> [u8; DUMP_HEADER] {
+pub(crate) fn header(id: DumpId<'_>, epoch: u32, archive_len: usize) -> [u8; DUMP_HEADER] {
     let mut header = [0u8; DUMP_HEADER];
     header[MAGIC_AT..MAGIC_AT + 8].copy_from_slice(&DUMP_MAGIC);
     header[VERSION_AT..VERSION_AT + 4].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     header[EPOCH_AT..EPOCH_AT + 4].copy_from_slice(&epoch.to_le_bytes());
-    header[FINGERPRINT_AT..FINGERPRINT_AT + 8].copy_from_slice(&fingerprint.to_le_bytes());
+    header[FINGERPRINT_AT..FINGERPRINT_AT + 8].copy_from_slice(&id.fingerprint.to_le_bytes());
+    header[INSTANCE_AT..INSTANCE_AT + 8].copy_from_slice(&id.instance.to_le_bytes());
     header[LEN_AT..LEN_AT + 8].copy_from_slice(&(archive_len as u64).to_le_bytes());
     header
 }

@@ -15,7 +15,7 @@ use crate::control::{
     self, Control, FORMAT_VERSION, HEADER_SIZE, MAGIC, PROCESS_SLOTS, READY, SCHEMA_TEXT_LEN,
     StateWord,
 };
-use crate::dump::{AlignedBuf, Dump};
+use crate::dump::{AlignedBuf, Dump, DumpId};
 use crate::error::{Error, Result};
 use crate::lock::{self, Acquired, Busy, WaitPolicy};
 use crate::lock_guard::{LockGuard, LockOptions, Unlock, Wait};
@@ -54,6 +54,8 @@ pub(crate) struct Engine<S: Schema> {
     segment: Segment,
     stream_capacity: usize,
     fingerprint: Fingerprint,
+    /// This instance of the dict (see `naming::dump`).
+    instance: u64,
     view: RwLock<View<S>>,
     /// Scratch space for copying stream ranges out; guarded by its own lock so a catching-up
     /// thread does not block readers of the view while it copies.
@@ -169,6 +171,7 @@ impl<S: Schema> Engine<S> {
             (*raw).lifetime = lifetime.to_raw();
             (*raw).creator_pid = pid;
             (*raw).fingerprint = fingerprint.hash;
+            (*raw).instance = naming::random_u64();
             let text = fingerprint.description.as_bytes();
             let len = text.len().min(SCHEMA_TEXT_LEN);
             (&mut (*raw).schema_text)[..len].copy_from_slice(&text[..len]);
@@ -388,11 +391,15 @@ impl<S: Schema> Engine<S> {
         lifetime: Lifetime,
         buffer_size: usize,
     ) -> Self {
+        // SAFETY: `segment` is a mapped control segment whose identity fields are written (by
+        // us before `ready`, or by the creator and seen through `ready`).
+        let instance = unsafe { Control::from_segment(&segment) }.instance;
         Engine {
             name: name.to_owned(),
             segment,
             stream_capacity: buffer_size,
             fingerprint,
+            instance,
             view: RwLock::new(View {
                 state: StateWord {
                     epoch: 0,
@@ -416,6 +423,20 @@ impl<S: Schema> Engine<S> {
     /// The dict's name.
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Which dict this handle's dumps belong to.
+    fn dump_id(&self) -> DumpId<'_> {
+        DumpId {
+            name: &self.name,
+            instance: self.instance,
+            fingerprint: self.fingerprint.hash,
+        }
+    }
+
+    /// The name of this dict's dump of `epoch`.
+    fn dump_object(&self, epoch: u32) -> String {
+        naming::dump(&self.name, self.instance, epoch)
     }
 
     pub(crate) fn control(&self) -> &Control {
@@ -507,15 +528,22 @@ impl<S: Schema> Engine<S> {
             state,
         } = view;
         let dump = dump.as_ref().map(Dump::root);
-        let progress = self.read_records(state.committed, target, locked, |update| {
-            S::apply_archived(dump, overlay, update).map_err(|e| {
+        // Deserialize every record before applying any: a failure changes nothing.
+        let mut updates = Vec::new();
+        let progress = self.read_records(state.committed, target, locked, |stored| {
+            let update = crate::schema::deserialize::<S::Update>(stored).map_err(|e| {
                 Error::corrupt(
                     self.segment.object(),
-                    format!("record could not be applied: {e}"),
+                    format!("record could not be read: {e}"),
                 )
-            })
+            })?;
+            updates.push(update);
+            Ok(())
         })?;
         if let Progress::Done = progress {
+            for update in updates {
+                S::apply(dump, overlay, update);
+            }
             *state = target;
         }
         Ok(progress)
@@ -638,7 +666,7 @@ impl<S: Schema> Engine<S> {
         if epoch == 0 {
             return Ok(None);
         }
-        let dump = Dump::open(&self.name, epoch, self.fingerprint.hash)?;
+        let dump = Dump::open(self.dump_id(), epoch)?;
         self.check_dump(&dump)?;
         Ok(Some(dump))
     }
@@ -747,9 +775,9 @@ impl<S: Schema> Engine<S> {
         let archive = self.serialize_dump(view, pending)?;
         // SAFETY: `serialize_dump` returns the buffer and the length it initialized.
         let bytes = unsafe { archive.0.initialized(archive.1) };
-        let dump = Dump::<S::Dump>::create(&self.name, next_epoch, self.fingerprint.hash, bytes)?;
+        let dump = Dump::<S::Dump>::create(self.dump_id(), next_epoch, bytes)?;
         self.check_dump(&dump).inspect_err(|_| {
-            let _ = segment::unlink(&naming::dump(&self.name, next_epoch));
+            let _ = segment::unlink(&self.dump_object(next_epoch));
         })?;
         crate::fault::point("dump-written");
         control
@@ -764,7 +792,7 @@ impl<S: Schema> Engine<S> {
         crate::fault::point("dump-published");
         // The old dump is superseded: remove its name; mappings elsewhere stay valid.
         if old_epoch > 0 {
-            let _ = segment::unlink(&naming::dump(&self.name, old_epoch));
+            let _ = segment::unlink(&self.dump_object(old_epoch));
         }
         view.overlay = S::overlay_for(Some(dump.root()));
         view.dump = Some(dump);
@@ -835,7 +863,7 @@ impl<S: Schema> Engine<S> {
             return Ok(LockGuard::new(self));
         }
         let fields = &self.control().lock.0;
-        if lock::holder_tid(fields) == tid {
+        if lock::held_by_caller(fields) {
             return Err(Error::LockedByOtherHandle {
                 name: self.name.clone(),
             });
@@ -886,21 +914,25 @@ impl<S: Schema> Engine<S> {
     /// unpublished next dump, or a superseded one it had not unlinked yet).
     fn tidy_after_dead_holder(&self) {
         let epoch = self.control().state().epoch;
-        let _ = segment::unlink(&naming::dump(&self.name, epoch.wrapping_add(1)));
+        let _ = segment::unlink(&self.dump_object(epoch.wrapping_add(1)));
         if epoch > 1 {
-            let _ = segment::unlink(&naming::dump(&self.name, epoch - 1));
+            let _ = segment::unlink(&self.dump_object(epoch - 1));
         }
     }
 }
 
 impl<S: Schema> Unlock for Engine<S> {
     fn unlock(&self) {
+        // A guard copied into a forked child (or any thread but the owner) releases nothing.
+        if self.owner_tid.load(Ordering::Relaxed) != crate::os::current_tid() {
+            return;
+        }
         // Only the owner thread touches `depth`: a load and a store, no atomic RMW.
         let depth = self.depth.load(Ordering::Relaxed) - 1;
         self.depth.store(depth, Ordering::Relaxed);
         if depth == 0 {
             self.owner_tid.store(0, Ordering::Relaxed);
-            lock::release(&self.control().lock.0);
+            lock::release(&self.control().lock.0, crate::os::current_tid());
         }
     }
 }
@@ -925,7 +957,7 @@ impl<S: Schema> Engine<S> {
             name: self.name.clone(),
             schema: control.schema_text(),
             control_segment: self.segment.object().to_owned(),
-            dump_segment: (state.epoch > 0).then(|| naming::dump(&self.name, state.epoch)),
+            dump_segment: (state.epoch > 0).then(|| self.dump_object(state.epoch)),
             buffer_size: self.stream_capacity,
             buffer_used: state.committed as usize,
             full_dump_size: match control.full_dump_size {
@@ -971,7 +1003,35 @@ impl<S: Schema> Engine<S> {
             Lifetime::Creator => self.creator,
             Lifetime::Persistent => false,
         };
-        if remove { self.unlink() } else { Ok(()) }
+        if !remove {
+            return Ok(());
+        }
+        if self.name_is_ours() {
+            return self.unlink();
+        }
+        // The dict was removed while we used it, and a new one may have the name now: take
+        // away only what this instance left (its dumps), never the successor's segments.
+        let own_dumps = self.dump_object(0);
+        let own_dumps = &own_dumps[..own_dumps.len() - 1];
+        for object in naming::segments_of(&self.name)? {
+            if object.starts_with(own_dumps) {
+                segment::unlink(&object)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the control segment under this dict's name is still this instance's.
+    fn name_is_ours(&self) -> bool {
+        match Segment::open(&naming::control(&self.name), false) {
+            Ok(segment) if segment.len() >= HEADER_SIZE => {
+                // SAFETY: a mapped segment of at least HEADER_SIZE bytes; any bytes are a
+                // valid `Control`, and only its identity fields are read.
+                let control = unsafe { Control::from_segment(&segment) };
+                control.magic == MAGIC && control.instance == self.instance
+            }
+            _ => false,
+        }
     }
 }
 

@@ -148,8 +148,7 @@ pub fn inspect(name: &str) -> Result<DictInfo> {
         pid: crate::lock::holder_pid(lock),
         since: (since != 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_nanos(since)),
     });
-    let lock_holder_alive = (holder_tid != 0)
-        .then(|| crate::os::task_alive(holder_tid, lock.holder_start_time.load(Ordering::Relaxed)));
+    let lock_holder_alive = crate::lock::holder_alive(lock, lock.word.load(Ordering::Acquire));
     let attached = control
         .processes
         .iter()

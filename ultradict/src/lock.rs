@@ -47,7 +47,7 @@ pub(crate) enum Busy {
 
 /// Tries once, without waiting. Recovers from a dead holder on the spot.
 pub(crate) fn try_acquire(lock: &LockFields, tid: u32) -> Result<Acquired, Busy> {
-    let current = lock.word.load(Ordering::Relaxed);
+    let current = lock.word.load(Ordering::Acquire);
     if current == 0 {
         if lock
             .word
@@ -85,7 +85,7 @@ pub(crate) fn acquire(
         std::hint::spin_loop();
     }
     loop {
-        let current = lock.word.load(Ordering::Relaxed);
+        let current = lock.word.load(Ordering::Acquire);
         if current == 0 {
             // Others may still sleep: keep the bit so the next release wakes one of them.
             if lock
@@ -127,13 +127,26 @@ pub(crate) fn acquire(
     }
 }
 
-/// Releases the lock held by the calling thread.
-pub(crate) fn release(lock: &LockFields) {
-    lock.holder_start_time.store(0, Ordering::Relaxed);
+/// Releases the lock held by thread `tid`. Does nothing if `tid` does not hold it (it was
+/// taken over while this thread was wrongly believed dead: never release another's hold).
+pub(crate) fn release(lock: &LockFields, tid: u32) {
+    lock.holder.store(0, Ordering::Relaxed);
     lock.holder_pid.store(0, Ordering::Relaxed);
     lock.held_since_ns.store(0, Ordering::Relaxed);
-    let previous = lock.word.swap(0, Ordering::Release);
-    if previous & WAITERS != 0 {
+    let mut current = lock.word.load(Ordering::Relaxed);
+    loop {
+        if current & TID_MASK != tid {
+            return;
+        }
+        match lock
+            .word
+            .compare_exchange_weak(current, 0, Ordering::Release, Ordering::Relaxed)
+        {
+            Ok(_) => break,
+            Err(now) => current = now,
+        }
+    }
+    if current & WAITERS != 0 {
         os::futex_wake(&lock.word, 1);
     }
 }
@@ -151,9 +164,44 @@ pub(crate) fn holder_tid(lock: &LockFields) -> u32 {
     lock.word.load(Ordering::Acquire) & TID_MASK
 }
 
+/// A holder's identity as the lock stores it: thread id and the low half of its start time,
+/// in one word, so that nobody pairs one holder's id with another's start time.
+fn identity(tid: u32, start_time: u64) -> u64 {
+    (u64::from(tid) << 32) | (start_time & 0xffff_ffff)
+}
+
+/// The calling thread's identity.
+fn own_identity() -> u64 {
+    identity(os::current_tid(), os::current_thread_start_time())
+}
+
+/// Whether the lock is held by the calling thread (through any handle).
+pub(crate) fn held_by_caller(lock: &LockFields) -> bool {
+    holder_tid(lock) == os::current_tid() && lock.holder.load(Ordering::Acquire) == own_identity()
+}
+
+/// Whether the thread in the lock word `word` still runs; `None` when the lock is free.
+///
+/// Its identity is written just after it took the word, so it may not be there yet: then
+/// only /proc saying the thread is gone counts as death. With the identity there, a thread id
+/// now used by a task with another start time also counts as dead.
+pub(crate) fn holder_alive(lock: &LockFields, word: u32) -> Option<bool> {
+    let tid = word & TID_MASK;
+    if tid == 0 {
+        return None;
+    }
+    let identity = lock.holder.load(Ordering::Acquire);
+    let now = os::task(tid);
+    Some(match now {
+        os::Task::Dead => false,
+        os::Task::Alive { start_time } => {
+            (identity >> 32) as u32 != tid || identity == self::identity(tid, start_time)
+        }
+    })
+}
+
 fn mark_held(lock: &LockFields) {
-    lock.holder_start_time
-        .store(os::current_thread_start_time(), Ordering::Relaxed);
+    lock.holder.store(own_identity(), Ordering::Release);
     // Reading a clock on every acquire would cost a quarter of an uncontended lock: the
     // holder leaves the time blank and the first observer stamps it (`note_holder_seen`).
     lock.held_since_ns.store(0, Ordering::Relaxed);
@@ -174,17 +222,18 @@ pub(crate) fn note_holder_seen(lock: &LockFields) {
     }
 }
 
-/// Takes the word over if its holder (`current`) is dead.
+/// Takes the word over if its holder (`current`) is dead. The caller (`tid`) does not hold
+/// the lock, so a word holding its own thread id is a dead thread's whose id was reused.
 fn take_from_dead(lock: &LockFields, current: u32, tid: u32) -> Option<Acquired> {
     let holder = current & TID_MASK;
-    let start_time = lock.holder_start_time.load(Ordering::Acquire);
-    if os::task_alive(holder, start_time) {
+    if holder != tid && holder_alive(lock, current) != Some(false) {
         return None;
     }
     let dead_pid = match lock.holder_pid.load(Ordering::Acquire) {
         0 => holder,
         pid => pid,
     };
+    // The compare-and-swap on the exact word also fails if the holder changed meanwhile.
     // Keep the waiters bit: others may sleep on the word.
     lock.word
         .compare_exchange(

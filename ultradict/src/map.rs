@@ -202,16 +202,6 @@ impl<K: Key, V: Value> Schema for MapSchema<K, V> {
         )
     }
 
-    fn apply_archived(
-        dump: Option<&Self::Dump>,
-        overlay: &mut Self::Overlay,
-        update: &<Self::Update as Data>::Stored,
-    ) -> std::result::Result<(), rancor::Error> {
-        let update: MapUpdate<K, V> = schema::deserialize(update)?;
-        Self::apply(dump, overlay, update);
-        Ok(())
-    }
-
     fn apply(dump: Option<&Self::Dump>, overlay: &mut Self::Overlay, update: Self::Update) {
         match update {
             MapUpdate::Insert(key, value) => Self::insert(dump, overlay, key, value),

@@ -2,7 +2,8 @@
 //!
 //! A dict named `NAME` owns:
 //! - `ultradict.NAME`: the control block followed by the update stream;
-//! - `ultradict.NAME~dump.EPOCH`: the full dump that starts epoch `EPOCH` (epoch 0 has none).
+//! - `ultradict.NAME~dump.INSTANCE.EPOCH`: the full dump that starts epoch `EPOCH` (epoch 0
+//!   has none) of this instance of the dict (8 hex digits, random per creation).
 //!
 //! `~` may not appear in a dict name, so no dict's segment can be mistaken for another dict's
 //! dump, and every segment of a dict starts with `ultradict.NAME` followed by nothing or `~`.
@@ -18,7 +19,7 @@ pub(crate) const PREFIX: &str = "ultradict.";
 pub(crate) const SEPARATOR: char = '~';
 
 /// The longest dict name: leaves room in the kernel's 255-byte limit for the prefix and the
-/// longest suffix (`~dump.` and a 20-digit epoch).
+/// longest suffix (`~dump.`, 8 hex digits, `.` and a 10-digit epoch).
 pub const MAX_NAME_LEN: usize = os::MAX_OBJECT_NAME - PREFIX.len() - 32;
 
 /// Checks a user-supplied dict name: 1 to [`MAX_NAME_LEN`] bytes of ASCII letters, digits,
@@ -91,9 +92,14 @@ pub(crate) fn control(name: &str) -> String {
     format!("{PREFIX}{name}")
 }
 
-/// The dump segment that starts `epoch` of dict `name`.
-pub(crate) fn dump(name: &str, epoch: u32) -> String {
-    format!("{PREFIX}{name}{SEPARATOR}dump.{epoch}")
+/// The dump segment that starts `epoch` of the instance `instance` of dict `name`. The
+/// instance (random, chosen by the dict's creator) keeps a handle of a removed dict from ever
+/// writing over the dumps of a new dict of the same name.
+pub(crate) fn dump(name: &str, instance: u64, epoch: u32) -> String {
+    format!(
+        "{PREFIX}{name}{SEPARATOR}dump.{:08x}.{epoch}",
+        instance as u32
+    )
 }
 
 /// Every segment in /dev/shm that belongs to dict `name`.
@@ -110,6 +116,15 @@ pub(crate) fn segments_of(name: &str) -> Result<Vec<String>> {
 }
 
 /// A name no other dict has: process id, time and a counter.
+/// A random 64-bit number, different in every process and call (for dict instances).
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(os::unix_time_ns());
+    hasher.write_u32(os::current_pid());
+    hasher.finish()
+}
+
 pub(crate) fn unique() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -138,6 +153,6 @@ mod tests {
     #[test]
     fn dump_names_never_collide_with_dict_names() {
         // A dump name contains the separator, which no valid dict name may contain.
-        assert!(validate(&dump("a", 3)[PREFIX.len()..]).is_err());
+        assert!(validate(&dump("a", 7, 3)[PREFIX.len()..]).is_err());
     }
 }

@@ -63,7 +63,12 @@ pub(crate) fn unlink_tree(name: &str) -> Result<()> {
             }
         }
     }
-    for object in naming::segments_of(name)? {
+    // The control segment last: while it exists, nobody can create a new dict of this name
+    // whose segments this list could then catch.
+    let control = naming::control(name);
+    let mut objects = naming::segments_of(name)?;
+    objects.sort_by_key(|object| *object == control);
+    for object in objects {
         segment::unlink(&object)?;
     }
     Ok(())

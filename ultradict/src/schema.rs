@@ -104,14 +104,8 @@ pub trait Schema: Send + Sync + 'static {
     /// Identifies the schema; two handles attach to one dict only if these agree.
     fn fingerprint() -> Fingerprint;
 
-    /// Applies a record read (and validated) from the stream.
-    fn apply_archived(
-        dump: Option<&Self::Dump>,
-        overlay: &mut Self::Overlay,
-        update: &<Self::Update as Data>::Stored,
-    ) -> Result<(), rancor::Error>;
-
-    /// Applies this process's own record after it was committed.
+    /// Applies a committed record (this process's own, or one read and validated from the
+    /// stream).
     fn apply(dump: Option<&Self::Dump>, overlay: &mut Self::Overlay, update: Self::Update);
 
     /// Checks what validating the archive does not cover but reading it relies on; `archive`

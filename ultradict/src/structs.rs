@@ -59,15 +59,6 @@ impl<F: StructFields> Schema for StructSchema<F> {
         F::fingerprint()
     }
 
-    fn apply_archived(
-        _dump: Option<&Self::Dump>,
-        overlay: &mut Self::Overlay,
-        update: &<Self::Update as Data>::Stored,
-    ) -> Result<(), rancor::Error> {
-        F::apply(overlay, crate::schema::deserialize(update)?);
-        Ok(())
-    }
-
     fn apply(_dump: Option<&Self::Dump>, overlay: &mut Self::Overlay, update: Self::Update) {
         F::apply(overlay, update);
     }

@@ -206,15 +206,6 @@ pub(crate) fn task(id: u32) -> Task {
     }
 }
 
-/// Whether the task `id` that started at `start_time` (0 when unknown) is still running.
-/// A task id reused by a newer task counts as dead: its start time differs.
-pub(crate) fn task_alive(id: u32, start_time: u64) -> bool {
-    match task(id) {
-        Task::Alive { start_time: now } => start_time == 0 || now == start_time,
-        Task::Dead => false,
-    }
-}
-
 /// The start time of the calling process, cached and refreshed after `fork`.
 pub(crate) fn current_process_start_time() -> u64 {
     static CACHE: AtomicU64 = AtomicU64::new(0);
