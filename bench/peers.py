@@ -46,69 +46,45 @@ def ultradicts():
     return peers
 
 
+def scenarios(peer, ops, keys, d, s, lock):
+    """Scenario 1 on one peer: `d` maps u64 keys (hashed as in the Rust harness) to ints,
+    `s` maps 16-byte strings to strings, `lock` guards a read-modify-write."""
+    ks = [i * 2654435769 % 2**64 for i in range(keys)]
+    sk = [key_str(i) for i in range(keys)]
+    for i in range(keys):
+        d[ks[i]] = i
+        s[sk[i]] = key_str(i + 1)
+
+    def distinct(n):
+        for i in range(n):
+            d[10**12 + i % DISTINCT_KEYS] = i
+
+    def hot(n):
+        for i in range(n):
+            d[7] = i
+
+    def update(n):
+        for _ in range(n):
+            with lock:
+                d[7] = d.get(7, 0) + 1
+
+    emit("1. read u64, no news", peer, rate(ops, lambda n: [d[ks[i % keys]] for i in range(n)]))
+    emit("1. read String(16), no news", peer, rate(ops, lambda n: [s[sk[i % keys]] for i in range(n)]))
+    emit("1. write u64, distinct keys", peer, rate(ops, distinct))
+    emit("1. write u64, one hot key", peer, rate(ops, hot))
+    emit("1. update (read-modify-write) u64", peer, rate(ops, update))
+
+
 def single(ops, keys):
-    from UltraDict import UltraDict
     for peer, options in ultradicts():
+        from UltraDict import UltraDict
         d = UltraDict(buffer_size=1_000_000, auto_unlink=True, **options)
         s = UltraDict(buffer_size=1_000_000, auto_unlink=True, **options)
-        for i in range(keys):
-            d[i * 2654435769 % 2**64] = i
-            s[key_str(i)] = key_str(i + 1)
-        ks = [i * 2654435769 % 2**64 for i in range(keys)]
-        sk = [key_str(i) for i in range(keys)]
-        emit("1. read u64, no news", peer, rate(ops, lambda n: [d[ks[i % keys]] for i in range(n)]))
-        emit("1. read String(16), no news", peer, rate(ops, lambda n: [s[sk[i % keys]] for i in range(n)]))
-
-        def distinct(n):
-            for i in range(n):
-                d[10**12 + i % DISTINCT_KEYS] = i
-
-        def hot(n):
-            for i in range(n):
-                d[7] = i
-
-        def update(n):
-            for _ in range(n):
-                with d.lock:
-                    d[7] = d.get(7, 0) + 1
-
-        emit("1. write u64, distinct keys", peer, rate(ops, distinct))
-        emit("1. write u64, one hot key", peer, rate(ops, hot))
-        emit("1. update (read-modify-write) u64", peer, rate(ops, update))
+        scenarios(peer, ops, keys, d, s, d.lock)
         d.unlink()
         s.unlink()
-    manager(ops, keys)
-
-
-def manager(ops, keys):
     with multiprocessing.Manager() as m:
-        d = m.dict()
-        s = m.dict()
-        lock = m.Lock()
-        for i in range(keys):
-            d[i] = i
-            s[key_str(i)] = key_str(i + 1)
-        ops = min(ops, 20_000)
-        peer = "multiprocessing.Manager dict"
-        emit("1. read u64, no news", peer, rate(ops, lambda n: [d[i % keys] for i in range(n)]))
-        emit("1. read String(16), no news", peer, rate(ops, lambda n: [s[key_str(i % keys)] for i in range(n)]))
-
-        def distinct(n):
-            for i in range(n):
-                d[10**12 + i % DISTINCT_KEYS] = i
-
-        def hot(n):
-            for i in range(n):
-                d[7] = i
-
-        def update(n):
-            for _ in range(n):
-                with lock:
-                    d[7] = d.get(7, 0) + 1
-
-        emit("1. write u64, distinct keys", peer, rate(ops, distinct))
-        emit("1. write u64, one hot key", peer, rate(ops, hot))
-        emit("1. update (read-modify-write) u64", peer, rate(ops, update))
+        scenarios("multiprocessing.Manager dict", min(ops, 20_000), keys, m.dict(), m.dict(), m.Lock())
 
 
 def _increment(d, ops):
@@ -119,8 +95,8 @@ def _increment(d, ops):
 
 
 def writers(processes, ops):
-    from UltraDict import UltraDict
     for peer, options in ultradicts():
+        from UltraDict import UltraDict
         d = UltraDict(buffer_size=1_000_000, auto_unlink=True, **options)
         d["counter"] = 0
         start = time.perf_counter()
@@ -139,8 +115,8 @@ def writers(processes, ops):
 
 
 def bulk(entries):
-    from UltraDict import UltraDict
     for peer, options in ultradicts()[:1]:
+        from UltraDict import UltraDict
         data = {i: i for i in range(entries)}
         start = time.perf_counter()
         d = UltraDict(data, buffer_size=1_000_000, auto_unlink=True, **options)
