@@ -200,3 +200,34 @@ fn cleanup_removes_dicts_whose_processes_all_died() {
     );
     assert_no_segments(&name);
 }
+
+#[test]
+fn cleanup_keeps_persistent_dicts_whose_processes_died() {
+    let name = unique_name("cli-persistent");
+    let d: UltraDict<String, u64> = UltraDict::builder()
+        .name(&name)
+        .lifetime(ultradict::Lifetime::Persistent)
+        .open()
+        .unwrap();
+    let mut child = Spawn::test("child_entry", "attach_and_hang")
+        .env("NAME", &name)
+        .start();
+    child.wait_for_report("attached", Duration::from_secs(60));
+    drop(d);
+    child.kill();
+    let out = ultradict(&["cleanup"]);
+    assert!(!stdout(&out).contains(&name), "{}", stdout(&out));
+    let again: UltraDict<String, u64> = UltraDict::builder()
+        .name(&name)
+        .create(Create::Open)
+        .open()
+        .unwrap();
+    assert_eq!(
+        again.get("child").unwrap(),
+        Some(1),
+        "the data outlived its processes"
+    );
+    drop(again);
+    assert_eq!(ultradict(&["unlink", &name]).status.code(), Some(0));
+    assert_no_segments(&name);
+}

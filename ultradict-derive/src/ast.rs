@@ -174,7 +174,7 @@ pub(crate) fn upper_camel(name: &str) -> String {
             out.push_str(chars.as_str());
         }
     }
-    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
+    if out.is_empty() || out == "Self" || out.starts_with(|c: char| c.is_ascii_digit()) {
         out.insert(0, 'F');
     }
     out

@@ -3,6 +3,22 @@
 use std::collections::HashMap;
 
 use crate::ast::{FieldKind, Input};
+
+/// Methods every generated handle has: a field's getter may not take one of these names.
+const HANDLE_METHODS: &[&str] = &[
+    "name",
+    "status",
+    "lock",
+    "lock_with",
+    "dump",
+    "load",
+    "unlink",
+    "close",
+    "watch",
+    "snapshot",
+    "replace",
+    "wait_for_change",
+];
 use crate::attr::Errors;
 
 impl Input<'_> {
@@ -22,6 +38,18 @@ impl Input<'_> {
                 "`SharedDict` needs at least one field to share",
             );
         }
+        let methods: HashMap<String, &syn::Ident> = self
+            .fields
+            .iter()
+            .flat_map(|field| {
+                let name = field.name();
+                let mut generated = vec![(format!("set_{name}"), field.ident)];
+                if field.is_plain() {
+                    generated.push((format!("update_{name}"), field.ident));
+                }
+                generated
+            })
+            .collect();
         let mut keys: HashMap<String, &syn::Ident> = HashMap::new();
         let mut variants: HashMap<String, &syn::Ident> = HashMap::new();
         for field in &self.fields {
@@ -30,6 +58,39 @@ impl Input<'_> {
                     field.original,
                     "`#[ultradict(nested)]` needs a struct that derives `SharedDict` or a \
                      `HashMap<K, V>`; remove `nested` to store this field as one value",
+                );
+            }
+            let name = field.name();
+            if HANDLE_METHODS.contains(&name.as_str()) {
+                errors.spanned(
+                    field.ident,
+                    format!(
+                        "a field named `{name}` would clash with the generated handle's own \
+                         `{name}()` method; rename the field (`#[ultradict(rename = \"{name}\")]` \
+                         keeps its stored key)"
+                    ),
+                );
+            }
+            if let Some(other) = methods.get(&name) {
+                errors.spanned(
+                    field.ident,
+                    format!(
+                        "a field named `{name}` would clash with the `{name}()` method generated \
+                         for field `{other}`; rename one of them"
+                    ),
+                );
+            }
+            let key = field.key();
+            let key_ok = !key.is_empty()
+                && key.len() <= 64
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !field.is_plain() && field.rename.is_none() && !key_ok {
+                errors.spanned(
+                    field.ident,
+                    "a nested field's name also names its dict in /dev/shm: use ASCII letters, \
+                     digits and `_` (at most 64), or give it `#[ultradict(rename = \"...\")]`",
                 );
             }
             if let Some(rename) = &field.rename {

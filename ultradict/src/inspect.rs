@@ -81,13 +81,18 @@ impl DictInfo {
             .collect()
     }
 
-    /// Whether nobody will ever remove it: every attached process died, or (for a dict that
-    /// should go with its last handle) no handle is left.
+    /// Whether nobody will ever remove it: every attached process died (and no process is
+    /// attaching right now), or a dict that should go with its last handle has none left.
+    /// A `Persistent` dict is never orphaned: it is meant to outlive its processes.
     pub fn orphaned(&self) -> bool {
-        if self.attached.is_empty() {
-            return self.lifetime != Lifetime::Persistent && self.attached_count == 0;
+        if self.lifetime == Lifetime::Persistent {
+            return false;
         }
-        self.attached.iter().all(|a| !a.alive)
+        if self.attached.is_empty() {
+            return self.attached_count == 0;
+        }
+        self.attached_count as usize == self.attached.len()
+            && self.attached.iter().all(|a| !a.alive)
     }
 }
 
@@ -238,6 +243,48 @@ pub fn list() -> Result<Vec<Listed>> {
         .collect())
 }
 
+enum Removal {
+    /// The whole dict, if `true`.
+    Tree(bool),
+    /// Only objects left behind by a dict whose control segment is gone.
+    Leftovers,
+}
+
+/// Whether the dict `name`, never published, was created by a process that died. Its
+/// creator writes its own process-table entry before publishing; while that is not written
+/// the dict may still be coming to life, and is left alone.
+fn creator_died(name: &str) -> bool {
+    let Ok(segment) = Segment::open(&naming::control(name), false) else {
+        return false;
+    };
+    if segment.len() < HEADER_SIZE {
+        return false;
+    }
+    // SAFETY: a mapping of at least HEADER_SIZE bytes; every field of Control is valid for any
+    // bit pattern, and only atomics are read.
+    let control = unsafe { Control::from_segment(&segment) };
+    let creator = control.processes[0].load(Ordering::Acquire);
+    creator != 0 && !control::entry_alive(creator)
+}
+
+/// Removes what a dict whose control segment is gone left behind (dumps, nested dicts), but
+/// never a control segment of that name: one created meanwhile is a new, live dict. Returns
+/// whether there was anything to remove.
+fn remove_leftovers(name: &str) -> Result<bool> {
+    let control = naming::control(name);
+    let leftovers: Vec<String> = naming::segments_of(name)?
+        .into_iter()
+        .filter(|object| *object != control)
+        .collect();
+    if leftovers.is_empty() || Segment::open(&control, false).is_ok() {
+        return Ok(false);
+    }
+    for object in leftovers {
+        segment::unlink(&object)?;
+    }
+    Ok(true)
+}
+
 /// Removes every dict whose processes all died (see [`DictInfo::orphaned`]), with its nested
 /// dicts, and leftovers whose control segment is gone; with `dry_run`, only says which.
 /// Returns the names of the dicts removed (or that would be).
@@ -251,17 +298,20 @@ pub fn cleanup(dry_run: bool) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     for listed in list()? {
         let remove = match &listed.info {
-            Ok(info) => info.orphaned(),
+            Ok(info) => Removal::Tree(info.orphaned()),
             // Dumps or nested dicts left without their control segment.
-            Err(Error::NotFound { .. }) => true,
-            Err(_) => false,
+            Err(Error::NotFound { .. }) => Removal::Leftovers,
+            // Its creator died before publishing it: nobody can open the name any more.
+            Err(Error::NotReady { .. }) => Removal::Tree(creator_died(&listed.name)),
+            Err(_) => Removal::Tree(false),
         };
-        if remove {
-            if !dry_run {
-                crate::register::unlink_tree(&listed.name)?;
-            }
-            removed.push(listed.name);
+        match remove {
+            Removal::Tree(false) => continue,
+            Removal::Tree(true) if !dry_run => crate::register::unlink_tree(&listed.name)?,
+            Removal::Leftovers if !dry_run && !remove_leftovers(&listed.name)? => continue,
+            _ => {}
         }
+        removed.push(listed.name);
     }
     Ok(removed)
 }

@@ -18,9 +18,13 @@ pub(crate) const PREFIX: &str = "ultradict.";
 /// Separates a dict's name from the suffix of one of its other segments.
 pub(crate) const SEPARATOR: char = '~';
 
-/// The longest dict name: leaves room in the kernel's 255-byte limit for the prefix and the
-/// longest suffix (`~dump.`, 8 hex digits, `.` and a 10-digit epoch).
-pub const MAX_NAME_LEN: usize = os::MAX_OBJECT_NAME - PREFIX.len() - 32;
+/// The longest dict name: leaves room in the kernel's 255-byte limit for the prefix, the
+/// longest suffix (`~dump.`, 8 hex digits, `.` and a 10-digit epoch) and the register of
+/// nested dicts (`~.register`).
+pub const MAX_NAME_LEN: usize = os::MAX_OBJECT_NAME - PREFIX.len() - 32 - 10;
+
+/// The longest derived name (a nested dict or a register): what the suffixes leave.
+const MAX_DERIVED_NAME_LEN: usize = os::MAX_OBJECT_NAME - PREFIX.len() - 32;
 
 /// Checks a user-supplied dict name: 1 to [`MAX_NAME_LEN`] bytes of ASCII letters, digits,
 /// `.`, `_` and `-`, not starting with `.`. Names are never paths.
@@ -62,10 +66,8 @@ pub(crate) fn validate_child(name: &str) -> Result<()> {
         return invalid("a nested dict's name must contain its parent's");
     };
     validate(root)?;
-    if name.len() > MAX_NAME_LEN {
-        return invalid(
-            "nested too deep: the derived name is longer than ultradict::MAX_NAME_LEN bytes",
-        );
+    if name.len() > MAX_DERIVED_NAME_LEN {
+        return invalid("nested too deep: the derived name is too long for /dev/shm");
     }
     if !name
         .bytes()

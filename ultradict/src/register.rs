@@ -58,7 +58,12 @@ pub(crate) fn unlink_tree(name: &str) -> Result<()> {
     // A damaged register must not keep the rest of the tree alive: sweep by name regardless.
     if let Ok(children) = children(name) {
         for (child, _) in children {
-            if naming::validate_child(&child).is_ok() && child.starts_with(name) {
+            // Only true descendants (a corrupt register must not make this recurse forever or
+            // remove a sibling).
+            let descendant = child
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(SEPARATOR) && rest.len() > 1);
+            if descendant && naming::validate_child(&child).is_ok() {
                 unlink_tree(&child)?;
             }
         }
