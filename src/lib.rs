@@ -87,6 +87,33 @@ pub fn rss_anon_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// Runs `threads` threads that each add 1 to key 0 of `dict` `count` times, reading and
+/// writing inside one critical section through the re-entrant lock; waits for them.
+///
+/// # Panics
+/// If an operation fails.
+pub fn locked_increments(
+    dict: &std::sync::Arc<ultradict::UltraDict<u32, u64>>,
+    threads: usize,
+    count: u64,
+) {
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let dict = std::sync::Arc::clone(dict);
+            std::thread::spawn(move || {
+                for _ in 0..count {
+                    let _guard = dict.lock().unwrap();
+                    let value = dict.get(&0).unwrap().unwrap_or(0);
+                    dict.insert(0, value + 1).unwrap();
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+}
+
 /// A child process to start: this same executable, told to play `role`.
 #[derive(Debug)]
 pub struct Spawn {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use ultradict::{Create, Error, LockOptions, UltraDict};
 use ultradict_workspace::{
-    Spawn, arg, assert_no_segments, report, role, run_all, shm_objects, thread_cpu_time,
-    unique_name,
+    Spawn, arg, assert_no_segments, locked_increments, report, role, run_all, shm_objects,
+    thread_cpu_time, unique_name,
 };
 
 const WATCHDOG: Duration = Duration::from_secs(120);
@@ -62,22 +62,7 @@ fn child_entry() {
                     .open()
                     .unwrap(),
             );
-            let count: u64 = arg("COUNT").parse().unwrap();
-            let threads: Vec<_> = (0..2)
-                .map(|_| {
-                    let d = Arc::clone(&d);
-                    std::thread::spawn(move || {
-                        for _ in 0..count {
-                            let _guard = d.lock().unwrap();
-                            let value = d.get(&0).unwrap().unwrap_or(0);
-                            d.insert(0, value + 1).unwrap();
-                        }
-                    })
-                })
-                .collect();
-            for thread in threads {
-                thread.join().unwrap();
-            }
+            locked_increments(&d, 2, arg("COUNT").parse().unwrap());
         }
         other => panic!("unknown role {other}"),
     }

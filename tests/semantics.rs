@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ultradict::{Create, Error, Lifetime, UltraDict};
-use ultradict_workspace::{Spawn, arg, assert_no_segments, report, role, shm_objects, unique_name};
+use ultradict_workspace::{
+    Spawn, arg, assert_no_segments, locked_increments, report, role, shm_objects, unique_name,
+};
 
 const WATCHDOG: Duration = Duration::from_secs(60);
 
@@ -75,6 +77,15 @@ fn child_entry() {
             d.clear().unwrap();
             d.insert(0, "small".into()).unwrap();
             report(format!("committed {committed} then: {err}"));
+        }
+        "attach_and_wait" => {
+            let _d = UltraDict::<u32, u32>::builder()
+                .name(&name)
+                .create(Create::Open)
+                .open()
+                .unwrap();
+            report("attached");
+            std::thread::sleep(Duration::from_secs(600));
         }
         "intruder" => {
             // Runs as `nobody`: may neither attach nor remove another user's dict.
@@ -591,22 +602,7 @@ fn status_reports_the_shared_state() {
 fn threads_share_a_handle_and_its_lock() {
     let name = unique_name("threads");
     let d = Arc::new(UltraDict::<u32, u64>::open(&name).unwrap());
-    let threads: Vec<_> = (0..4)
-        .map(|_| {
-            let d = Arc::clone(&d);
-            std::thread::spawn(move || {
-                for _ in 0..2_000 {
-                    // Read and write in one critical section, through the re-entrant lock.
-                    let _guard = d.lock().unwrap();
-                    let value = d.get(&0).unwrap().unwrap_or(0);
-                    d.insert(0, value + 1).unwrap();
-                }
-            })
-        })
-        .collect();
-    for thread in threads {
-        thread.join().unwrap();
-    }
+    locked_increments(&d, 4, 2_000);
     assert_eq!(d.get(&0).unwrap(), Some(8_000));
     drop(d);
     assert_no_segments(&name);
@@ -703,5 +699,25 @@ fn a_removed_dict_never_touches_its_successor() {
         50
     );
     drop((new, reader));
+    assert_no_segments(&name);
+}
+
+#[test]
+fn a_dead_process_is_reaped_by_the_next_opener() {
+    let name = unique_name("reap");
+    let d = UltraDict::<u32, u32>::open(&name).unwrap();
+    let mut child = Spawn::test("child_entry", "attach_and_wait")
+        .env("NAME", &name)
+        .start();
+    child.wait_for_report("attached", WATCHDOG);
+    let child_pid = child.pid();
+    assert!(d.status().attached_pids.contains(&child_pid));
+    child.kill(); // SIGKILL: it never detaches
+    let next = UltraDict::<u32, u32>::open(&name).unwrap();
+    let pids = next.status().attached_pids;
+    assert!(!pids.contains(&child_pid), "{pids:?}");
+    assert_eq!(pids.len(), 2, "this process's two handles");
+    // Its slot is freed: the last close still removes the dict.
+    drop((d, next));
     assert_no_segments(&name);
 }
