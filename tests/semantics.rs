@@ -297,13 +297,13 @@ fn a_foreign_object_under_the_name_is_an_error() {
         .open_timeout(Duration::from_millis(50))
         .open();
     assert!(matches!(result, Err(Error::Foreign { .. })), "{result:?}");
-    // Empty: a creator that never finished.
+    // Empty: creators build a dict under a private name, so this is not one of ours either.
     std::fs::write(&path, b"").unwrap();
     let result = UltraDict::<u32, u32>::builder()
         .name(&name)
         .open_timeout(Duration::from_millis(50))
         .open();
-    assert!(matches!(result, Err(Error::NotReady { .. })), "{result:?}");
+    assert!(matches!(result, Err(Error::Foreign { .. })), "{result:?}");
     // The file is untouched by the failed opens; unlink_by_name removes it.
     assert!(std::path::Path::new(&path).exists());
     UltraDict::<u32, u32>::unlink_by_name(&name).unwrap();
@@ -677,20 +677,37 @@ fn a_removed_dict_never_touches_its_successor() {
         .unwrap();
     old.insert(1, 1).unwrap();
     old.unlink().unwrap();
-    // A new dict under the same name, while the old handle keeps working on its own mapping.
+    // A new dict under the same name, while the old handle keeps reading its own mapping.
     let new = UltraDict::<u32, u32>::builder()
         .name(&name)
         .buffer_size(256)
         .open()
         .unwrap();
+    let mut refused = 0;
     for i in 0..50 {
-        new.insert(i, 100 + i).unwrap();
-        old.insert(i, i).unwrap(); // both go through many dumps of the same epoch numbers
+        new.insert(i, 100 + i).unwrap(); // through many dumps
+        // The old handle may append to its stream, but creates nothing in /dev/shm: once it
+        // would need a dump, it is told its dict was removed.
+        match old.insert(i + 10, i) {
+            Ok(_) => {}
+            Err(Error::Removed { name: removed }) => {
+                assert_eq!(removed, name);
+                refused += 1;
+            }
+            Err(other) => panic!("{other:?}"),
+        }
     }
+    assert!(refused > 0, "a 256-byte stream needs dumps");
+    assert!(old.status().removed);
+    assert_eq!(old.get(&1).unwrap(), Some(1), "old handles keep reading");
     let reader = UltraDict::<u32, u32>::open(&name).unwrap();
-    assert_eq!(old.get(&10).unwrap(), Some(10));
     assert_eq!(reader.get(&10).unwrap(), Some(110));
-    // The old instance's last handle leaves: the new dict keeps all its segments.
+    assert_eq!(
+        shm_objects(&name).len(),
+        2,
+        "the new dict's control segment and dump, nothing of the old one"
+    );
+    // The old instance's last handle leaves: the new dict keeps all its objects.
     drop(old);
     reader.load(true).unwrap();
     assert_eq!(reader.get(&10).unwrap(), Some(110));

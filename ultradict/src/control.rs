@@ -10,19 +10,29 @@
 //!
 //! Shared precondition for the `unsafe` in this module, called *a mapped control segment*:
 //! the pointer comes from a [`Segment`] of at least [`HEADER_SIZE`] bytes that stays mapped
-//! while the reference lives. Every field that changes after creation is an atomic; the
-//! identity fields are written once by the creator before it publishes `ready`, and read by
-//! others only after they saw `ready` with Acquire.
+//! while the reference lives.
+//!
+//! Who writes what:
+//! - The *identity* fields (magic to schema text) are plain fields, written once by the
+//!   creator while the segment still has a private name, before `ready`; the segment gets the
+//!   dict's name only afterwards. Others read them only after they saw `ready` with Acquire
+//!   (and reject a segment without it), so they are never read while being written.
+//! - Everything after them changes while the dict lives and is an atomic: the state word
+//!   (writers), the lock fields (lock holders and waiters), counters (writers), the change
+//!   sequence (writers and sleepers), the removal mark (removers), the process table (each
+//!   slot by the handle that holds it).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use crate::error::{Error, Result};
 use crate::segment::Segment;
 
 /// Identifies an ultradict control segment.
 pub(crate) const MAGIC: [u8; 8] = *b"ULTRADCT";
 
 /// The format this build writes and reads. Bump on any change to the shared layout.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Version 2: liveness by open-file-description locks, slot-tagged lock word, removal mark.
+pub(crate) const FORMAT_VERSION: u32 = 2;
 
 /// Bytes before the stream starts: the control block padded to a page.
 pub(crate) const HEADER_SIZE: usize = 8192;
@@ -30,11 +40,19 @@ pub(crate) const HEADER_SIZE: usize = 8192;
 /// The value of `ready` once the creator has finished.
 pub(crate) const READY: u32 = 0x5245_4459;
 
-/// Processes (handles) the control block can track at once.
+/// Handles that can be attached to one dict at once (the process table's slots).
 pub(crate) const PROCESS_SLOTS: usize = 256;
 
 /// Bytes of the schema's description kept for error messages.
 pub(crate) const SCHEMA_TEXT_LEN: usize = 512;
+
+/// Set in [`Changes::sequence`] while a thread may sleep on it: the next publication wakes
+/// sleepers and clears it. A sleeper killed in its sleep leaves the bit set for at most one
+/// more publication, never for good.
+pub(crate) const SLEEPERS: u32 = 1 << 31;
+
+/// The value of [`Life::removed`] once a removal has started.
+pub(crate) const REMOVED: u32 = 0x4445_4144;
 
 /// The state word packs the epoch (high 32 bits) and the committed stream offset in bytes
 /// (low 32 bits). Readers compare it with one Acquire load; writers publish it with a Release
@@ -74,22 +92,18 @@ impl<T> std::ops::Deref for Line<T> {
 #[repr(C)]
 #[derive(Debug)]
 pub(crate) struct LockFields {
-    /// The futex word: 0 when free, else the holder's thread id, plus [`crate::lock::WAITERS`]
-    /// when somebody sleeps on it.
+    /// The futex word: 0 when free, else the holder (see `lock::holder_word`: its process-table
+    /// slot and thread id), plus [`crate::lock::WAITERS`] when somebody sleeps on it.
     pub(crate) word: AtomicU32,
-    /// The holder's process id; 0 while free or before the new holder wrote it.
-    pub(crate) holder_pid: AtomicU32,
-    /// The holder's identity, `tid << 32 | (thread start time & 0xffff_ffff)`: tells a reused
-    /// thread id from the holder. 0 while free or not yet written by a new holder.
-    pub(crate) holder: AtomicU64,
+    pub(crate) _reserved: u32,
     /// When the current holder was first seen holding the lock (ns since the Unix epoch),
     /// 0 until someone looked; see `lock::note_holder_seen`.
     pub(crate) held_since_ns: AtomicU64,
     /// Times a dead holder's lock was taken over.
     pub(crate) recoveries: AtomicU64,
-    /// The process id of the last dead holder recovered from.
+    /// The process id (in its own PID namespace) of the last dead holder recovered from.
     pub(crate) last_dead_pid: AtomicU32,
-    pub(crate) _reserved: u32,
+    pub(crate) _reserved2: u32,
 }
 
 /// Counters for `status()`. Written by lock holders.
@@ -106,22 +120,46 @@ pub(crate) struct Counters {
     pub(crate) locked_catch_ups: AtomicU64,
 }
 
-/// Change notification: a futex word bumped after every publication, and the number of
-/// threads sleeping on it (so that writers make the wake-up call only when someone waits).
+/// Change notification: a futex word bumped after every publication.
 #[repr(C)]
 #[derive(Debug)]
 pub(crate) struct Changes {
-    /// Bumped (wrapping) by the writer after each new state word is published.
+    /// Publications so far (wrapping, 31 bits), plus [`SLEEPERS`] while a thread may sleep
+    /// on it, so that writers make the wake-up call only when someone sleeps.
     pub(crate) sequence: AtomicU32,
-    /// Threads inside `wait_for_change`, in any process.
-    pub(crate) waiters: AtomicU32,
+}
+
+/// The dict's life as a whole.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct Life {
+    /// [`REMOVED`] once a removal began: no handle may attach any more, and handles still
+    /// attached create no new object (they get `Error::Removed`).
+    pub(crate) removed: AtomicU32,
+}
+
+/// One handle's entry in the process table. Whether the handle is alive is never read from
+/// here (see `liveness`): the entry says who it is, for reports, and how many of its threads
+/// sleep in `wait_for_change`.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct ProcessSlot {
+    /// The attached process's nonce (`os::process_nonce`); 0 when the slot was released.
+    pub(crate) owner: AtomicU64,
+    /// Its process id, as its own PID namespace numbers it.
+    pub(crate) pid: AtomicU32,
+    /// The low 32 bits of its PID namespace's inode (0 if unknown).
+    pub(crate) pid_namespace: AtomicU32,
+    /// Its threads sleeping in `wait_for_change` right now.
+    pub(crate) sleepers: AtomicU32,
+    pub(crate) _reserved: u32,
 }
 
 /// The shared header of a dict.
 #[repr(C)]
 #[derive(Debug)]
 pub(crate) struct Control {
-    // ---- identity: written once by the creator, before `ready` ----
+    // ---- identity: written once by the creator, before `ready` and before the name ----
     pub(crate) magic: [u8; 8],
     pub(crate) format_version: u32,
     /// [`READY`] once every identity field is written; 0 before.
@@ -139,7 +177,8 @@ pub(crate) struct Control {
     /// Random, chosen at creation: this instance of the dict, in its dump names and headers.
     pub(crate) instance: u64,
     pub(crate) schema_text_len: u32,
-    pub(crate) _reserved: u32,
+    /// Permission bits of every object of the dict (0o600 unless the creator chose others).
+    pub(crate) mode: u32,
     /// Human-readable schema, UTF-8, `schema_text_len` bytes used.
     pub(crate) schema_text: [u8; SCHEMA_TEXT_LEN],
 
@@ -156,15 +195,25 @@ pub(crate) struct Control {
     // ---- change notification ----
     pub(crate) changes: Line<Changes>,
 
-    // ---- attached processes ----
-    /// Live handles attached. The last to detach (under `Lifetime::LastClose`) removes the
-    /// dict; 0 means the dict is being removed and may not be attached to.
-    pub(crate) attached: Line<AtomicU32>,
-    /// One slot per handle: `pid << 32 | (process start time & 0xffff_ffff)`, 0 when free.
-    pub(crate) processes: [AtomicU64; PROCESS_SLOTS],
+    // ---- life ----
+    pub(crate) life: Line<Life>,
+
+    // ---- attached handles ----
+    pub(crate) processes: [ProcessSlot; PROCESS_SLOTS],
 }
 
 const _: () = assert!(std::mem::size_of::<Control>() <= HEADER_SIZE);
+
+/// What the creator writes into the identity fields.
+pub(crate) struct Identity<'a> {
+    pub(crate) buffer_size: u64,
+    pub(crate) full_dump_size: u64,
+    pub(crate) lifetime: u32,
+    pub(crate) fingerprint: u64,
+    pub(crate) schema_text: &'a str,
+    pub(crate) instance: u64,
+    pub(crate) mode: u32,
+}
 
 impl Control {
     /// The control block at the start of `segment`.
@@ -179,21 +228,128 @@ impl Control {
         unsafe { &*segment.as_ptr().cast::<Control>() }
     }
 
+    /// The control block of `segment`, an object found under a dict's name, after checking
+    /// that it is one: big enough, ultradict's magic, this format version, ready, and sizes
+    /// that hold together.
+    ///
+    /// # Errors
+    /// [`Error::Foreign`], [`Error::VersionMismatch`] or [`Error::Corrupt`], naming the object.
+    pub(crate) fn checked(segment: &Segment) -> Result<&Control> {
+        let object = segment.object();
+        if segment.len() < HEADER_SIZE {
+            return Err(Error::Foreign {
+                segment: object.to_owned(),
+                reason: format!("{} bytes, smaller than a control block", segment.len()),
+            });
+        }
+        // SAFETY: a mapping of at least HEADER_SIZE bytes, alive as long as `segment`.
+        let control = unsafe { Control::from_segment(segment) };
+        // A dict's identity fields are complete before it has its name; anything else under
+        // the name is read with volatile loads until the magic says it is ours.
+        // SAFETY: both fields lie within the mapping; volatile reads of plain integers.
+        let (magic, version) = unsafe {
+            (
+                std::ptr::read_volatile(&raw const control.magic),
+                std::ptr::read_volatile(&raw const control.format_version),
+            )
+        };
+        if magic != MAGIC {
+            return Err(Error::Foreign {
+                segment: object.to_owned(),
+                reason: "no ultradict magic".into(),
+            });
+        }
+        if version != FORMAT_VERSION {
+            return Err(Error::VersionMismatch {
+                segment: object.to_owned(),
+                found: version,
+                expected: FORMAT_VERSION,
+            });
+        }
+        if !control.is_ready() {
+            return Err(Error::Foreign {
+                segment: object.to_owned(),
+                reason: "an ultradict control block that was never finished".into(),
+            });
+        }
+        let buffer_size = usize::try_from(control.buffer_size).unwrap_or(usize::MAX);
+        if control.header_size != HEADER_SIZE as u64
+            || Some(segment.len()) != HEADER_SIZE.checked_add(buffer_size)
+            || buffer_size % 16 != 0
+            || buffer_size > crate::options::MAX_BUFFER_SIZE
+        {
+            return Err(Error::corrupt(object, "header and segment sizes disagree"));
+        }
+        Ok(control)
+    }
+
+    /// Writes the identity fields of a segment nobody else can see yet.
+    ///
+    /// # Safety
+    /// `segment` is *a mapped control segment*, writable, created by this process under a
+    /// private name that nobody else opens, zero-filled by the kernel.
+    pub(crate) unsafe fn initialize(segment: &Segment, identity: &Identity<'_>) {
+        // SAFETY: the caller's guarantees: a private, writable mapping of at least HEADER_SIZE
+        // bytes that nobody reads or writes while we write its plain fields.
+        unsafe {
+            let raw = segment.as_mut_ptr().cast::<Control>();
+            (*raw).magic = MAGIC;
+            (*raw).format_version = FORMAT_VERSION;
+            (*raw).header_size = HEADER_SIZE as u64;
+            (*raw).buffer_size = identity.buffer_size;
+            (*raw).full_dump_size = identity.full_dump_size;
+            (*raw).lifetime = identity.lifetime;
+            (*raw).creator_pid = crate::os::current_pid();
+            (*raw).fingerprint = identity.fingerprint;
+            (*raw).instance = identity.instance;
+            (*raw).mode = identity.mode;
+            let text = identity.schema_text.as_bytes();
+            let len = text.len().min(SCHEMA_TEXT_LEN);
+            (&mut (*raw).schema_text)[..len].copy_from_slice(&text[..len]);
+            (*raw).schema_text_len = len as u32;
+        }
+    }
+
+    /// Marks the identity fields complete.
+    pub(crate) fn mark_ready(&self) {
+        self.ready.store(READY, Ordering::Release);
+    }
+
+    /// Whether the creator finished writing the identity fields (Acquire: after this returns
+    /// `true`, they may be read).
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) == READY
+    }
+
     pub(crate) fn state(&self) -> StateWord {
         StateWord::unpack(self.state.load(Ordering::Acquire))
     }
 
-    /// Publishes a new state word, then wakes whoever waits for a change.
+    /// Publishes a new state word, then wakes whoever sleeps waiting for a change.
     pub(crate) fn publish(&self, state: StateWord) {
         self.state.0.store(state.pack(), Ordering::Release);
         // Stream bytes written after this (a new epoch's records) stay after it, so a reader
         // that copies them and then sees the old epoch again knows its copy is stale.
         std::sync::atomic::fence(Ordering::Release);
-        // SeqCst pairs with the waiter's increment of `waiters` before it reads `sequence`:
-        // either it sees our bump, or we see it waiting and wake it.
-        self.changes.sequence.fetch_add(1, Ordering::SeqCst);
-        if self.changes.waiters.load(Ordering::SeqCst) > 0 {
-            crate::os::futex_wake(&self.changes.sequence, u32::MAX >> 1);
+        self.bump_sequence();
+    }
+
+    /// Advances the change sequence and clears [`SLEEPERS`]; wakes every sleeper if it was
+    /// set. The sleeper sets the bit with a compare-and-swap on the exact value it then sleeps
+    /// on, so either this sees the bit, or the sleeper's swap or sleep sees a new value.
+    fn bump_sequence(&self) {
+        let sequence = &self.changes.sequence;
+        let mut current = sequence.load(Ordering::Relaxed);
+        loop {
+            let next = current.wrapping_add(1) & !SLEEPERS;
+            match sequence.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) => current = now,
+            }
+        }
+        if current & SLEEPERS != 0 {
+            crate::os::futex_wake(sequence, u32::MAX >> 1);
         }
     }
 
@@ -203,29 +359,44 @@ impl Control {
         String::from_utf8_lossy(&self.schema_text[..len]).into_owned()
     }
 
-    /// Process ids of the live handles' processes (one entry per handle).
-    pub(crate) fn attached_pids(&self) -> Vec<u32> {
-        self.processes
-            .iter()
-            .map(|slot| slot.load(Ordering::Acquire))
-            .filter(|&entry| entry != 0)
-            .map(|entry| (entry >> 32) as u32)
-            .collect()
+    /// Whether a removal of this dict has begun.
+    pub(crate) fn is_removed(&self) -> bool {
+        self.life.removed.load(Ordering::SeqCst) == REMOVED
     }
-}
 
-/// The process-table entry of the calling process.
-pub(crate) fn process_entry(pid: u32, start_time: u64) -> u64 {
-    (u64::from(pid) << 32) | (start_time & 0xffff_ffff)
-}
+    /// Marks the dict as being removed.
+    pub(crate) fn mark_removed(&self) {
+        self.life.removed.store(REMOVED, Ordering::SeqCst);
+    }
 
-/// Whether the process behind a table entry still runs.
-pub(crate) fn entry_alive(entry: u64) -> bool {
-    let pid = (entry >> 32) as u32;
-    match crate::os::task(pid) {
-        crate::os::Task::Alive { start_time } => {
-            (start_time & 0xffff_ffff) == (entry & 0xffff_ffff)
-        }
-        crate::os::Task::Dead => false,
+    /// Fills slot `slot` with the calling process's identity (the caller holds the slot).
+    pub(crate) fn occupy(&self, slot: usize) {
+        let entry = &self.processes[slot];
+        entry.sleepers.store(0, Ordering::Relaxed);
+        entry
+            .pid_namespace
+            .store(crate::os::pid_namespace(), Ordering::Relaxed);
+        entry.pid.store(crate::os::current_pid(), Ordering::Relaxed);
+        entry
+            .owner
+            .store(crate::os::process_nonce(), Ordering::Release);
+    }
+
+    /// Empties slot `slot` (the caller holds it and is about to let it go).
+    pub(crate) fn vacate(&self, slot: usize) {
+        let entry = &self.processes[slot];
+        entry.owner.store(0, Ordering::Release);
+        entry.sleepers.store(0, Ordering::Relaxed);
+    }
+
+    /// The process id recorded in slot `slot`, and whether it is in the caller's PID namespace
+    /// (only then does the number name a process here).
+    pub(crate) fn slot_pid(&self, slot: usize) -> (u32, bool) {
+        let entry = &self.processes[slot];
+        let ns = entry.pid_namespace.load(Ordering::Relaxed);
+        (
+            entry.pid.load(Ordering::Relaxed),
+            ns != 0 && ns == crate::os::pid_namespace(),
+        )
     }
 }

@@ -69,13 +69,13 @@ where
     /// A segment already under that name can only be the unpublished leftover of a writer
     /// that died before publishing it (the caller holds the lock and `epoch` is not yet
     /// published), so it is replaced.
-    pub(crate) fn create(id: DumpId<'_>, epoch: u32, archive: &[u8]) -> Result<Self> {
+    pub(crate) fn create(id: DumpId<'_>, epoch: u32, archive: &[u8], mode: u32) -> Result<Self> {
         let object = naming::dump(id.name, id.instance, epoch);
         let len = (DUMP_HEADER + archive.len()) as u64;
-        let segment = match Segment::create(&object, len) {
+        let segment = match Segment::create(&object, len, mode) {
             Err(err) if segment::is_already_exists(&err) => {
                 segment::unlink(&object)?;
-                Segment::create(&object, len)?
+                Segment::create(&object, len, mode)?
             }
             other => other?,
         };
@@ -204,6 +204,26 @@ impl<T> Dump<T> {
     /// Bytes of archive.
     pub(crate) fn archive_len(&self) -> usize {
         self.archive_len
+    }
+}
+
+/// An archive built in an aligned heap buffer.
+pub(crate) struct AlignedBytes {
+    buf: AlignedBuf,
+    len: usize,
+}
+
+impl AlignedBytes {
+    /// The first `len` bytes of `buf`, which a serializer wrote.
+    pub(crate) fn new(buf: AlignedBuf, len: usize) -> Self {
+        assert!(len <= buf.blocks.len() * 16);
+        AlignedBytes { buf, len }
+    }
+
+    /// The archive's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: `new`'s caller vouched that the serializer initialized these `len` bytes.
+        unsafe { self.buf.initialized(self.len) }
     }
 }
 

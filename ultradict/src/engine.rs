@@ -1,26 +1,25 @@
-//! The protocol: attach, catch up, write, dump, switch epoch, detach. Generic over a
-//! [`Schema`]; it never knows whether it serves a map or a struct.
+//! The protocol of one handle: catch up, read, write a record, switch epoch with a full dump,
+//! read the updates since a position, wait for a change, and the writers' lock. Generic over a
+//! [`Schema`]; it never knows whether it serves a map or a struct. Opening, attaching and
+//! detaching live in `open.rs`, removal in `removal.rs`.
 //!
 //! Storage steps (append a record, publish, read records since an offset, write and read a
 //! dump, lock) each live in one function here, so that another backend can take them over.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::RwLock;
 use rkyv::rancor;
-use rkyv::ser::writer::Buffer;
 
-use crate::control::{
-    self, Control, FORMAT_VERSION, HEADER_SIZE, MAGIC, PROCESS_SLOTS, READY, SCHEMA_TEXT_LEN,
-    StateWord,
-};
+use crate::control::{Control, HEADER_SIZE, StateWord};
 use crate::dump::{AlignedBuf, Dump, DumpId};
 use crate::error::{Error, Result};
-use crate::lock::{self, Acquired, Busy, WaitPolicy};
-use crate::lock_guard::{LockGuard, LockOptions, Unlock, Wait};
+use crate::liveness::Anchor;
+use crate::lock::{self, Acquired, WaitPolicy};
+use crate::lock_guard::{LockGuard, LockOptions, Reentrant, Unlock, Wait};
 use crate::naming;
-use crate::options::{Create, Lifetime, Options};
+use crate::options::Lifetime;
 use crate::schema::{Data, Fingerprint, Schema};
 use crate::segment::{self, Segment};
 use crate::status::{LockHolder, Status};
@@ -28,9 +27,6 @@ use crate::stream;
 
 /// Lock-free catch-up attempts before a reader catches up under the lock instead.
 const LOCK_FREE_ATTEMPTS: u32 = 16;
-
-/// Largest archive a dump may grow to (rkyv's relative pointers are 32-bit).
-const MAX_DUMP_LEN: usize = i32::MAX as usize;
 
 /// What a process knows of the shared state: a position in the stream, the dump of its
 /// epoch, and the records applied on top of that dump.
@@ -45,32 +41,75 @@ impl<S: Schema> View<S> {
     pub(crate) fn dump(&self) -> Option<&S::Dump> {
         self.dump.as_ref().map(Dump::root)
     }
+
+    pub(crate) fn empty() -> Self {
+        View {
+            state: StateWord {
+                epoch: 0,
+                committed: 0,
+            },
+            dump: None,
+            overlay: S::overlay_for(None),
+        }
+    }
+}
+
+/// This handle's place among the dict's attached handles: its anchor (see `liveness`) and the
+/// process-table slot the anchor holds, for the fork generation that took them.
+pub(crate) struct Membership {
+    /// The anchor. A forked child replaces its parent's (closed in the child) with its own.
+    pub(crate) anchor: RwLock<Anchor>,
+    /// `fork generation << 16 | (slot + 1)` of the slot held in that generation; read on every
+    /// lock acquire, so a handle copied into a forked child knows it has no slot there yet.
+    pub(crate) tag: AtomicU64,
+}
+
+impl Membership {
+    pub(crate) fn new(anchor: Anchor, slot: usize) -> Self {
+        Membership {
+            anchor: RwLock::new(anchor),
+            tag: AtomicU64::new(Self::tag_of(crate::os::fork_generation(), slot)),
+        }
+    }
+
+    pub(crate) fn tag_of(generation: u64, slot: usize) -> u64 {
+        (generation << 16) | (slot as u64 + 1)
+    }
+
+    /// The slot held in fork generation `generation`, if any.
+    pub(crate) fn slot_in(&self, generation: u64) -> Option<usize> {
+        let tag = self.tag.load(Ordering::Acquire);
+        (tag >> 16 == generation && tag & 0xffff != 0).then(|| (tag & 0xffff) as usize - 1)
+    }
 }
 
 /// One open handle's engine.
 pub(crate) struct Engine<S: Schema> {
-    name: String,
+    pub(crate) name: String,
     /// Control block followed by the stream.
-    segment: Segment,
-    stream_capacity: usize,
-    fingerprint: Fingerprint,
+    pub(crate) segment: Segment,
+    pub(crate) stream_capacity: usize,
+    pub(crate) fingerprint: Fingerprint,
     /// This instance of the dict (see `naming::dump`).
-    instance: u64,
-    view: RwLock<View<S>>,
+    pub(crate) instance: u64,
+    pub(crate) view: RwLock<View<S>>,
     /// Scratch space for copying stream ranges out; guarded by its own lock so a catching-up
     /// thread does not block readers of the view while it copies.
-    scratch: parking_lot::Mutex<AlignedBuf>,
-    /// Thread id holding the writers' lock through this handle, 0 if none.
-    owner_tid: AtomicU32,
-    /// How many times the owner entered; touched by the owner thread only.
-    depth: AtomicU32,
-    slot: usize,
-    attached_pid: u32,
-    creator: bool,
-    lifetime: Lifetime,
-    detached: AtomicBool,
+    pub(crate) scratch: parking_lot::Mutex<AlignedBuf>,
+    /// The re-entrant hold of the writers' lock by one thread of this handle.
+    pub(crate) reentrant: Reentrant,
+    pub(crate) membership: Membership,
+    /// The fork generation of the handle that created the dict (`Lifetime::Creator` removes
+    /// it when that handle closes, not when a forked child's copy does).
+    pub(crate) creator: Option<u64>,
+    pub(crate) lifetime: Lifetime,
+    /// Permission bits of the dict's objects.
+    pub(crate) mode: u32,
+    /// How long this handle waits for a busy dict (its `open_timeout`).
+    pub(crate) patience: Duration,
+    pub(crate) detached: AtomicBool,
     /// Catch-ups this handle did (reads that found news, and `apply_update` calls).
-    catch_ups: AtomicU64,
+    pub(crate) catch_ups: AtomicU64,
 }
 
 // The engine owns a mapping and process-local state behind locks.
@@ -80,346 +119,6 @@ const _: () = {
 };
 
 impl<S: Schema> Engine<S> {
-    /// Creates or attaches to a dict as `options` say. A dict created here starts from
-    /// `initial` (as its first full dump, written before the dict is published), or empty.
-    pub(crate) fn open(options: &Options, initial: Option<&S::Update>) -> Result<Self> {
-        let name = match &options.name {
-            Some(name) => name.clone(),
-            None => naming::unique(),
-        };
-        if options.child {
-            naming::validate_child(&name)?;
-        } else {
-            naming::validate(&name)?;
-        }
-        // Registers the fork handler before any fork can copy this handle.
-        crate::os::current_tid();
-        let fingerprint = S::fingerprint();
-        let deadline = Instant::now() + options.open_timeout;
-        loop {
-            let attempt = match options.create {
-                Create::New => Self::create(&name, options, &fingerprint, initial),
-                Create::Open => Self::attach(&name, options, &fingerprint, deadline),
-                Create::OpenOrCreate => {
-                    match Self::attach(&name, options, &fingerprint, deadline) {
-                        Err(Failed(Error::NotFound { .. })) => {
-                            match Self::create(&name, options, &fingerprint, initial) {
-                                // Another process created it first: attach to theirs.
-                                Err(Failed(Error::AlreadyExists { .. })) => continue,
-                                other => other,
-                            }
-                        }
-                        other => other,
-                    }
-                }
-            };
-            match attempt {
-                Err(Dying) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err(Dying) => {
-                    return Err(Error::NotReady {
-                        name,
-                        waited: options.open_timeout,
-                    });
-                }
-                Ok(engine) => return Ok(engine),
-                Err(Failed(err)) => return Err(err),
-            }
-        }
-    }
-
-    fn create(
-        name: &str,
-        options: &Options,
-        fingerprint: &Fingerprint,
-        initial: Option<&S::Update>,
-    ) -> Result<Self, Opening> {
-        let buffer_size = options.effective_buffer_size()?;
-        let full_dump_size = options.effective_full_dump_size()?;
-        let lifetime = options.lifetime.unwrap_or_default();
-        let object = naming::control(name);
-        let segment =
-            Segment::create(&object, (HEADER_SIZE + buffer_size) as u64).map_err(|err| {
-                if segment::is_already_exists(&err) {
-                    Error::AlreadyExists {
-                        name: name.to_owned(),
-                    }
-                } else {
-                    err
-                }
-            })?;
-        // Dumps left behind by an earlier dict of this name would be mistaken for ours.
-        let stale_dumps = format!("{object}{}dump.", naming::SEPARATOR);
-        for stale in naming::segments_of(name)? {
-            if stale.starts_with(&stale_dumps) {
-                let _ = segment::unlink(&stale);
-            }
-        }
-        let pid = crate::os::current_pid();
-        let entry = control::process_entry(pid, crate::os::current_process_start_time());
-        // SAFETY: the segment was just created by this process and is HEADER_SIZE + buffer
-        // bytes long; until `ready` is published nobody else reads its identity fields, and
-        // the kernel zero-filled it.
-        unsafe {
-            let raw = segment.as_mut_ptr().cast::<Control>();
-            (*raw).magic = MAGIC;
-            (*raw).format_version = FORMAT_VERSION;
-            (*raw).header_size = HEADER_SIZE as u64;
-            (*raw).buffer_size = buffer_size as u64;
-            (*raw).full_dump_size = full_dump_size;
-            (*raw).lifetime = lifetime.to_raw();
-            (*raw).creator_pid = pid;
-            (*raw).fingerprint = fingerprint.hash;
-            (*raw).instance = naming::random_u64();
-            let text = fingerprint.description.as_bytes();
-            let len = text.len().min(SCHEMA_TEXT_LEN);
-            (&mut (*raw).schema_text)[..len].copy_from_slice(&text[..len]);
-            (*raw).schema_text_len = len as u32;
-        }
-        // SAFETY: a mapped control segment of the right size.
-        let control = unsafe { Control::from_segment(&segment) };
-        control.attached.0.store(1, Ordering::Relaxed);
-        control.processes[0].store(entry, Ordering::Relaxed);
-        let engine = Self::assemble(
-            name,
-            segment,
-            fingerprint.clone(),
-            0,
-            pid,
-            true,
-            lifetime,
-            buffer_size,
-        );
-        if let Some(initial) = initial {
-            // Nobody can attach before `ready`, so no lock is needed yet.
-            let mut view = engine.view.write();
-            if let Err(err) = engine.switch_epoch(&mut view, Some(initial)) {
-                drop(view);
-                engine.detached.store(true, Ordering::Relaxed);
-                let _ = segment::unlink(&object);
-                return Err(err.into());
-            }
-        }
-        engine.control().ready.store(READY, Ordering::Release);
-        Ok(engine)
-    }
-
-    fn attach(
-        name: &str,
-        options: &Options,
-        fingerprint: &Fingerprint,
-        deadline: Instant,
-    ) -> Result<Self, Opening> {
-        let object = naming::control(name);
-        let segment = Self::open_ready(name, &object, options, deadline)?;
-        // SAFETY: `open_ready` checked the size and the ready flag.
-        let control = unsafe { Control::from_segment(&segment) };
-        if control.format_version != FORMAT_VERSION {
-            return Err(Error::VersionMismatch {
-                segment: object,
-                found: control.format_version,
-                expected: FORMAT_VERSION,
-            }
-            .into());
-        }
-        let buffer_size = usize::try_from(control.buffer_size).unwrap_or(usize::MAX);
-        if control.header_size != HEADER_SIZE as u64
-            || Some(segment.len()) != HEADER_SIZE.checked_add(buffer_size)
-            || buffer_size % 16 != 0
-            || buffer_size > crate::options::MAX_BUFFER_SIZE
-        {
-            return Err(Error::corrupt(&object, "header and segment sizes disagree").into());
-        }
-        if control.fingerprint != fingerprint.hash {
-            return Err(Error::SchemaMismatch {
-                name: name.to_owned(),
-                expected: fingerprint.description.clone(),
-                found: control.schema_text(),
-            }
-            .into());
-        }
-        let lifetime = Lifetime::from_raw(control.lifetime)
-            .ok_or_else(|| Error::corrupt(&object, "unknown lifetime"))?;
-        check_parameter(
-            name,
-            "buffer_size",
-            options
-                .buffer_size
-                .map(|_| options.effective_buffer_size())
-                .transpose()?
-                .map(|s| s as u64),
-            control.buffer_size,
-        )?;
-        check_parameter(
-            name,
-            "full_dump_size",
-            options
-                .full_dump_size
-                .map(|_| options.effective_full_dump_size())
-                .transpose()?,
-            control.full_dump_size,
-        )?;
-        if let Some(requested) = options.lifetime
-            && requested != lifetime
-        {
-            return Err(Error::ParameterMismatch {
-                name: name.to_owned(),
-                parameter: "lifetime",
-                requested: format!("{requested:?}"),
-                actual: format!("{lifetime:?}"),
-            }
-            .into());
-        }
-        // Count ourselves in, unless the last handle is removing the dict right now.
-        let mut attached = control.attached.load(Ordering::Acquire);
-        loop {
-            // Under LastClose, 0 means the last handle is removing the dict right now. Other
-            // lifetimes legitimately drop to 0 handles and live on.
-            if attached == 0 && lifetime == Lifetime::LastClose {
-                return Err(Dying);
-            }
-            match control.attached.0.compare_exchange_weak(
-                attached,
-                attached + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break,
-                Err(now) => attached = now,
-            }
-        }
-        reap_dead_processes(control);
-        let pid = crate::os::current_pid();
-        let entry = control::process_entry(pid, crate::os::current_process_start_time());
-        let slot = control.processes.iter().position(|slot| {
-            slot.compare_exchange(0, entry, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        });
-        let Some(slot) = slot else {
-            control.attached.0.fetch_sub(1, Ordering::AcqRel);
-            return Err(Error::TooManyHandles {
-                name: name.to_owned(),
-                limit: PROCESS_SLOTS,
-            }
-            .into());
-        };
-        let engine = Self::assemble(
-            name,
-            segment,
-            fingerprint.clone(),
-            slot,
-            pid,
-            false,
-            lifetime,
-            buffer_size,
-        );
-        engine.catch_up()?;
-        Ok(engine)
-    }
-
-    /// Opens the control segment and waits (bounded) until its creator published it.
-    fn open_ready(
-        name: &str,
-        object: &str,
-        options: &Options,
-        deadline: Instant,
-    ) -> Result<Segment, Opening> {
-        loop {
-            let segment = match Segment::open(object, true) {
-                Err(err) if segment::is_not_found(&err) => {
-                    return Err(Error::NotFound {
-                        name: name.to_owned(),
-                    }
-                    .into());
-                }
-                other => other?,
-            };
-            let magic_seen = segment.len() >= 8 && {
-                // SAFETY: at least 8 bytes are mapped; the magic is written once, before
-                // `ready`, and a torn read only delays the decision to the next round.
-                let magic = unsafe { std::ptr::read_volatile(segment.as_ptr().cast::<[u8; 8]>()) };
-                if magic != MAGIC && magic != [0; 8] {
-                    return Err(Error::Foreign {
-                        segment: object.to_owned(),
-                        reason: "its first bytes are not ultradict's magic".into(),
-                    }
-                    .into());
-                }
-                magic == MAGIC
-            };
-            if segment.len() >= HEADER_SIZE {
-                // SAFETY: a mapped control segment of at least HEADER_SIZE bytes.
-                let control = unsafe { Control::from_segment(&segment) };
-                if control.ready.load(Ordering::Acquire) == READY {
-                    return Ok(segment);
-                }
-            }
-            if Instant::now() >= deadline {
-                if segment.len() > 0 && segment.len() < HEADER_SIZE {
-                    return Err(Error::Foreign {
-                        segment: object.to_owned(),
-                        reason: format!("{} bytes, smaller than a control block", segment.len()),
-                    }
-                    .into());
-                }
-                if !magic_seen && segment.len() > 0 {
-                    return Err(Error::Foreign {
-                        segment: object.to_owned(),
-                        reason: "no ultradict magic".into(),
-                    }
-                    .into());
-                }
-                return Err(Error::NotReady {
-                    name: name.to_owned(),
-                    waited: options.open_timeout,
-                }
-                .into());
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn assemble(
-        name: &str,
-        segment: Segment,
-        fingerprint: Fingerprint,
-        slot: usize,
-        attached_pid: u32,
-        creator: bool,
-        lifetime: Lifetime,
-        buffer_size: usize,
-    ) -> Self {
-        // SAFETY: `segment` is a mapped control segment whose identity fields are written (by
-        // us before `ready`, or by the creator and seen through `ready`).
-        let instance = unsafe { Control::from_segment(&segment) }.instance;
-        Engine {
-            name: name.to_owned(),
-            segment,
-            stream_capacity: buffer_size,
-            fingerprint,
-            instance,
-            view: RwLock::new(View {
-                state: StateWord {
-                    epoch: 0,
-                    committed: 0,
-                },
-                dump: None,
-                overlay: S::overlay_for(None),
-            }),
-            scratch: parking_lot::Mutex::new(AlignedBuf::with_capacity(0)),
-            owner_tid: AtomicU32::new(0),
-            depth: AtomicU32::new(0),
-            slot,
-            attached_pid,
-            creator,
-            lifetime,
-            detached: AtomicBool::new(false),
-            catch_ups: AtomicU64::new(0),
-        }
-    }
-
     /// The dict's name.
     pub(crate) fn name(&self) -> &str {
         &self.name
@@ -638,21 +337,40 @@ impl<S: Schema> Engine<S> {
     /// Sleeps until the published state differs from `seen` or `timeout` passes, on the
     /// shared futex that every publication bumps. Returns whether it changed.
     pub(crate) fn wait_for_change_since(&self, seen: StateWord, timeout: Duration) -> bool {
-        let changes = &self.control().changes;
+        let control = self.control();
+        let sequence = &control.changes.sequence;
         let deadline = Instant::now() + timeout;
-        changes.waiters.fetch_add(1, Ordering::SeqCst);
+        // Counted in this handle's own slot, so a sleeper killed in its sleep stops counting
+        // when its slot dies.
+        let counted = self
+            .membership
+            .slot_in(crate::os::fork_generation())
+            .map(|slot| &control.processes[slot].sleepers);
+        if let Some(count) = counted {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
         let changed = loop {
-            let sequence = changes.sequence.load(Ordering::SeqCst);
-            if self.control().state() != seen {
+            let seen_sequence = sequence.load(Ordering::Acquire);
+            if control.state() != seen {
                 break true;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break false;
             }
-            crate::os::futex_wait(&changes.sequence, sequence, left);
+            let asleep = seen_sequence | crate::control::SLEEPERS;
+            if seen_sequence != asleep
+                && sequence
+                    .compare_exchange(seen_sequence, asleep, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+            {
+                continue;
+            }
+            crate::os::futex_wait(sequence, asleep, left);
         };
-        changes.waiters.fetch_sub(1, Ordering::SeqCst);
+        if let Some(count) = counted {
+            count.fetch_sub(1, Ordering::Relaxed);
+        }
         changed
     }
 
@@ -742,7 +460,13 @@ impl<S: Schema> Engine<S> {
                 S::apply(dump.as_ref().map(Dump::root), overlay, update);
                 *state = next;
             }
-            Err(stream::StreamFull) => self.switch_epoch(&mut view, Some(&update))?,
+            Err(stream::AppendError::StreamFull) => self.switch_epoch(&mut view, Some(&update))?,
+            Err(stream::AppendError::Failed(detail)) => {
+                return Err(Error::Serialize {
+                    name: self.name.clone(),
+                    detail,
+                });
+            }
         }
         Ok(result)
     }
@@ -766,19 +490,31 @@ impl<S: Schema> Engine<S> {
 
     /// Starts a new epoch from a full dump of the state plus `pending`. All or nothing: until
     /// the new state word is published, nothing shared or local has changed.
-    fn switch_epoch(&self, view: &mut View<S>, pending: Option<&S::Update>) -> Result<()> {
+    pub(crate) fn switch_epoch(
+        &self,
+        view: &mut View<S>,
+        pending: Option<&S::Update>,
+    ) -> Result<()> {
         let control = self.control();
+        if control.is_removed() {
+            return Err(self.removed());
+        }
         let old_epoch = view.state.epoch;
         let next_epoch = old_epoch
             .checked_add(1)
             .ok_or_else(|| Error::corrupt(self.segment.object(), "epoch counter exhausted"))?;
         let archive = self.serialize_dump(view, pending)?;
-        // SAFETY: `serialize_dump` returns the buffer and the length it initialized.
-        let bytes = unsafe { archive.0.initialized(archive.1) };
-        let dump = Dump::<S::Dump>::create(self.dump_id(), next_epoch, bytes)?;
-        self.check_dump(&dump).inspect_err(|_| {
+        let dump = Dump::<S::Dump>::create(self.dump_id(), next_epoch, archive.bytes(), self.mode)?;
+        let discard = |err| {
             let _ = segment::unlink(&self.dump_object(next_epoch));
-        })?;
+            err
+        };
+        self.check_dump(&dump).map_err(discard)?;
+        // A remover marks the dict before it lists its objects: either it lists this dump, or
+        // this sees the mark (and takes the dump back).
+        if control.is_removed() {
+            return Err(discard(self.removed()));
+        }
         crate::fault::point("dump-written");
         control
             .counters
@@ -803,160 +539,226 @@ impl<S: Schema> Engine<S> {
         Ok(())
     }
 
-    /// Archives the whole state plus `pending` into a heap buffer, growing it as needed,
-    /// within the fixed dump capacity if there is one.
+    /// Archives the whole state plus `pending` into an aligned heap buffer (so that its size
+    /// is known before any /dev/shm space is taken), within the fixed dump capacity if there
+    /// is one.
     fn serialize_dump(
         &self,
         view: &View<S>,
         pending: Option<&S::Update>,
-    ) -> Result<(AlignedBuf, usize)> {
-        let fixed = usize::try_from(self.control().full_dump_size).unwrap_or(usize::MAX);
-        let current = view.dump.as_ref().map_or(0, Dump::archive_len);
-        let mut capacity = (2 * (current + view.state.committed as usize)).max(64 << 10);
-        if fixed > 0 {
-            capacity = capacity.min(fixed.saturating_sub(crate::dump::DUMP_HEADER));
-        }
+    ) -> Result<crate::dump::AlignedBytes> {
         let snapshot = S::snapshot(view.dump(), &view.overlay, pending).map_err(|e| {
             Error::corrupt(
                 self.segment.object(),
                 format!("reading the state for a dump: {e}"),
             )
         })?;
-        loop {
-            let mut buf = AlignedBuf::with_capacity(capacity);
-            match S::archive(&snapshot, Buffer::from(buf.as_uninit_mut())) {
-                Ok(len) => return Ok((buf, len)),
-                Err(err) => {
-                    if fixed > 0 && capacity >= fixed.saturating_sub(crate::dump::DUMP_HEADER) {
-                        return Err(Error::DumpTooSmall {
-                            name: self.name.clone(),
-                            capacity: fixed as u64,
-                        });
-                    }
-                    if capacity >= MAX_DUMP_LEN {
-                        return Err(Error::Serialize {
-                            name: self.name.clone(),
-                            detail: err.to_string(),
-                        });
-                    }
-                    capacity = capacity.saturating_mul(2).min(MAX_DUMP_LEN);
-                    if fixed > 0 {
-                        capacity = capacity.min(fixed.saturating_sub(crate::dump::DUMP_HEADER));
-                    }
-                }
+        let current = view.dump.as_ref().map_or(0, Dump::archive_len);
+        let initial = (2 * (current + view.state.committed as usize)).max(64 << 10);
+        let archive = crate::schema::archive_to_vec(initial, |out| S::archive(&snapshot, out))
+            .map_err(|detail| Error::Serialize {
+                name: self.name.clone(),
+                detail,
+            })?;
+        let fixed = usize::try_from(self.control().full_dump_size).unwrap_or(usize::MAX);
+        if fixed > 0 && archive.bytes().len() > fixed.saturating_sub(crate::dump::DUMP_HEADER) {
+            return Err(Error::DumpTooSmall {
+                name: self.name.clone(),
+                capacity: fixed as u64,
+            });
+        }
+        Ok(archive)
+    }
+
+    /// Fails with [`Error::Removed`] if a removal of this dict began.
+    pub(crate) fn check_not_removed(&self) -> Result<()> {
+        if self.control().is_removed() {
+            return Err(self.removed());
+        }
+        Ok(())
+    }
+
+    /// Checks, after `child` was opened as a nested dict of this one, that this dict was not
+    /// removed meanwhile. A remover marks the dict before it lists the objects under its name:
+    /// either it listed the child, or this sees the mark, takes back the child if it created
+    /// it, and fails with [`Error::Removed`].
+    pub(crate) fn adopt<C: Schema>(&self, child: &Engine<C>) -> Result<()> {
+        if self.control().is_removed() {
+            if child.creator.is_some() {
+                let _ = child.unlink();
             }
+            return Err(self.removed());
+        }
+        Ok(())
+    }
+
+    /// The error of a handle whose dict was removed.
+    pub(crate) fn removed(&self) -> Error {
+        Error::Removed {
+            name: self.name.clone(),
         }
     }
 
     // ---------------------------------------------------------------- the lock
 
-    fn holds_lock(&self) -> bool {
-        self.owner_tid.load(Ordering::Relaxed) == crate::os::current_tid()
+    /// Whether the calling thread holds the writers' lock through this handle.
+    pub(crate) fn holds_lock(&self) -> bool {
+        self.reentrant.held_by_caller()
+    }
+
+    /// Whether the handle in slot `slot` lives (see `liveness`).
+    fn slot_alive(&self, slot: usize) -> bool {
+        self.membership.anchor.read().slot_alive(slot)
     }
 
     /// Takes the writers' lock for the calling thread (re-entrantly).
     pub(crate) fn lock(&self, options: &LockOptions) -> Result<LockGuard<'_>> {
-        let tid = crate::os::current_tid();
-        if self.owner_tid.load(Ordering::Relaxed) == tid {
-            self.depth
-                .store(self.depth.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-            return Ok(LockGuard::new(self));
+        let me = crate::os::current_thread();
+        if let Some(key) = self.reentrant.reenter(me) {
+            return Ok(LockGuard::new(self, key));
         }
-        let fields = &self.control().lock.0;
-        if lock::held_by_caller(fields) {
-            return Err(Error::LockedByOtherHandle {
-                name: self.name.clone(),
-            });
-        }
+        let slot = match self.membership.slot_in(me.generation) {
+            Some(slot) => slot,
+            None => self.attach_in_fork(me.generation)?,
+        };
+        let word = lock::holder_word(slot, me.tid);
+        let control = self.control();
+        let fields = &control.lock.0;
+        self.check_not_held_elsewhere(fields, slot, me.tid)?;
         // Only a timed wait needs the clock; an uncontended acquire should not pay for it.
         let started = matches!(options.wait, Wait::Timeout(_)).then(Instant::now);
         let policy = WaitPolicy {
             spins: options.spins,
             max_sleep: options.sleep_time,
         };
+        let alive = |slot| self.slot_alive(slot);
         let acquired = match options.wait {
-            Wait::NonBlocking => lock::try_acquire(fields, tid),
-            Wait::Forever => lock::acquire(fields, tid, policy, None),
+            Wait::NonBlocking => lock::try_acquire(fields, word, &alive),
+            Wait::Forever => lock::acquire(fields, word, policy, None, &alive),
             Wait::Timeout(timeout) => lock::acquire(
                 fields,
-                tid,
+                word,
                 policy,
                 started.map(|started| started + timeout),
+                &alive,
             ),
         };
         match acquired {
             Ok(how) => {
-                self.owner_tid.store(tid, Ordering::Relaxed);
-                self.depth.store(1, Ordering::Relaxed);
-                let guard = LockGuard::new(self);
-                if let Acquired::FromDead { .. } = how {
-                    self.tidy_after_dead_holder();
+                let guard = LockGuard::new(self, self.reentrant.enter(me, word));
+                if let Acquired::FromDead { dead_slot } = how {
+                    self.tidy_after_dead_holder(dead_slot);
                 }
                 crate::fault::point("locked");
                 Ok(guard)
             }
-            Err(Busy::Held { holder_pid }) => Err(match options.wait {
-                Wait::NonBlocking => Error::WouldBlock {
-                    name: self.name.clone(),
-                    holder_pid,
-                },
-                _ => Error::LockTimeout {
-                    name: self.name.clone(),
-                    holder_pid,
-                    waited: started.map(|started| started.elapsed()).unwrap_or_default(),
-                },
-            }),
+            Err(busy) => {
+                let holder_pid = busy.holder_slot.map_or(0, |slot| control.slot_pid(slot).0);
+                Err(match options.wait {
+                    Wait::NonBlocking => Error::WouldBlock {
+                        name: self.name.clone(),
+                        holder_pid,
+                    },
+                    _ => Error::LockTimeout {
+                        name: self.name.clone(),
+                        holder_pid,
+                        waited: started.map(|started| started.elapsed()).unwrap_or_default(),
+                    },
+                })
+            }
         }
+    }
+
+    /// Waiting for a lock that this very thread holds through another handle of the same
+    /// dict would never end: that is an error instead.
+    fn check_not_held_elsewhere(
+        &self,
+        fields: &crate::control::LockFields,
+        slot: usize,
+        tid: u32,
+    ) -> Result<()> {
+        let holder = lock::holder(fields);
+        if holder == 0 || lock::tid_of(holder) != tid {
+            return Ok(());
+        }
+        let ours = lock::slot_of(holder).is_some_and(|held| {
+            held != slot
+                && self.control().processes[held].owner.load(Ordering::Acquire)
+                    == crate::os::process_nonce()
+        });
+        if ours {
+            return Err(Error::LockedByOtherHandle {
+                name: self.name.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// A holder died: whatever it left half done is garbage. Its unpublished records are
     /// ignored by construction; remove the dump segments it may have left behind (an
     /// unpublished next dump, or a superseded one it had not unlinked yet).
-    fn tidy_after_dead_holder(&self) {
-        let epoch = self.control().state().epoch;
+    fn tidy_after_dead_holder(&self, dead_slot: Option<usize>) {
+        let control = self.control();
+        if let Some(slot) = dead_slot {
+            control
+                .lock
+                .last_dead_pid
+                .store(control.slot_pid(slot).0, Ordering::Relaxed);
+        }
+        let epoch = control.state().epoch;
         let _ = segment::unlink(&self.dump_object(epoch.wrapping_add(1)));
         if epoch > 1 {
             let _ = segment::unlink(&self.dump_object(epoch - 1));
         }
     }
-}
 
-impl<S: Schema> Unlock for Engine<S> {
-    fn unlock(&self) {
-        // A guard copied into a forked child (or any thread but the owner) releases nothing.
-        if self.owner_tid.load(Ordering::Relaxed) != crate::os::current_tid() {
+    /// Takes over the writers' lock if its word names `slot` (just claimed by this handle, so
+    /// the holder that had it died), tidies after it and lets the lock go.
+    pub(crate) fn recover_lock_of(&self, slot: usize) {
+        let control = self.control();
+        let current = control.lock.word.load(Ordering::Acquire);
+        if lock::slot_of(current & !lock::WAITERS) != Some(slot) {
             return;
         }
-        // Only the owner thread touches `depth`: a load and a store, no atomic RMW.
-        let depth = self.depth.load(Ordering::Relaxed) - 1;
-        self.depth.store(depth, Ordering::Relaxed);
-        if depth == 0 {
-            self.owner_tid.store(0, Ordering::Relaxed);
-            lock::release(&self.control().lock.0, crate::os::current_tid());
+        let me = crate::os::current_thread();
+        let word = lock::holder_word(slot, me.tid);
+        if lock::take_over(&control.lock.0, current, word) {
+            self.tidy_after_dead_holder(Some(slot));
+            lock::release(&control.lock.0, word);
         }
     }
-}
 
-impl<S: Schema> Engine<S> {
-    // ---------------------------------------------------------------- status & lifetime
+    // ---------------------------------------------------------------- status
 
     pub(crate) fn status(&self) -> Status {
         let control = self.control();
         let state = control.state();
-        let holder_tid = lock::holder_tid(&control.lock.0);
-        let lock_holder = (holder_tid != 0).then(|| {
+        let holder = lock::holder(&control.lock.0);
+        let lock_holder = lock::slot_of(holder).map(|slot| {
             lock::note_holder_seen(&control.lock.0);
             let since = control.lock.held_since_ns.load(Ordering::Relaxed);
+            let (pid, same_pid_namespace) = control.slot_pid(slot);
             LockHolder {
-                pid: lock::holder_pid(&control.lock.0),
+                pid,
+                same_pid_namespace,
                 since: (since != 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_nanos(since)),
             }
         });
         let last_dead = control.lock.last_dead_pid.load(Ordering::Relaxed);
+        let anchor = self.membership.anchor.read();
+        let mut attached_pids = Vec::new();
+        let mut sleepers = 0;
+        for slot in 0..crate::control::PROCESS_SLOTS {
+            let entry = &control.processes[slot];
+            if entry.owner.load(Ordering::Acquire) != 0 && anchor.slot_alive(slot) {
+                attached_pids.push(control.slot_pid(slot).0);
+                sleepers += entry.sleepers.load(Ordering::Relaxed);
+            }
+        }
         Status {
             name: self.name.clone(),
             schema: control.schema_text(),
-            control_segment: self.segment.object().to_owned(),
+            control_segment: naming::control(&self.name),
             dump_segment: (state.epoch > 0).then(|| self.dump_object(state.epoch)),
             buffer_size: self.stream_capacity,
             buffer_used: state.committed as usize,
@@ -970,116 +772,23 @@ impl<S: Schema> Engine<S> {
             dumps: control.counters.dumps.load(Ordering::Relaxed),
             dump_bytes: control.counters.dump_len.load(Ordering::Relaxed),
             lifetime: self.lifetime,
-            attached_pids: control.attached_pids(),
+            attached_pids,
+            sleepers,
             lock_holder,
             lock_recoveries: control.lock.recoveries.load(Ordering::Relaxed),
             last_dead_holder: (last_dead != 0).then_some(last_dead),
             locked_catch_ups: control.counters.locked_catch_ups.load(Ordering::Relaxed),
             catch_ups: self.catch_ups.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Removes every segment of this dict from /dev/shm now. Open handles keep working on
-    /// their mappings; new opens create a new dict.
-    pub(crate) fn unlink(&self) -> Result<()> {
-        unlink_by_name(&self.name)
-    }
-
-    /// Leaves the dict: frees this handle's process slot and, if its lifetime says so,
-    /// removes the dict. Runs once; later calls do nothing.
-    pub(crate) fn detach(&self) -> Result<()> {
-        if self.detached.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
-        // A forked child's copy of a handle never attached: leave the parent's entry alone.
-        if crate::os::current_pid() != self.attached_pid {
-            return Ok(());
-        }
-        let control = self.control();
-        control.processes[self.slot].store(0, Ordering::Release);
-        let last = control.attached.0.fetch_sub(1, Ordering::AcqRel) == 1;
-        let remove = match self.lifetime {
-            Lifetime::LastClose => last,
-            Lifetime::Creator => self.creator,
-            Lifetime::Persistent => false,
-        };
-        if !remove {
-            return Ok(());
-        }
-        if self.name_is_ours() {
-            return self.unlink();
-        }
-        // The dict was removed while we used it, and a new one may have the name now: take
-        // away only what this instance left (its dumps), never the successor's segments.
-        let own_dumps = self.dump_object(0);
-        let own_dumps = &own_dumps[..own_dumps.len() - 1];
-        for object in naming::segments_of(&self.name)? {
-            if object.starts_with(own_dumps) {
-                segment::unlink(&object)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether the control segment under this dict's name is still this instance's.
-    fn name_is_ours(&self) -> bool {
-        match Segment::open(&naming::control(&self.name), false) {
-            Ok(segment) if segment.len() >= HEADER_SIZE => {
-                // SAFETY: a mapped segment of at least HEADER_SIZE bytes; any bytes are a
-                // valid `Control`, and only its identity fields are read.
-                let control = unsafe { Control::from_segment(&segment) };
-                control.magic == MAGIC && control.instance == self.instance
-            }
-            _ => false,
+            removed: control.is_removed() || !anchor.is_named(&naming::control(&self.name)),
         }
     }
 }
 
-impl<S: Schema> Drop for Engine<S> {
-    fn drop(&mut self) {
-        let _ = self.detach();
-    }
-}
-
-/// Removes every segment of dict `name` (a root's or a nested child's name, as a handle
-/// holds it) and of its nested children.
-pub(crate) fn unlink_by_name(name: &str) -> Result<()> {
-    crate::register::unlink_tree(name)
-}
-
-/// Frees the process-table slots of processes that died without detaching.
-fn reap_dead_processes(control: &Control) {
-    for slot in &control.processes {
-        let entry = slot.load(Ordering::Acquire);
-        if entry != 0
-            && !control::entry_alive(entry)
-            && slot
-                .compare_exchange(entry, 0, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
-            control.attached.0.fetch_sub(1, Ordering::AcqRel);
+impl<S: Schema> Unlock for Engine<S> {
+    fn unlock(&self, key: u64) {
+        if let Some(word) = self.reentrant.leave(key) {
+            lock::release(&self.control().lock.0, word);
         }
-    }
-}
-
-fn check_parameter(
-    name: &str,
-    parameter: &'static str,
-    requested: Option<u64>,
-    actual: u64,
-) -> Result<()> {
-    match requested {
-        Some(requested) if requested != actual => Err(Error::ParameterMismatch {
-            name: name.to_owned(),
-            parameter,
-            requested: requested.to_string(),
-            actual: if actual == 0 {
-                "unset".into()
-            } else {
-                actual.to_string()
-            },
-        }),
-        _ => Ok(()),
     }
 }
 
@@ -1111,18 +820,4 @@ pub(crate) enum Since<U> {
     Updates(Vec<U>, StateWord),
     /// A full dump started a new epoch: the updates in between are not known one by one.
     Reset(StateWord),
-}
-
-/// Why one open attempt did not produce an engine.
-enum Opening {
-    /// The last handle is removing the dict: try again shortly.
-    Dying,
-    Failed(Error),
-}
-use Opening::{Dying, Failed};
-
-impl From<Error> for Opening {
-    fn from(err: Error) -> Self {
-        Failed(err)
-    }
 }

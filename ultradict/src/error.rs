@@ -31,16 +31,29 @@ pub enum Error {
         name: String,
     },
 
-    /// The segment exists but its creator never finished initializing it.
+    /// The dict stayed busy for the whole `open_timeout`: another process kept creating,
+    /// joining or removing it (a process stopped in the middle, e.g. by SIGSTOP, does that).
     #[error(
-        "dict {name:?} exists but did not become ready within {waited:?}; its creator may have \
-         died while creating it: remove it with UltraDict::unlink_by_name"
+        "dict {name:?} stayed busy for {waited:?}: another process is creating, attaching to \
+         or removing it and did not finish (is it stopped?)"
     )]
     NotReady {
         /// The dict's name.
         name: String,
         /// How long this process waited.
         waited: Duration,
+    },
+
+    /// The dict this handle belongs to was removed (unlinked, or closed by its creator under
+    /// `Lifetime::Creator`, or its root was removed). The handle still reads what it has and
+    /// may append to the stream, but creates nothing more in /dev/shm.
+    #[error(
+        "dict {name:?} was removed while this handle was open: it creates nothing more in \
+         /dev/shm (open the name again to get the current dict)"
+    )]
+    Removed {
+        /// The dict's name.
+        name: String,
     },
 
     /// A shared-memory object of that name exists but is not an ultradict segment.

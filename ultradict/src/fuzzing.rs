@@ -138,15 +138,10 @@ pub fn sample_dump() -> (Vec<u8>, u32) {
     let mut overlay = Sample::overlay_for(None);
     let entries = (0..20u64).map(|i| (format!("key-{i}"), i * 3)).collect();
     Sample::apply(None, &mut overlay, MapUpdate::Extend(entries));
-    let mut buf = AlignedBuf::with_capacity(16 << 10);
     let snapshot = Sample::snapshot(None, &overlay, None).expect("an owned state");
-    let len = Sample::archive(
-        &snapshot,
-        rkyv::ser::writer::Buffer::from(buf.as_uninit_mut()),
-    )
-    .expect("the sample fits");
-    // SAFETY: `archive` initialized the `len` bytes it reports.
-    let archive = unsafe { buf.initialized(len) };
+    let built = crate::schema::archive_to_vec(16 << 10, |out| Sample::archive(&snapshot, out))
+        .expect("the sample serializes");
+    let archive = built.bytes();
     let mut segment = dump::header(sample_id(), EPOCH, archive.len()).to_vec();
     segment.extend_from_slice(archive);
     (segment, EPOCH)

@@ -1,27 +1,37 @@
 //! Looking at dicts without knowing their types: what the `ultradict` command-line tool
 //! shows, and the cleanup of dicts whose processes all died.
 //!
-//! Everything here reads control blocks through read-only mappings and checks the magic and
-//! format version first, so a foreign object in /dev/shm is reported, never misread.
+//! Everything here reads control blocks through their own mappings and checks them first
+//! (`Control::checked`), so a foreign object in /dev/shm is reported, never misread. Whether a
+//! handle lives is the kernel's word (see `liveness`), valid across PID namespaces.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::control::{self, Control, FORMAT_VERSION, HEADER_SIZE, MAGIC, READY};
+use crate::control::{Control, PROCESS_SLOTS};
 use crate::error::{Error, Result};
-use crate::naming::{self, PREFIX, SEPARATOR};
+use crate::liveness::Anchor;
+use crate::naming::{self, PREFIX, Part, SEPARATOR};
 use crate::options::Lifetime;
+use crate::removal;
 use crate::segment::{self, Segment};
 use crate::status::LockHolder;
 
-/// A process attached to a dict.
+/// A handle attached to a dict, as its process-table slot records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Attached {
-    /// Its process id.
+    /// Its process id, as its own PID namespace numbers it.
     pub pid: u32,
-    /// Whether it still runs (the same process: pid and start time match).
+    /// Whether that pid means this process's PID namespace (a process in a container may have
+    /// any pid in its own).
+    pub same_pid_namespace: bool,
+    /// Whether the handle is still open: the kernel's word (the handle holds a lock on its slot
+    /// that goes with its process), not a pid lookup.
     pub alive: bool,
+    /// Its threads sleeping in `wait_for_change`.
+    pub sleepers: u32,
 }
 
 /// A dict as its control block describes it, read without knowing its key and value types.
@@ -50,10 +60,16 @@ pub struct DictInfo {
     pub dump_bytes: u64,
     /// When the dict is removed.
     pub lifetime: Lifetime,
-    /// The processes in its process table (one entry per handle).
+    /// The handles in its process table (one entry per handle; dead ones until their slot is
+    /// taken again).
     pub attached: Vec<Attached>,
-    /// Handles counted as attached (includes dead ones not yet reaped).
+    /// Handles alive and attached.
     pub attached_count: u32,
+    /// Threads sleeping in `wait_for_change`, in live handles.
+    pub sleepers: u32,
+    /// Whether a removal began (a remover that died leaves it marked; `cleanup` or the next
+    /// opener finishes it).
+    pub removing: bool,
     /// Who holds the lock.
     pub lock_holder: Option<LockHolder>,
     /// Whether the lock holder is alive (`None` when the lock is free).
@@ -81,104 +97,65 @@ impl DictInfo {
             .collect()
     }
 
-    /// Whether nobody will ever remove it: every attached process died (and no process is
-    /// attaching right now), or a dict that should go with its last handle has none left.
-    /// A `Persistent` dict is never orphaned: it is meant to outlive its processes.
+    /// Whether nobody will remove it: no handle is alive and its lifetime is not
+    /// `Persistent` (a persistent dict is meant to outlive its processes), or a removal began
+    /// whose remover died.
     pub fn orphaned(&self) -> bool {
-        if self.lifetime == Lifetime::Persistent {
-            return false;
-        }
-        if self.attached.is_empty() {
-            return self.attached_count == 0;
-        }
-        self.attached_count as usize == self.attached.len()
-            && self.attached.iter().all(|a| !a.alive)
+        self.removing || (self.lifetime != Lifetime::Persistent && self.attached_count == 0)
     }
 }
 
 /// Reads the control block of dict `name` (a root or nested dict name).
 ///
 /// # Errors
-/// [`Error::NotFound`], [`Error::Foreign`] (not an ultradict segment),
-/// [`Error::VersionMismatch`], [`Error::NotReady`] (never finished creating),
-/// [`Error::PermissionDenied`].
+/// [`Error::NotFound`], [`Error::Foreign`] (not an ultradict control segment, or one never
+/// finished), [`Error::VersionMismatch`], [`Error::PermissionDenied`].
 pub fn inspect(name: &str) -> Result<DictInfo> {
     if name.contains(SEPARATOR) {
         naming::validate_child(name)?;
     } else {
         naming::validate(name)?;
     }
-    let object = naming::control(name);
-    let segment = match Segment::open(&object, false) {
-        Err(err) if segment::is_not_found(&err) => {
-            return Err(Error::NotFound {
-                name: name.to_owned(),
-            });
-        }
-        other => other?,
-    };
-    if segment.len() < HEADER_SIZE {
-        return Err(Error::Foreign {
-            segment: object,
-            reason: format!("{} bytes, smaller than a control block", segment.len()),
-        });
-    }
-    // SAFETY: a mapping of at least HEADER_SIZE bytes that lives until the end of this
-    // function; every field of Control is valid for any bit pattern.
-    let control = unsafe { Control::from_segment(&segment) };
-    if control.magic != MAGIC {
-        return Err(Error::Foreign {
-            segment: object,
-            reason: "no ultradict magic".into(),
-        });
-    }
-    if control.format_version != FORMAT_VERSION {
-        return Err(Error::VersionMismatch {
-            segment: object,
-            found: control.format_version,
-            expected: FORMAT_VERSION,
-        });
-    }
-    if control.ready.load(Ordering::Acquire) != READY {
-        return Err(Error::NotReady {
-            name: name.to_owned(),
-            waited: Duration::ZERO,
-        });
-    }
+    let (segment, anchor) = open_control(name, false)?;
+    let control = Control::checked(&segment)?;
     let state = control.state();
     let lock = &control.lock.0;
-    let holder_tid = crate::lock::holder_tid(lock);
+    let holder_slot = crate::lock::slot_of(crate::lock::holder(lock));
     let since = lock.held_since_ns.load(Ordering::Relaxed);
-    let lock_holder = (holder_tid != 0).then(|| LockHolder {
-        pid: crate::lock::holder_pid(lock),
-        since: (since != 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_nanos(since)),
+    let lock_holder = holder_slot.map(|slot| {
+        let (pid, same_pid_namespace) = control.slot_pid(slot);
+        LockHolder {
+            pid,
+            same_pid_namespace,
+            since: (since != 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_nanos(since)),
+        }
     });
-    let lock_holder_alive = crate::lock::holder_alive(lock, lock.word.load(Ordering::Acquire));
-    let attached = control
-        .processes
-        .iter()
-        .map(|slot| slot.load(Ordering::Acquire))
-        .filter(|&entry| entry != 0)
-        .map(|entry| Attached {
-            pid: (entry >> 32) as u32,
-            alive: control::entry_alive(entry),
+    let attached: Vec<Attached> = (0..PROCESS_SLOTS)
+        .filter(|&slot| control.processes[slot].owner.load(Ordering::Acquire) != 0)
+        .map(|slot| {
+            let (pid, same_pid_namespace) = control.slot_pid(slot);
+            Attached {
+                pid,
+                same_pid_namespace,
+                alive: anchor.slot_alive(slot),
+                sleepers: control.processes[slot].sleepers.load(Ordering::Relaxed),
+            }
         })
         .collect();
+    let live = attached.iter().filter(|a| a.alive);
     let mut segments = Vec::new();
-    for object in naming::segments_of(name)? {
+    for object in naming::objects_of(name)? {
         let len = std::fs::metadata(format!("{}/{object}", crate::os::SHM_DIR))
             .map(|m| m.len())
             .unwrap_or(0);
         segments.push((object, len));
     }
-    let control_object = naming::control(name);
     let children = segments
         .iter()
-        .map(|(object, _)| object.as_str())
-        .filter(|object| *object != control_object && !is_own_dump(name, object))
-        .filter_map(|object| object.strip_prefix(PREFIX))
-        .filter(|child| !child.contains("~dump.") && !child.ends_with("~.register"))
-        .map(str::to_owned)
+        .filter_map(|(object, _)| match naming::classify(name, object) {
+            Part::Child(child) => Some(child),
+            _ => None,
+        })
         .collect();
     Ok(DictInfo {
         name: name.to_owned(),
@@ -192,21 +169,28 @@ pub fn inspect(name: &str) -> Result<DictInfo> {
         dumps: control.counters.dumps.load(Ordering::Relaxed),
         dump_bytes: control.counters.dump_len.load(Ordering::Relaxed),
         lifetime: Lifetime::from_raw(control.lifetime).unwrap_or_default(),
+        attached_count: live.clone().count() as u32,
+        sleepers: live.map(|a| a.sleepers).sum(),
         attached,
-        attached_count: control.attached.load(Ordering::Acquire),
         lock_holder,
-        lock_holder_alive,
+        lock_holder_alive: holder_slot.map(|slot| anchor.slot_alive(slot)),
         lock_recoveries: lock.recoveries.load(Ordering::Relaxed),
-        changes: control.changes.sequence.load(Ordering::Relaxed),
+        changes: control.changes.sequence.load(Ordering::Relaxed) & !crate::control::SLEEPERS,
+        removing: control.is_removed(),
         children,
     })
 }
 
-fn is_own_dump(name: &str, object: &str) -> bool {
-    object
-        .strip_prefix(&naming::control(name))
-        .and_then(|rest| rest.strip_prefix(SEPARATOR))
-        .is_some_and(|rest| rest.starts_with("dump."))
+/// Opens dict `name`'s control segment with an anchor of its own.
+fn open_control(name: &str, writable: bool) -> Result<(Segment, Anchor)> {
+    let object = naming::control(name);
+    match Segment::open_with_fd(&object, writable) {
+        Err(err) if segment::is_not_found(&err) => Err(Error::NotFound {
+            name: name.to_owned(),
+        }),
+        Err(err) => Err(err),
+        Ok((segment, fd)) => Ok((segment, Anchor::new(fd)?)),
+    }
 }
 
 /// One root dict found in /dev/shm: what it says, or why it could not be read.
@@ -214,8 +198,8 @@ fn is_own_dump(name: &str, object: &str) -> bool {
 pub struct Listed {
     /// The dict's name (the part of the object names after `ultradict.` and before `~`).
     pub name: String,
-    /// Its description, or the error reading it (a foreign object, a half-created dict, a
-    /// dict whose control segment is gone but whose dumps remain).
+    /// Its description, or the error reading it (a foreign object, a dict of another format
+    /// version, objects left under a name whose control segment is gone).
     pub info: Result<DictInfo>,
 }
 
@@ -225,17 +209,8 @@ pub struct Listed {
 /// # Errors
 /// [`Error::Io`] if /dev/shm cannot be read.
 pub fn list() -> Result<Vec<Listed>> {
-    let objects = crate::os::list_objects(PREFIX).map_err(|e| Error::io("listing /dev/shm", e))?;
-    let mut roots: BTreeMap<String, ()> = BTreeMap::new();
-    for object in objects {
-        let rest = &object[PREFIX.len()..];
-        let root = rest.split(SEPARATOR).next().unwrap_or(rest);
-        if naming::validate(root).is_ok() {
-            roots.insert(root.to_owned(), ());
-        }
-    }
-    Ok(roots
-        .into_keys()
+    Ok(root_names()?
+        .into_iter()
         .map(|name| {
             let info = inspect(&name);
             Listed { name, info }
@@ -243,75 +218,73 @@ pub fn list() -> Result<Vec<Listed>> {
         .collect())
 }
 
-enum Removal {
-    /// The whole dict, if `true`.
-    Tree(bool),
-    /// Only objects left behind by a dict whose control segment is gone.
-    Leftovers,
+/// The names of every root dict that has an object in /dev/shm.
+fn root_names() -> Result<BTreeSet<String>> {
+    let objects = crate::os::list_objects(PREFIX).map_err(|e| Error::io("listing /dev/shm", e))?;
+    Ok(objects
+        .iter()
+        .map(|object| {
+            let rest = &object[PREFIX.len()..];
+            rest.split(SEPARATOR).next().unwrap_or(rest)
+        })
+        .filter(|root| naming::validate(root).is_ok())
+        .map(str::to_owned)
+        .collect())
 }
 
-/// Whether the dict `name`, never published, was created by a process that died. Its
-/// creator writes its own process-table entry before publishing; while that is not written
-/// the dict may still be coming to life, and is left alone.
-fn creator_died(name: &str) -> bool {
-    let Ok(segment) = Segment::open(&naming::control(name), false) else {
-        return false;
-    };
-    if segment.len() < HEADER_SIZE {
-        return false;
-    }
-    // SAFETY: a mapping of at least HEADER_SIZE bytes; every field of Control is valid for any
-    // bit pattern, and only atomics are read.
-    let control = unsafe { Control::from_segment(&segment) };
-    let creator = control.processes[0].load(Ordering::Acquire);
-    creator != 0 && !control::entry_alive(creator)
-}
-
-/// Removes what a dict whose control segment is gone left behind (dumps, nested dicts), but
-/// never a control segment of that name: one created meanwhile is a new, live dict. Returns
-/// whether there was anything to remove.
-fn remove_leftovers(name: &str) -> Result<bool> {
-    let control = naming::control(name);
-    let leftovers: Vec<String> = naming::segments_of(name)?
-        .into_iter()
-        .filter(|object| *object != control)
-        .collect();
-    if leftovers.is_empty() || Segment::open(&control, false).is_ok() {
-        return Ok(false);
-    }
-    for object in leftovers {
-        segment::unlink(&object)?;
-    }
-    Ok(true)
-}
-
-/// Removes every dict whose processes all died (see [`DictInfo::orphaned`]), with its nested
-/// dicts, and leftovers whose control segment is gone; with `dry_run`, only says which.
-/// Returns the names of the dicts removed (or that would be).
+/// Removes every dict that nobody will remove (see [`DictInfo::orphaned`]: no live handle and
+/// not persistent, or a removal whose remover died), with its nested dicts, and objects left
+/// under names whose control segment is gone; with `dry_run`, only says which. Returns the
+/// names of the dicts removed (or that would be).
 ///
-/// A dict that is being created right now (not yet ready) is left alone, as are foreign
-/// objects and dicts of another format version.
+/// A dict that a process is creating, joining or leaving right now is left alone, as are
+/// foreign objects and dicts of another format version. Handles are judged alive by the
+/// kernel (see the crate docs on liveness), so a dict used only by processes in another PID
+/// namespace is never taken for orphaned.
 ///
 /// # Errors
 /// [`Error::Io`] if /dev/shm cannot be read or an object cannot be removed.
 pub fn cleanup(dry_run: bool) -> Result<Vec<String>> {
     let mut removed = Vec::new();
-    for listed in list()? {
-        let remove = match &listed.info {
-            Ok(info) => Removal::Tree(info.orphaned()),
-            // Dumps or nested dicts left without their control segment.
-            Err(Error::NotFound { .. }) => Removal::Leftovers,
-            // Its creator died before publishing it: nobody can open the name any more.
-            Err(Error::NotReady { .. }) => Removal::Tree(creator_died(&listed.name)),
-            Err(_) => Removal::Tree(false),
-        };
-        match remove {
-            Removal::Tree(false) => continue,
-            Removal::Tree(true) if !dry_run => crate::register::unlink_tree(&listed.name)?,
-            Removal::Leftovers if !dry_run && !remove_leftovers(&listed.name)? => continue,
-            _ => {}
+    for name in root_names()? {
+        if clean(&name, dry_run)? {
+            removed.push(name);
         }
-        removed.push(listed.name);
     }
     Ok(removed)
+}
+
+/// Removes dict `name` (or what is left under its name) if nobody will; returns whether it
+/// did (or, with `dry_run`, would).
+fn clean(name: &str, dry_run: bool) -> Result<bool> {
+    let (segment, anchor) = match open_control(name, true) {
+        Ok(opened) => opened,
+        Err(Error::NotFound { .. }) => {
+            // Objects without their control segment: leftovers, unless a creator is at work.
+            if naming::objects_of(name)?.is_empty() || removal::creation_under_way(name)? {
+                return Ok(false);
+            }
+            if !dry_run {
+                removal::remove_by_name(name)?;
+            }
+            return Ok(true);
+        }
+        // Foreign objects, other users' dicts: not ours to judge.
+        Err(_) => return Ok(false),
+    };
+    let Ok(control) = Control::checked(&segment) else {
+        return Ok(false);
+    };
+    // Somebody attaching, leaving or removing right now is alive and at work.
+    let Some(gate) = anchor.gate(Instant::now())? else {
+        return Ok(false);
+    };
+    let lifetime = Lifetime::from_raw(control.lifetime).unwrap_or_default();
+    let orphaned =
+        control.is_removed() || (lifetime != Lifetime::Persistent && !anchor.others_alive());
+    if orphaned && !dry_run {
+        removal::remove_held(name, &anchor, control)?;
+    }
+    drop(gate);
+    Ok(orphaned)
 }

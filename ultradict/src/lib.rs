@@ -70,13 +70,16 @@ mod fault;
 #[doc(hidden)]
 pub mod fuzzing;
 mod inspect;
+mod liveness;
 mod lock;
 mod lock_guard;
 mod map;
 mod naming;
+mod open;
 mod options;
 mod os;
 mod register;
+mod removal;
 mod schema;
 mod segment;
 mod status;
@@ -90,7 +93,7 @@ pub use lock_guard::{LockGuard, LockOptions};
 pub use map::{Builder, Key, UltraDict, Value};
 pub use naming::MAX_NAME_LEN;
 pub use options::{Create, DEFAULT_BUFFER_SIZE, Lifetime, MAX_BUFFER_SIZE, MIN_BUFFER_SIZE};
-pub use schema::{Data, Deserializer, Fingerprint, RecordSerializer, Schema, Validator};
+pub use schema::{Data, Deserializer, Fingerprint, RecordSerializer, SliceWriter, Validator};
 pub use status::{LockHolder, Status};
 
 pub use structs::{SharedDict, StructBuilder};

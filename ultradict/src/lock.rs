@@ -1,24 +1,53 @@
-//! The writers' lock: a pid-tagged futex word in the control block.
+//! The writers' lock word: a futex word in the control block that names its holder.
 //!
-//! The word holds the holder's thread id (0 when free) and the [`WAITERS`] bit when somebody
-//! sleeps on it. Taking it is one compare-and-swap; releasing it is one swap, plus a futex
-//! wake when the bit was set. The futex is shared, so forked and independently started
-//! processes wait on it alike.
+//! The word holds the holder's process-table slot and thread id (0 when free), plus the
+//! [`WAITERS`] bit when somebody sleeps on it. Taking it is one compare-and-swap; releasing it
+//! is one compare-and-swap, plus a futex wake when the bit was set. The futex is shared, so
+//! forked and independently started processes wait on it alike.
 //!
-//! A holder that dies is found by its waiters: before each sleep they look the holder's
-//! thread up in /proc, and if it is gone (or its id now belongs to a task with another start
-//! time) they take the word over with a compare-and-swap. Only committed records count, so
-//! whatever the dead holder half wrote is simply never published.
+//! A holder that dies is found by its waiters: before each sleep they ask whether the
+//! holder's slot is still alive (the caller's `alive`, which asks the kernel through
+//! `liveness`, valid across PID namespaces and pid reuse), and if it is not they take the word
+//! over with a compare-and-swap. Only committed records count, so whatever the dead holder
+//! half wrote is simply never published. The thread id only tells apart the threads of one
+//! handle, which share its slot; it is never looked up.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::control::LockFields;
+use crate::control::{LockFields, PROCESS_SLOTS};
 use crate::os;
 
 /// Set in the lock word while at least one thread may be sleeping on it.
 pub(crate) const WAITERS: u32 = 1 << 31;
-const TID_MASK: u32 = !WAITERS;
+
+/// Bits of the word holding `slot + 1`.
+const SLOT_BITS: u32 = 9;
+const SLOT_MASK: u32 = (1 << SLOT_BITS) - 1;
+/// Bits of a thread id kept in the word: Linux thread ids stay below 2^22 (`PID_MAX_LIMIT`),
+/// so within one process the kept bits are the whole id.
+const TID_MASK: u32 = (1 << 22) - 1;
+
+const _: () = assert!(PROCESS_SLOTS < (1 << SLOT_BITS));
+
+/// The word of thread `tid` holding the lock through process-table slot `slot`.
+pub(crate) fn holder_word(slot: usize, tid: u32) -> u32 {
+    ((tid & TID_MASK) << SLOT_BITS) | (slot as u32 + 1)
+}
+
+/// The slot named by a lock word, `None` for a free (or nonsensical) word.
+pub(crate) fn slot_of(word: u32) -> Option<usize> {
+    match (word & SLOT_MASK) as usize {
+        0 => None,
+        slot if slot <= PROCESS_SLOTS => Some(slot - 1),
+        _ => None,
+    }
+}
+
+/// The thread id named by a lock word.
+pub(crate) fn tid_of(word: u32) -> u32 {
+    (word & !WAITERS) >> SLOT_BITS
+}
 
 /// How to wait for the lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,48 +64,50 @@ pub(crate) enum Acquired {
     /// Taken from a free word.
     Free,
     /// Taken over from a holder that had died; the caller should tidy up after it.
-    FromDead { dead_pid: u32 },
+    FromDead { dead_slot: Option<usize> },
 }
 
-/// Why an acquire did not succeed.
+/// Why an acquire did not succeed: held by the live holder in this slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Busy {
-    /// Held by a live thread of process `holder_pid`.
-    Held { holder_pid: u32 },
+pub(crate) struct Busy {
+    pub(crate) holder_slot: Option<usize>,
 }
 
 /// Tries once, without waiting. Recovers from a dead holder on the spot.
-pub(crate) fn try_acquire(lock: &LockFields, tid: u32) -> Result<Acquired, Busy> {
+pub(crate) fn try_acquire(
+    lock: &LockFields,
+    me: u32,
+    alive: &dyn Fn(usize) -> bool,
+) -> Result<Acquired, Busy> {
     let current = lock.word.load(Ordering::Acquire);
     if current == 0 {
         if lock
             .word
-            .compare_exchange(0, tid, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
         {
             mark_held(lock);
             return Ok(Acquired::Free);
         }
-    } else if let Some(acquired) = take_from_dead(lock, current, tid) {
+    } else if let Some(acquired) = take_from_dead(lock, current, me, alive) {
         return Ok(acquired);
     }
     note_holder_seen(lock);
-    Err(Busy::Held {
-        holder_pid: holder_pid(lock),
-    })
+    Err(busy(lock))
 }
 
 /// Waits for the lock until `deadline` (forever when `None`).
 pub(crate) fn acquire(
     lock: &LockFields,
-    tid: u32,
+    me: u32,
     policy: WaitPolicy,
     deadline: Option<Instant>,
+    alive: &dyn Fn(usize) -> bool,
 ) -> Result<Acquired, Busy> {
     for _ in 0..policy.spins {
         if lock
             .word
-            .compare_exchange_weak(0, tid, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
         {
             mark_held(lock);
@@ -90,7 +121,7 @@ pub(crate) fn acquire(
             // Others may still sleep: keep the bit so the next release wakes one of them.
             if lock
                 .word
-                .compare_exchange(0, tid | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                .compare_exchange(0, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
                 mark_held(lock);
@@ -98,16 +129,14 @@ pub(crate) fn acquire(
             }
             continue;
         }
-        if let Some(acquired) = take_from_dead(lock, current, tid) {
+        if let Some(acquired) = take_from_dead(lock, current, me, alive) {
             return Ok(acquired);
         }
         let sleep = match deadline {
             Some(deadline) => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    return Err(Busy::Held {
-                        holder_pid: holder_pid(lock),
-                    });
+                    return Err(busy(lock));
                 }
                 left.min(policy.max_sleep)
             }
@@ -127,15 +156,13 @@ pub(crate) fn acquire(
     }
 }
 
-/// Releases the lock held by thread `tid`. Does nothing if `tid` does not hold it (it was
-/// taken over while this thread was wrongly believed dead: never release another's hold).
-pub(crate) fn release(lock: &LockFields, tid: u32) {
-    lock.holder.store(0, Ordering::Relaxed);
-    lock.holder_pid.store(0, Ordering::Relaxed);
+/// Releases the lock held as `me`. Does nothing if `me` does not hold it (it was taken over
+/// while wrongly believed dead: never release another's hold).
+pub(crate) fn release(lock: &LockFields, me: u32) {
     lock.held_since_ns.store(0, Ordering::Relaxed);
     let mut current = lock.word.load(Ordering::Relaxed);
     loop {
-        if current & TID_MASK != tid {
+        if current & !WAITERS != me {
             return;
         }
         match lock
@@ -151,61 +178,21 @@ pub(crate) fn release(lock: &LockFields, tid: u32) {
     }
 }
 
-/// The holder's process id, or its thread id while it has not written its pid yet.
-pub(crate) fn holder_pid(lock: &LockFields) -> u32 {
-    match lock.holder_pid.load(Ordering::Acquire) {
-        0 => lock.word.load(Ordering::Relaxed) & TID_MASK,
-        pid => pid,
+/// The current holder's word (without [`WAITERS`]), 0 when free.
+pub(crate) fn holder(lock: &LockFields) -> u32 {
+    lock.word.load(Ordering::Acquire) & !WAITERS
+}
+
+fn busy(lock: &LockFields) -> Busy {
+    Busy {
+        holder_slot: slot_of(holder(lock)),
     }
-}
-
-/// Thread id of the holder, 0 when free.
-pub(crate) fn holder_tid(lock: &LockFields) -> u32 {
-    lock.word.load(Ordering::Acquire) & TID_MASK
-}
-
-/// A holder's identity as the lock stores it: thread id and the low half of its start time,
-/// in one word, so that nobody pairs one holder's id with another's start time.
-fn identity(tid: u32, start_time: u64) -> u64 {
-    (u64::from(tid) << 32) | (start_time & 0xffff_ffff)
-}
-
-/// The calling thread's identity.
-fn own_identity() -> u64 {
-    identity(os::current_tid(), os::current_thread_start_time())
-}
-
-/// Whether the lock is held by the calling thread (through any handle).
-pub(crate) fn held_by_caller(lock: &LockFields) -> bool {
-    holder_tid(lock) == os::current_tid() && lock.holder.load(Ordering::Acquire) == own_identity()
-}
-
-/// Whether the thread in the lock word `word` still runs; `None` when the lock is free.
-///
-/// Its identity is written just after it took the word, so it may not be there yet: then
-/// only /proc saying the thread is gone counts as death. With the identity there, a thread id
-/// now used by a task with another start time also counts as dead.
-pub(crate) fn holder_alive(lock: &LockFields, word: u32) -> Option<bool> {
-    let tid = word & TID_MASK;
-    if tid == 0 {
-        return None;
-    }
-    let identity = lock.holder.load(Ordering::Acquire);
-    let now = os::task(tid);
-    Some(match now {
-        os::Task::Dead => false,
-        os::Task::Alive { start_time } => {
-            (identity >> 32) as u32 != tid || identity == self::identity(tid, start_time)
-        }
-    })
 }
 
 fn mark_held(lock: &LockFields) {
-    lock.holder.store(own_identity(), Ordering::Release);
     // Reading a clock on every acquire would cost a quarter of an uncontended lock: the
     // holder leaves the time blank and the first observer stamps it (`note_holder_seen`).
     lock.held_since_ns.store(0, Ordering::Relaxed);
-    lock.holder_pid.store(os::current_pid(), Ordering::Release);
 }
 
 /// Stamps "held since" with the current time if nobody has yet since the holder took the
@@ -222,29 +209,41 @@ pub(crate) fn note_holder_seen(lock: &LockFields) {
     }
 }
 
-/// Takes the word over if its holder (`current`) is dead. The caller (`tid`) does not hold
-/// the lock, so a word holding its own thread id is a dead thread's whose id was reused.
-fn take_from_dead(lock: &LockFields, current: u32, tid: u32) -> Option<Acquired> {
-    let holder = current & TID_MASK;
-    if holder != tid && holder_alive(lock, current) != Some(false) {
+/// Takes the word over if its holder (`current`) is dead. The caller (`me`) does not hold
+/// the lock, so a word naming the caller itself is a leftover (of a thread of the same handle
+/// that exited, or of a slot this handle took over from a dead handle), also dead.
+fn take_from_dead(
+    lock: &LockFields,
+    current: u32,
+    me: u32,
+    alive: &dyn Fn(usize) -> bool,
+) -> Option<Acquired> {
+    let holder = current & !WAITERS;
+    let holder_slot = slot_of(holder);
+    if holder != me && holder_slot.is_some_and(alive) {
         return None;
     }
-    let dead_pid = match lock.holder_pid.load(Ordering::Acquire) {
-        0 => holder,
-        pid => pid,
-    };
-    // The compare-and-swap on the exact word also fails if the holder changed meanwhile.
-    // Keep the waiters bit: others may sleep on the word.
-    lock.word
+    take_over(lock, current, me).then_some(Acquired::FromDead {
+        dead_slot: holder_slot,
+    })
+}
+
+/// Replaces the word `current` (a dead holder's) with `me`, keeping the waiters bit: others
+/// may sleep on the word. Fails if the word changed meanwhile.
+pub(crate) fn take_over(lock: &LockFields, current: u32, me: u32) -> bool {
+    if lock
+        .word
         .compare_exchange(
             current,
-            tid | (current & WAITERS),
+            me | (current & WAITERS),
             Ordering::Acquire,
             Ordering::Relaxed,
         )
-        .ok()?;
+        .is_err()
+    {
+        return false;
+    }
     lock.recoveries.fetch_add(1, Ordering::Relaxed);
-    lock.last_dead_pid.store(dead_pid, Ordering::Relaxed);
     mark_held(lock);
-    Some(Acquired::FromDead { dead_pid })
+    true
 }

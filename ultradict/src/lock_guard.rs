@@ -1,7 +1,11 @@
-//! The public face of the cross-process lock: how to wait for it, and the guard that holds it.
+//! The cross-process lock as a handle holds it: how to wait for it, the re-entrant hold of one
+//! thread, and the guard that releases it. The lock word itself is in `lock.rs`.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
+
+use crate::os::ThreadId;
 
 /// How long to wait for a dict's lock, and how.
 ///
@@ -81,25 +85,94 @@ impl LockOptions {
     }
 }
 
-/// What a guard releases: a handle's re-entrant hold on its dict's writers' lock.
+/// A handle's re-entrant hold on its dict's writers' lock: which thread holds the lock through
+/// this handle, and how often it entered. Only that thread changes it while it holds the lock.
+#[derive(Debug, Default)]
+pub(crate) struct Reentrant {
+    /// `fork generation << 32 | thread id` of the holding thread, 0 if none: a thread of a
+    /// forked child never passes for the parent's thread that held the lock at the fork.
+    owner: AtomicU64,
+    /// The lock word this handle's holder wrote, to release exactly its own hold.
+    word: AtomicU32,
+    /// How many times the owner entered.
+    depth: AtomicU32,
+}
+
+fn owner_key(thread: ThreadId) -> u64 {
+    (thread.generation << 32) | u64::from(thread.tid)
+}
+
+impl Reentrant {
+    /// Enters once more if `thread` already holds the lock through this handle; returns the
+    /// key for its guard.
+    pub(crate) fn reenter(&self, thread: ThreadId) -> Option<u64> {
+        let key = owner_key(thread);
+        if self.owner.load(Ordering::Relaxed) != key {
+            return None;
+        }
+        // Only the owner thread touches `depth`: a load and a store, no atomic RMW.
+        self.depth
+            .store(self.depth.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        Some(key)
+    }
+
+    /// Records that `thread` just took the lock as `word`; returns the key for its guard.
+    pub(crate) fn enter(&self, thread: ThreadId, word: u32) -> u64 {
+        let key = owner_key(thread);
+        self.word.store(word, Ordering::Relaxed);
+        self.depth.store(1, Ordering::Relaxed);
+        self.owner.store(key, Ordering::Relaxed);
+        key
+    }
+
+    /// Leaves one level of the hold taken as `key`; after the last, returns the lock word to
+    /// release. Does nothing unless the calling thread is the holder that took `key` (a guard
+    /// copied into a forked child, or moved to another thread, releases nothing).
+    pub(crate) fn leave(&self, key: u64) -> Option<u32> {
+        if self.owner.load(Ordering::Relaxed) != key
+            || owner_key(crate::os::current_thread()) != key
+        {
+            return None;
+        }
+        let depth = self.depth.load(Ordering::Relaxed) - 1;
+        self.depth.store(depth, Ordering::Relaxed);
+        if depth > 0 {
+            return None;
+        }
+        self.owner.store(0, Ordering::Relaxed);
+        Some(self.word.load(Ordering::Relaxed))
+    }
+
+    /// Whether the calling thread holds the lock through this handle.
+    pub(crate) fn held_by_caller(&self) -> bool {
+        self.owner.load(Ordering::Relaxed) == owner_key(crate::os::current_thread())
+    }
+}
+
+/// What a guard releases: one level of a re-entrant hold.
 pub(crate) trait Unlock: Sync {
-    fn unlock(&self);
+    /// Leaves one level of the hold taken as `key`, releasing the lock after the last.
+    fn unlock(&self, key: u64);
 }
 
 /// Holds a dict's cross-process lock for the thread that took it; dropping it releases the
 /// lock (or one level of it, when taken re-entrantly).
 ///
-/// The guard cannot move to another thread: the lock belongs to the thread.
+/// The guard cannot move to another thread: the lock belongs to the thread. A guard copied
+/// into a forked child releases nothing there.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard<'a> {
     holder: &'a dyn Unlock,
+    /// The holding thread, as `Reentrant::owner` records it.
+    key: u64,
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
 impl<'a> LockGuard<'a> {
-    pub(crate) fn new(holder: &'a dyn Unlock) -> Self {
+    pub(crate) fn new(holder: &'a dyn Unlock, key: u64) -> Self {
         LockGuard {
             holder,
+            key,
             _not_send: std::marker::PhantomData,
         }
     }
@@ -107,7 +180,7 @@ impl<'a> LockGuard<'a> {
 
 impl Drop for LockGuard<'_> {
     fn drop(&mut self) {
-        self.holder.unlock();
+        self.holder.unlock(self.key);
     }
 }
 

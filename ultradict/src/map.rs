@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rkyv::collections::swiss_table::{ArchivedHashMap, HashMapResolver};
 use rkyv::rancor::{self, Fallible, Source};
-use rkyv::ser::writer::Buffer;
 use rkyv::ser::{Allocator, Writer};
 use rkyv::{Archive, Place, Serialize};
 
@@ -284,9 +284,11 @@ impl<K: Key, V: Value> Schema for MapSchema<K, V> {
 
     fn archive(
         entries: &Vec<(K, V)>,
-        out: Buffer<'_>,
-    ) -> std::result::Result<usize, rancor::Error> {
-        Ok(rkyv::api::high::to_bytes_in::<_, rancor::Error>(&DumpEntries(entries), out)?.len())
+        out: &mut [std::mem::MaybeUninit<u8>],
+    ) -> std::result::Result<usize, schema::Unwritten> {
+        schema::write_into(out, |writer| {
+            rkyv::api::high::to_bytes_in::<_, rancor::Error>(&DumpEntries(entries), writer)
+        })
     }
 }
 
@@ -369,12 +371,12 @@ mod tests {
     use super::*;
 
     fn archive_of(entries: Vec<(String, u64)>) -> rkyv::util::AlignedVec<16> {
-        let mut buf = crate::dump::AlignedBuf::with_capacity(64 << 10);
-        let len =
-            MapSchema::<String, u64>::archive(&entries, Buffer::from(buf.as_uninit_mut())).unwrap();
+        let built = schema::archive_to_vec(64 << 10, |out| {
+            MapSchema::<String, u64>::archive(&entries, out)
+        })
+        .unwrap();
         let mut archive = rkyv::util::AlignedVec::<16>::new();
-        // SAFETY: `archive` initialized the `len` bytes it reports.
-        archive.extend_from_slice(unsafe { buf.initialized(len) });
+        archive.extend_from_slice(built.bytes());
         archive
     }
 
@@ -420,31 +422,13 @@ mod tests {
 }
 
 /// The archived bytes of a key: the same in every process, so nested dicts get stable names.
-fn key_bytes<K: Key>(key: &K) -> Result<Vec<u8>> {
-    let mut buf = crate::dump::AlignedBuf::with_capacity(256);
-    let mut capacity = 256;
-    loop {
-        match rkyv::api::high::to_bytes_in::<_, rancor::Error>(
-            key,
-            Buffer::from(buf.as_uninit_mut()),
-        ) {
-            Ok(written) => {
-                let len = written.len();
-                // SAFETY: the serializer initialized the first `len` bytes it reports.
-                return Ok(unsafe { buf.initialized(len) }.to_vec());
-            }
-            Err(err) if capacity >= 1 << 20 => {
-                return Err(crate::Error::InvalidOption {
-                    option: "nested key",
-                    reason: err.to_string(),
-                });
-            }
-            Err(_) => {
-                capacity *= 4;
-                buf = crate::dump::AlignedBuf::with_capacity(capacity);
-            }
-        }
-    }
+fn key_bytes<K: Key>(key: &K, name: &str) -> Result<Vec<u8>> {
+    schema::archive_to_vec(256, |out| schema::archive_into(key, out))
+        .map(|built| built.bytes().to_vec())
+        .map_err(|detail| crate::Error::Serialize {
+            name: name.to_owned(),
+            detail: format!("the key of a nested dict: {detail}"),
+        })
 }
 
 /// Serializes distinct key-value pairs as rkyv's `ArchivedHashMap`, straight from the list the
@@ -497,7 +481,10 @@ where
 /// # Ok(()) }
 /// ```
 pub struct UltraDict<K: Key, V: Value> {
-    engine: Engine<MapSchema<K, V>>,
+    /// Shared with the handles of nested dicts opened through this one, which keep it attached.
+    engine: Arc<Engine<MapSchema<K, V>>>,
+    /// The dict this one is nested in, kept attached while this handle lives.
+    _parent: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl<K: Key, V: Value> fmt::Debug for UltraDict<K, V> {
@@ -535,13 +522,15 @@ impl<K: Key, V: Value> UltraDict<K, V> {
             .filter(|entries| !entries.is_empty())
             .map(MapUpdate::Extend);
         Ok(UltraDict {
-            engine: Engine::open(options, initial.as_ref())?,
+            engine: Arc::new(Engine::open(options, initial.as_ref())?),
+            _parent: None,
         })
     }
 
     /// The nested dict registered under `key`, created empty if it does not exist yet: any
     /// process that asks for the same key gets the same dict (UltraDict's `recurse=True`).
-    /// Removing this dict removes its nested dicts.
+    /// Removing this dict removes its nested dicts. The nested dict's handle keeps this dict
+    /// attached while it lives, so `UltraDict::open(n)?.nested(k)?` stays usable on its own.
     ///
     /// ```
     /// # fn main() -> ultradict::Result<()> {
@@ -554,21 +543,30 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     ///
     /// # Errors
     /// [`Error::SchemaMismatch`](crate::Error::SchemaMismatch) if the nested dict under `key`
-    /// holds other types; the errors of [`Builder::open`].
+    /// holds other types; [`Error::Removed`](crate::Error::Removed) if this dict was removed;
+    /// [`Error::Serialize`](crate::Error::Serialize) if the key cannot be serialized; the
+    /// errors of [`Builder::open`].
     pub fn nested<K2: Key, V2: Value>(
         &self,
         key: &(impl ToOwned<Owned = K> + ?Sized),
     ) -> Result<UltraDict<K2, V2>> {
-        let child = crate::naming::key_child(self.name(), &key_bytes(&key.to_owned())?);
+        self.engine.check_not_removed()?;
+        let child =
+            crate::naming::key_child(self.name(), &key_bytes(&key.to_owned(), self.name())?);
         let options = Options {
             name: Some(child.clone()),
             lifetime: Some(Lifetime::Persistent),
             child: true,
             ..Options::default()
         };
-        let dict = UltraDict::open_with(&options, None)?;
+        let dict = UltraDict::<K2, V2>::open_with(&options, None)?;
         crate::register::register_child(self.name(), &child, "nested map")?;
-        Ok(dict)
+        self.engine.adopt(&dict.engine)?;
+        let parent: Arc<dyn std::any::Any + Send + Sync> = self.engine.clone();
+        Ok(UltraDict {
+            engine: dict.engine,
+            _parent: Some(parent),
+        })
     }
 
     /// Replaces the whole contents with `entries`, through one full dump.
@@ -856,7 +854,7 @@ impl<K: Key, V: Value> UltraDict<K, V> {
 
     /// A [`Watcher`](crate::Watcher) that reports which keys change from now on.
     pub fn watch(&self) -> crate::Watcher<'_, K> {
-        crate::Watcher::new(&self.engine)
+        crate::Watcher::new(&*self.engine)
     }
 
     /// Writes a full dump now; the stream starts empty again.
@@ -892,13 +890,16 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     }
 
     /// Closes the handle and returns the final contents. Under `Lifetime::LastClose` the last
-    /// handle to close removes the dict.
+    /// handle to close removes the dict. While handles of nested dicts opened through this one
+    /// live, they keep it attached: it is left when the last of them closes.
     ///
     /// # Errors
     /// As [`to_hashmap`](Self::to_hashmap), or if removing the segments failed.
     pub fn close(self) -> Result<HashMap<K, V>> {
         let contents = self.to_hashmap()?;
-        self.engine.detach()?;
+        if Arc::strong_count(&self.engine) == 1 {
+            self.engine.detach()?;
+        }
         Ok(contents)
     }
 
@@ -919,7 +920,7 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     /// segment could not be removed.
     pub fn unlink_by_name(name: &str) -> Result<()> {
         crate::naming::validate(name)?;
-        crate::engine::unlink_by_name(name)
+        crate::removal::remove_by_name(name)
     }
 }
 

@@ -1,30 +1,44 @@
-//! Dict names and the names of their segments in /dev/shm.
+//! Dict names and the names of their objects in /dev/shm: the one place that builds or reads
+//! them.
 //!
 //! A dict named `NAME` owns:
 //! - `ultradict.NAME`: the control block followed by the update stream;
 //! - `ultradict.NAME~dump.INSTANCE.EPOCH`: the full dump that starts epoch `EPOCH` (epoch 0
-//!   has none) of this instance of the dict (8 hex digits, random per creation).
+//!   has none) of this instance of the dict (8 hex digits, random per creation);
+//! - `ultradict.NAME~.new.INSTANCE`: while it is being created, its control segment, under a
+//!   name no opener looks at; it gets `ultradict.NAME` in one rename once complete;
+//! - `ultradict.NAME~.register`: the register of its nested dicts;
+//! - `ultradict.NAME~CHILD...`: its nested dicts (`~field` for a derived struct's fields,
+//!   `~.kHASH` for a map's `nested(key)`), which own objects of their own under their names.
 //!
-//! `~` may not appear in a dict name, so no dict's segment can be mistaken for another dict's
-//! dump, and every segment of a dict starts with `ultradict.NAME` followed by nothing or `~`.
-//! Tools recognize ultradict segments by the `ultradict.` prefix, then by the magic bytes.
+//! `~` may not appear in a dict name, so no dict's object can be mistaken for another dict's,
+//! and every object of a dict is `ultradict.NAME` or starts with `ultradict.NAME~`. Tools
+//! recognize ultradict objects by the `ultradict.` prefix, then by the magic bytes.
 
 use crate::error::{Error, Result};
 use crate::os;
 
-/// The prefix of every ultradict segment in /dev/shm.
+/// The prefix of every ultradict object in /dev/shm.
 pub(crate) const PREFIX: &str = "ultradict.";
 
-/// Separates a dict's name from the suffix of one of its other segments.
+/// Separates a dict's name from the suffix of one of its other objects.
 pub(crate) const SEPARATOR: char = '~';
 
-/// The longest dict name: leaves room in the kernel's 255-byte limit for the prefix, the
-/// longest suffix (`~dump.`, 8 hex digits, `.` and a 10-digit epoch) and the register of
-/// nested dicts (`~.register`).
-pub const MAX_NAME_LEN: usize = os::MAX_OBJECT_NAME - PREFIX.len() - 32 - 10;
+/// The longest suffix a dict's own objects add to its name: `~dump.`, 8 hex digits, `.` and a
+/// 10-digit epoch (the pending `~.new.` and register `~.register` names are shorter).
+const OWN_SUFFIX_LEN: usize = 25;
 
-/// The longest derived name (a nested dict or a register): what the suffixes leave.
-const MAX_DERIVED_NAME_LEN: usize = os::MAX_OBJECT_NAME - PREFIX.len() - 32;
+/// How much a map's nested child adds to its parent's name: `~.k` and 16 hex digits.
+const KEY_CHILD_LEN: usize = 19;
+
+/// The longest name of any dict, nested ones included: what the kernel's 255-byte limit leaves
+/// after the prefix and the longest suffix.
+const MAX_DERIVED_NAME_LEN: usize = os::MAX_OBJECT_NAME - PREFIX.len() - OWN_SUFFIX_LEN;
+
+/// The longest dict name: leaves room for one level of [`nested`](crate::UltraDict::nested)
+/// map children under it. Deeper nesting, or nested struct fields with long names, can run out
+/// of room; that is an [`Error::InvalidName`] saying "nested too deep".
+pub const MAX_NAME_LEN: usize = MAX_DERIVED_NAME_LEN - KEY_CHILD_LEN;
 
 /// Checks a user-supplied dict name: 1 to [`MAX_NAME_LEN`] bytes of ASCII letters, digits,
 /// `.`, `_` and `-`, not starting with `.`. Names are never paths.
@@ -67,7 +81,10 @@ pub(crate) fn validate_child(name: &str) -> Result<()> {
     };
     validate(root)?;
     if name.len() > MAX_DERIVED_NAME_LEN {
-        return invalid("nested too deep: the derived name is too long for /dev/shm");
+        return invalid(
+            "nested too deep: a nested dict's name (its parent's, `~` and its own) may have at \
+             most 220 bytes in /dev/shm",
+        );
     }
     if !name
         .bytes()
@@ -81,17 +98,31 @@ pub(crate) fn validate_child(name: &str) -> Result<()> {
 /// The name of the nested child of `parent` registered under a map key (given as its archived
 /// bytes): a hash, so any key gives a valid, stable name.
 pub(crate) fn key_child(parent: &str, key: &[u8]) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in key {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
+    let hash = fnv1a(&[key]);
     format!("{parent}{SEPARATOR}.k{hash:016x}")
+}
+
+/// FNV-1a over `parts`, in order: a 64-bit hash that is the same in every build and process
+/// (std's hashers are seeded), for names and fingerprints.
+pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in *part {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
 }
 
 /// The control segment of dict `name`.
 pub(crate) fn control(name: &str) -> String {
     format!("{PREFIX}{name}")
+}
+
+/// The private name under which the creator builds instance `instance` of dict `name`.
+pub(crate) fn pending(name: &str, instance: u64) -> String {
+    format!("{PREFIX}{name}{SEPARATOR}.new.{:08x}", instance as u32)
 }
 
 /// The dump segment that starts `epoch` of the instance `instance` of dict `name`. The
@@ -104,8 +135,74 @@ pub(crate) fn dump(name: &str, instance: u64, epoch: u32) -> String {
     )
 }
 
-/// Every segment in /dev/shm that belongs to dict `name`.
-pub(crate) fn segments_of(name: &str) -> Result<Vec<String>> {
+/// The register of dict `name`'s nested dicts.
+pub(crate) fn register(name: &str) -> String {
+    format!("{name}{SEPARATOR}.register")
+}
+
+/// The nested child `field` of dict `parent`.
+pub(crate) fn field_child(parent: &str, field: &str) -> String {
+    format!("{parent}{SEPARATOR}{field}")
+}
+
+/// What an object under dict `name`'s prefix is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// Its control segment.
+    Control,
+    /// A dump of instance `instance` (its low 32 bits).
+    Dump { instance: u32 },
+    /// The control segment of an instance still being created.
+    Pending { instance: u32 },
+    /// The control segment of a nested child (a dict name).
+    Child(String),
+    /// Anything else under the name: a register, objects of deeper descendants, or strays.
+    Other,
+}
+
+/// Sorts an object of /dev/shm that belongs to dict `name` (see [`objects_of`]).
+pub(crate) fn classify(name: &str, object: &str) -> Part {
+    let Some(rest) = object
+        .strip_prefix(PREFIX)
+        .and_then(|rest| rest.strip_prefix(name))
+    else {
+        return Part::Other;
+    };
+    let Some(suffix) = rest.strip_prefix(SEPARATOR) else {
+        return if rest.is_empty() {
+            Part::Control
+        } else {
+            Part::Other
+        };
+    };
+    let hex = |digits: &str| {
+        (digits.len() == 8)
+            .then(|| u32::from_str_radix(digits, 16).ok())
+            .flatten()
+    };
+    if let Some(instance) = suffix.strip_prefix(".new.").and_then(hex) {
+        return Part::Pending { instance };
+    }
+    if let Some(instance) = suffix
+        .strip_prefix("dump.")
+        .and_then(|rest| rest.split_once('.'))
+        .and_then(|(instance, _)| hex(instance))
+    {
+        return Part::Dump { instance };
+    }
+    let child = &object[PREFIX.len()..];
+    if !suffix.contains(SEPARATOR)
+        && suffix != ".register"
+        && (suffix.starts_with(".k") || !suffix.starts_with('.'))
+        && validate_child(child).is_ok()
+    {
+        return Part::Child(child.to_owned());
+    }
+    Part::Other
+}
+
+/// Every object in /dev/shm that belongs to dict `name`: its own and its descendants'.
+pub(crate) fn objects_of(name: &str) -> Result<Vec<String>> {
     let control = control(name);
     let all = os::list_objects(&control).map_err(|e| Error::io("listing /dev/shm", e))?;
     Ok(all
@@ -118,20 +215,15 @@ pub(crate) fn segments_of(name: &str) -> Result<Vec<String>> {
 }
 
 /// A name no other dict has: process id, time and a counter.
-/// A random 64-bit number, different in every process and call (for dict instances).
-pub(crate) fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(os::unix_time_ns());
-    hasher.write_u32(os::current_pid());
-    hasher.finish()
-}
-
 pub(crate) fn unique() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("anon-{}-{:x}-{n}", os::current_pid(), os::unix_time_ns())
+    format!(
+        "anon-{}-{:x}-{n}",
+        os::current_pid(),
+        os::random_u64() as u32
+    )
 }
 
 #[cfg(test)]
@@ -150,6 +242,41 @@ mod tests {
         for good in ["a", "jobs", "my-app_1.state", &"x".repeat(MAX_NAME_LEN)] {
             validate(good).unwrap();
         }
+    }
+
+    #[test]
+    fn objects_are_classified_by_their_names() {
+        assert_eq!(classify("a", &control("a")), Part::Control);
+        assert_eq!(
+            classify("a", &dump("a", 0x1234_5678_9abc, 3)),
+            Part::Dump {
+                instance: 0x5678_9abc
+            }
+        );
+        assert_eq!(
+            classify("a", &pending("a", 7)),
+            Part::Pending { instance: 7 }
+        );
+        assert_eq!(
+            classify("a", &control(&field_child("a", "stats"))),
+            Part::Child("a~stats".into())
+        );
+        assert_eq!(
+            classify("a", &control(&key_child("a", b"k"))),
+            Part::Child(key_child("a", b"k"))
+        );
+        assert_eq!(classify("a", &control(&register("a"))), Part::Other);
+        assert_eq!(classify("a", &dump("a~stats", 1, 1)), Part::Other);
+        assert_eq!(classify("a", "ultradict.ab"), Part::Other);
+    }
+
+    #[test]
+    fn one_level_of_map_nesting_fits_under_the_longest_name() {
+        let root = "r".repeat(MAX_NAME_LEN);
+        let child = key_child(&root, b"any key");
+        validate_child(&child).unwrap();
+        assert!(dump(&child, u64::MAX, u32::MAX).len() <= os::MAX_OBJECT_NAME);
+        assert!(validate_child(&key_child(&child, b"deeper")).is_err());
     }
 
     #[test]

@@ -92,7 +92,7 @@ impl Options {
     /// mode and timeouts, default sizes, and persistent (the root's removal removes it).
     pub(crate) fn child(&self, parent: &str, field: &str) -> Options {
         Options {
-            name: Some(format!("{parent}{}{field}", crate::naming::SEPARATOR)),
+            name: Some(crate::naming::field_child(parent, field)),
             create: Create::OpenOrCreate,
             buffer_size: None,
             full_dump_size: None,

@@ -5,15 +5,119 @@
 //! and what its fingerprint is. [`UltraDict`](crate::UltraDict) is one schema (dynamic keys);
 //! `#[derive(SharedDict)]` structs are another (one key per field).
 
+use std::cell::Cell;
+use std::mem::MaybeUninit;
+
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
-use rkyv::rancor;
+use rkyv::rancor::{self, Source};
 use rkyv::ser::allocator::ArenaHandle;
-use rkyv::ser::writer::Buffer;
+use rkyv::ser::{Positional, Writer};
 use rkyv::{Archive, Deserialize, Portable, Serialize};
 
-/// The serializer records and dumps are written with: straight into a byte buffer.
-pub type RecordSerializer<'a, 'b> = HighSerializer<Buffer<'b>, ArenaHandle<'a>, rancor::Error>;
+/// The serializer records and dumps are written with: straight into a byte slice.
+pub type RecordSerializer<'a, 'b> = HighSerializer<SliceWriter<'b>, ArenaHandle<'a>, rancor::Error>;
+
+/// Writes an archive into a byte slice (the mapped stream, or a heap buffer for a dump), and
+/// remembers whether it ran out of room: rkyv's errors lose their text in release builds, so
+/// "full" could not otherwise be told from a value that failed to serialize.
+#[derive(Debug)]
+pub struct SliceWriter<'b> {
+    out: &'b mut [MaybeUninit<u8>],
+    len: usize,
+    full: &'b Cell<bool>,
+}
+
+#[derive(Debug)]
+struct Full;
+
+impl std::fmt::Display for Full {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("out of room")
+    }
+}
+
+impl std::error::Error for Full {}
+
+impl Positional for SliceWriter<'_> {
+    fn pos(&self) -> usize {
+        self.len
+    }
+}
+
+impl<E: Source> Writer<E> for SliceWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), E> {
+        let Some(room) = self.out.get_mut(self.len..self.len + bytes.len()) else {
+            self.full.set(true);
+            return Err(E::new(Full));
+        };
+        for (slot, &byte) in room.iter_mut().zip(bytes) {
+            slot.write(byte);
+        }
+        self.len += bytes.len();
+        Ok(())
+    }
+}
+
+/// Why a value could not be archived into a slice.
+#[derive(Debug)]
+pub(crate) enum Unwritten {
+    /// The slice was too small.
+    Full,
+    /// The value itself failed to serialize; rkyv's message.
+    Failed(String),
+}
+
+/// Archives whatever `serialize` writes into `out` and returns the archive's length.
+pub(crate) fn write_into(
+    out: &mut [MaybeUninit<u8>],
+    serialize: impl FnOnce(SliceWriter<'_>) -> Result<SliceWriter<'_>, rancor::Error>,
+) -> Result<usize, Unwritten> {
+    let full = Cell::new(false);
+    let writer = SliceWriter {
+        out,
+        len: 0,
+        full: &full,
+    };
+    match serialize(writer) {
+        Ok(writer) => Ok(writer.len),
+        Err(_) if full.get() => Err(Unwritten::Full),
+        Err(err) => Err(Unwritten::Failed(err.to_string())),
+    }
+}
+
+/// Archives `value` into `out` (see [`write_into`]).
+pub(crate) fn archive_into<T>(value: &T, out: &mut [MaybeUninit<u8>]) -> Result<usize, Unwritten>
+where
+    T: for<'a, 'b> Serialize<RecordSerializer<'a, 'b>>,
+{
+    write_into(out, |writer| {
+        rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, writer)
+    })
+}
+
+/// Archives `value` into a new aligned buffer as large as it needs (the bytes that name a
+/// map's nested child, a dump). Fails only if the value itself fails to serialize.
+pub(crate) fn archive_to_vec(
+    initial: usize,
+    mut archive: impl FnMut(&mut [MaybeUninit<u8>]) -> Result<usize, Unwritten>,
+) -> Result<crate::dump::AlignedBytes, String> {
+    let mut capacity = initial.max(256);
+    loop {
+        let mut buf = crate::dump::AlignedBuf::with_capacity(capacity);
+        match archive(buf.as_uninit_mut()) {
+            Ok(len) => return Ok(crate::dump::AlignedBytes::new(buf, len)),
+            Err(Unwritten::Failed(detail)) => return Err(detail),
+            Err(Unwritten::Full) if capacity >= MAX_ARCHIVE_LEN => {
+                return Err(format!("an archive larger than {MAX_ARCHIVE_LEN} bytes"));
+            }
+            Err(Unwritten::Full) => capacity = capacity.saturating_mul(2).min(MAX_ARCHIVE_LEN),
+        }
+    }
+}
+
+/// Largest archive (rkyv's relative pointers are 32-bit).
+pub(crate) const MAX_ARCHIVE_LEN: usize = i32::MAX as usize;
 
 /// The validator every archive read from shared memory goes through.
 pub type Validator<'a> = HighValidator<'a, rancor::Error>;
@@ -65,19 +169,21 @@ impl Fingerprint {
     /// name but not a layout still differ.
     pub fn new(description: String, layouts: &[(usize, usize)]) -> Self {
         // FNV-1a: stable across builds and platforms, unlike std's hasher.
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut eat = |bytes: &[u8]| {
-            for &b in bytes {
-                hash ^= u64::from(b);
-                hash = hash.wrapping_mul(0x0100_0000_01b3);
-            }
-        };
-        eat(description.as_bytes());
-        for &(size, align) in layouts {
-            eat(&(size as u64).to_le_bytes());
-            eat(&(align as u64).to_le_bytes());
+        let layouts: Vec<[u8; 16]> = layouts
+            .iter()
+            .map(|&(size, align)| {
+                let mut bytes = [0; 16];
+                bytes[..8].copy_from_slice(&(size as u64).to_le_bytes());
+                bytes[8..].copy_from_slice(&(align as u64).to_le_bytes());
+                bytes
+            })
+            .collect();
+        let mut parts: Vec<&[u8]> = vec![description.as_bytes()];
+        parts.extend(layouts.iter().map(|bytes| bytes.as_slice()));
+        Fingerprint {
+            hash: crate::naming::fnv1a(&parts),
+            description,
         }
-        Fingerprint { hash, description }
     }
 
     /// Size and alignment of `T`'s archived form.
@@ -90,7 +196,7 @@ impl Fingerprint {
 }
 
 /// How a kind of shared state is stored. The engine is generic over it.
-pub trait Schema: Send + Sync + 'static {
+pub(crate) trait Schema: Send + Sync + 'static {
     /// The root of a full dump, read in place from the mapped dump segment.
     type Dump: Portable + for<'a> CheckBytes<Validator<'a>>;
     /// One record of the stream.
@@ -128,7 +234,8 @@ pub trait Schema: Send + Sync + 'static {
         pending: Option<&Self::Update>,
     ) -> Result<Self::Snapshot, rancor::Error>;
 
-    /// Archives a snapshot into `out` and returns the archive's length. Fails when `out` is
-    /// too small (the engine retries with more room).
-    fn archive(snapshot: &Self::Snapshot, out: Buffer<'_>) -> Result<usize, rancor::Error>;
+    /// Archives a snapshot into `out` and returns the archive's length (see [`archive_into`]):
+    /// when `out` is too small, the engine retries with more room.
+    #[doc(hidden)]
+    fn archive(snapshot: &Self::Snapshot, out: &mut [MaybeUninit<u8>]) -> Result<usize, Unwritten>;
 }

@@ -7,6 +7,8 @@
 
 use std::io;
 
+use std::os::fd::{AsFd, OwnedFd};
+
 use memmap2::{MmapOptions, MmapRaw};
 
 use crate::error::{Error, Result};
@@ -22,22 +24,45 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
-    /// Creates `object` exclusively (mode 0600) with `len` bytes reserved, mapped read-write.
+    /// Creates `object` exclusively with permissions `mode`, `len` bytes reserved, mapped
+    /// read-write.
     ///
     /// Fails with `AlreadyExists` as an [`io::ErrorKind::AlreadyExists`] wrapped in
     /// [`Error::Io`]: callers turn that into the error their context needs.
-    pub(crate) fn create(object: &str, len: u64) -> Result<Self> {
-        let fd = os::create_object(object, len).map_err(|e| map_open_error(object, len, e))?;
-        Self::map(object, &fd, len, true).inspect_err(|_| {
-            let _ = os::unlink_object(object);
-        })
+    pub(crate) fn create(object: &str, len: u64, mode: u32) -> Result<Self> {
+        Self::create_with_fd(object, len, mode).map(|(segment, _)| segment)
     }
 
-    /// Opens and maps an existing object; `min_len` bytes must be there.
+    /// Like [`create`](Self::create), and also hands back the descriptor.
+    pub(crate) fn create_with_fd(object: &str, len: u64, mode: u32) -> Result<(Self, OwnedFd)> {
+        let fd =
+            os::create_object(object, len, mode).map_err(|e| map_open_error(object, len, e))?;
+        match Self::map(object, &fd, len, true) {
+            Ok(segment) => Ok((segment, fd)),
+            Err(err) => {
+                let _ = os::unlink_object(object);
+                Err(err)
+            }
+        }
+    }
+
+    /// Opens and maps an existing object.
     pub(crate) fn open(object: &str, writable: bool) -> Result<Self> {
-        let fd = os::open_object(object, writable).map_err(|e| map_open_error(object, 0, e))?;
-        let len = os::object_len(&fd).map_err(|e| Error::io(format!("fstat {object}"), e))?;
-        Self::map(object, &fd, len, writable)
+        Self::open_with_fd(object, writable).map(|(segment, _)| segment)
+    }
+
+    /// Like [`open`](Self::open), and also hands back the descriptor.
+    pub(crate) fn open_with_fd(object: &str, writable: bool) -> Result<(Self, OwnedFd)> {
+        let fd = open_fd(object, writable)?;
+        let len =
+            os::object_len(fd.as_fd()).map_err(|e| Error::io(format!("fstat {object}"), e))?;
+        let segment = Self::map(object, &fd, len, writable)?;
+        Ok((segment, fd))
+    }
+
+    /// Gives the segment the name it was renamed to (for messages).
+    pub(crate) fn renamed(&mut self, object: &str) {
+        self.object = object.to_owned();
     }
 
     fn map(object: &str, fd: &std::os::fd::OwnedFd, len: u64, writable: bool) -> Result<Self> {
@@ -119,7 +144,18 @@ pub(crate) fn unlink(object: &str) -> Result<()> {
     }
 }
 
+/// Opens `object` without mapping it (see `os::open_object`).
+pub(crate) fn open_fd(object: &str, writable: bool) -> Result<OwnedFd> {
+    os::open_object(object, writable).map_err(|e| map_open_error(object, 0, e))
+}
+
 fn map_open_error(object: &str, len: u64, err: io::Error) -> Error {
+    if os::is_not_regular(&err) {
+        return Error::Foreign {
+            segment: object.to_owned(),
+            reason: err.to_string(),
+        };
+    }
     match err.raw_os_error() {
         Some(libc::ENOSPC) | Some(libc::EFBIG) => Error::OutOfSpace {
             segment: object.to_owned(),
@@ -129,6 +165,15 @@ fn map_open_error(object: &str, len: u64, err: io::Error) -> Error {
             segment: object.to_owned(),
         },
         _ => Error::io(format!("opening {object}"), err),
+    }
+}
+
+/// Whether something exists under the name `object` (not following a symbolic link).
+pub(crate) fn exists(object: &str) -> Result<bool> {
+    match os::named_object_id(object) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io(format!("looking up {object}"), e)),
     }
 }
 

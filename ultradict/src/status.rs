@@ -8,13 +8,26 @@ use crate::options::Lifetime;
 
 /// The holder of a dict's writers' lock.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LockHolder {
-    /// The holding process.
+    /// The holding process, as its own PID namespace numbers it.
     pub pid: u32,
+    /// Whether that pid means this process's PID namespace.
+    pub same_pid_namespace: bool,
     /// When the holder was first seen holding the lock (by a waiter, or by this status call):
     /// for a lock held long, close to when it was taken. Taking the lock reads no clock, which
     /// keeps an uncontended acquire at a few nanoseconds.
     pub since: Option<SystemTime>,
+}
+
+impl fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pid {}", self.pid)?;
+        if !self.same_pid_namespace {
+            f.write_str(" (of another PID namespace)")?;
+        }
+        Ok(())
+    }
 }
 
 /// A snapshot of a dict's shared state. `Display` prints it as a small table.
@@ -47,8 +60,12 @@ pub struct Status {
     pub dump_bytes: u64,
     /// When the dict's segments are removed.
     pub lifetime: Lifetime,
-    /// Process ids of the attached handles (one entry per handle).
+    /// Process ids of the live attached handles (one entry per handle), each as its own PID
+    /// namespace numbers it.
     pub attached_pids: Vec<u32>,
+    /// Threads of live handles sleeping in `wait_for_change` (a sleeper killed in its sleep
+    /// stops counting with its handle).
+    pub sleepers: u32,
     /// Who holds the writers' lock, if anybody.
     pub lock_holder: Option<LockHolder>,
     /// How often a dead holder's lock was recovered.
@@ -59,6 +76,8 @@ pub struct Status {
     pub locked_catch_ups: u64,
     /// Catch-ups done by this handle.
     pub catch_ups: u64,
+    /// Whether this handle's dict was removed (it then creates nothing more in /dev/shm).
+    pub removed: bool,
 }
 
 impl fmt::Display for Status {
@@ -97,18 +116,19 @@ impl fmt::Display for Status {
             self.attached_pids.len(),
             self.attached_pids
         )?;
+        writeln!(f, "sleepers          {}", self.sleepers)?;
         match &self.lock_holder {
-            Some(LockHolder {
-                pid,
-                since: Some(since),
-            }) => {
-                let held = since.elapsed().unwrap_or_default();
-                writeln!(f, "lock              held by pid {pid} for {held:?}")?;
-            }
-            Some(LockHolder { pid, since: None }) => {
-                writeln!(f, "lock              held by pid {pid}")?
+            Some(holder) => {
+                write!(f, "lock              held by {holder}")?;
+                if let Some(held) = holder.since.and_then(|since| since.elapsed().ok()) {
+                    write!(f, " for {held:?}")?;
+                }
+                writeln!(f)?;
             }
             None => writeln!(f, "lock              free")?,
+        }
+        if self.removed {
+            writeln!(f, "removed           yes: this handle creates nothing more")?;
         }
         write!(f, "lock recoveries   {}", self.lock_recoveries)?;
         if let Some(pid) = self.last_dead_holder {

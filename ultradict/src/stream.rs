@@ -12,10 +12,7 @@
 
 use std::mem::MaybeUninit;
 
-use rkyv::rancor;
-use rkyv::ser::writer::Buffer;
-
-use crate::schema::RecordSerializer;
+use crate::schema::{RecordSerializer, Unwritten};
 
 /// Records start at multiples of this.
 pub(crate) const RECORD_ALIGN: usize = 16;
@@ -34,9 +31,15 @@ pub(crate) fn align_up(n: usize) -> usize {
     n.div_ceil(RECORD_ALIGN) * RECORD_ALIGN
 }
 
-/// The record did not fit in what is left of the stream.
+/// Why a record was not appended.
 #[derive(Debug)]
-pub(crate) struct StreamFull;
+pub(crate) enum AppendError {
+    /// It did not fit in what is left of the stream.
+    StreamFull,
+    /// The update failed to serialize; rkyv's message.
+    Failed(String),
+}
+use AppendError::StreamFull;
 
 /// Writes `update` as one record at `offset` of the stream that starts at `stream` and holds
 /// `capacity` bytes. Returns the offset after the record (unpublished).
@@ -51,7 +54,7 @@ pub(crate) unsafe fn append<U>(
     offset: usize,
     epoch: u32,
     update: &U,
-) -> Result<usize, StreamFull>
+) -> Result<usize, AppendError>
 where
     U: for<'a, 'b> rkyv::Serialize<RecordSerializer<'a, 'b>>,
 {
@@ -68,9 +71,10 @@ where
             capacity - body_start,
         )
     };
-    let written = rkyv::api::high::to_bytes_in::<_, rancor::Error>(update, Buffer::from(tail))
-        .map_err(|_| StreamFull)?
-        .len();
+    let written = crate::schema::archive_into(update, tail).map_err(|err| match err {
+        Unwritten::Full => StreamFull,
+        Unwritten::Failed(detail) => AppendError::Failed(detail),
+    })?;
     let len = u32::try_from(written).map_err(|_| StreamFull)?;
     let end = align_up(body_start + written);
     if end > capacity {
@@ -178,8 +182,9 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(parsed.len(), 2);
-        let first = rkyv::access::<rkyv::Archived<(u64, String)>, rancor::Error>(parsed[0].archive)
-            .unwrap();
+        let first =
+            rkyv::access::<rkyv::Archived<(u64, String)>, rkyv::rancor::Error>(parsed[0].archive)
+                .unwrap();
         assert_eq!(first.1, "hello");
         // SAFETY: as above.
         let full = unsafe { append(ptr, 256, end2, 7, &vec![0u8; 300]) };

@@ -9,7 +9,6 @@
 use std::marker::PhantomData;
 
 use rkyv::rancor::{self, Source};
-use rkyv::ser::writer::Buffer;
 
 use crate::engine::{Engine, View};
 use crate::error::{Error, Result};
@@ -85,8 +84,11 @@ impl<F: StructFields> Schema for StructSchema<F> {
         }
     }
 
-    fn archive(fields: &F, out: Buffer<'_>) -> Result<usize, rancor::Error> {
-        Ok(rkyv::api::high::to_bytes_in::<_, rancor::Error>(fields, out)?.len())
+    fn archive(
+        fields: &F,
+        out: &mut [std::mem::MaybeUninit<u8>],
+    ) -> Result<usize, crate::schema::Unwritten> {
+        crate::schema::archive_into(fields, out)
     }
 }
 
@@ -191,9 +193,12 @@ impl<F: StructFields> StructDict<F> {
         crate::Watcher::new(&self.engine)
     }
 
-    /// Records a nested child in this dict's register.
+    /// Records a nested child in this dict's register; fails with [`Error::Removed`] if this
+    /// dict was removed meanwhile.
     pub fn register_child(&self, child: &str, what: &str) -> Result<()> {
-        crate::register::register_child(self.engine.name(), child, what)
+        self.engine.check_not_removed()?;
+        crate::register::register_child(self.engine.name(), child, what)?;
+        self.engine.check_not_removed()
     }
 }
 

@@ -1,15 +1,19 @@
-//! Linux: POSIX shared memory in /dev/shm, futexes, /proc for process liveness.
+//! Linux: shared-memory objects in /dev/shm, futexes, open-file-description locks, and the
+//! identity of threads and processes.
+//!
+//! Objects are opened by path under /dev/shm (what glibc's `shm_open` does), never following
+//! a symbolic link and refusing anything but a regular file, so that an odd object under a
+//! dict's name is an error rather than a hang or a surprise.
 
-use std::cell::Cell;
 use std::fs;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
 use std::sync::Once;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use rustix::fs::{FallocateFlags, Mode};
-use rustix::shm;
+use rustix::fs::{CWD, FallocateFlags, FileType, Mode, OFlags, RenameFlags};
 use rustix::thread::futex;
 
 /// Where the kernel shows POSIX shared-memory objects.
@@ -19,43 +23,119 @@ pub(crate) const SHM_DIR: &str = "/dev/shm";
 pub(crate) const MAX_OBJECT_NAME: usize = 255;
 
 fn shm_path(object: &str) -> String {
-    format!("/{object}")
+    format!("{SHM_DIR}/{object}")
 }
 
-/// Creates `object` exclusively, readable and writable by its owner only, with `len` bytes
-/// reserved. A full /dev/shm fails here with `ENOSPC` instead of a SIGBUS on first touch.
-pub(crate) fn create_object(object: &str, len: u64) -> io::Result<OwnedFd> {
-    let fd = shm::open(
-        shm_path(object).as_str(),
-        shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR,
-        Mode::RUSR | Mode::WUSR,
+/// The error of opening something under a dict's name that is not a regular file (a symbolic
+/// link, a directory, a FIFO, ...). Carried inside an [`io::Error`] of kind `Other`.
+#[derive(Debug)]
+pub(crate) struct NotRegular;
+
+impl std::fmt::Display for NotRegular {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a symbolic link or another object that is not a regular file")
+    }
+}
+
+impl std::error::Error for NotRegular {}
+
+/// Whether `err` says the object is not a regular file.
+pub(crate) fn is_not_regular(err: &io::Error) -> bool {
+    err.get_ref().is_some_and(|inner| inner.is::<NotRegular>())
+}
+
+/// Creates `object` exclusively with permissions `mode` (the umask does not narrow them) and
+/// `len` bytes reserved. A full /dev/shm fails here with `ENOSPC` instead of a SIGBUS on first
+/// touch.
+pub(crate) fn create_object(object: &str, len: u64, mode: u32) -> io::Result<OwnedFd> {
+    let path = shm_path(object);
+    let fd = rustix::fs::open(
+        path.as_str(),
+        OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::from_raw_mode(0o600),
     )?;
-    if let Err(err) = rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, len) {
-        let _ = shm::unlink(shm_path(object).as_str());
+    let reserved = rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o777))
+        .and_then(|()| rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, len));
+    if let Err(err) = reserved {
+        let _ = rustix::fs::unlink(path.as_str());
         return Err(err.into());
     }
     Ok(fd)
 }
 
-/// Opens an existing object for reading and, when `writable`, writing.
+/// Opens an existing object for reading and, when `writable`, writing. Never follows a
+/// symbolic link and never blocks; anything but a regular file is [`NotRegular`].
 pub(crate) fn open_object(object: &str, writable: bool) -> io::Result<OwnedFd> {
-    let flags = if writable {
-        shm::OFlags::RDWR
+    let access = if writable {
+        OFlags::RDWR
     } else {
-        shm::OFlags::RDONLY
+        OFlags::RDONLY
     };
-    Ok(shm::open(shm_path(object).as_str(), flags, Mode::empty())?)
+    let fd = rustix::fs::open(
+        shm_path(object).as_str(),
+        access | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+        Mode::empty(),
+    )
+    .map_err(|err| match err {
+        rustix::io::Errno::LOOP => io::Error::other(NotRegular),
+        err => err.into(),
+    })?;
+    if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
+        return Err(io::Error::other(NotRegular));
+    }
+    Ok(fd)
 }
 
 /// The size of an open object in bytes.
-pub(crate) fn object_len(fd: &OwnedFd) -> io::Result<u64> {
+pub(crate) fn object_len(fd: BorrowedFd<'_>) -> io::Result<u64> {
     let stat = rustix::fs::fstat(fd)?;
     u64::try_from(stat.st_size).map_err(|_| io::Error::other("negative object size"))
 }
 
+/// What identifies an object whatever its name: device and inode, plus its group (for
+/// dicts shared by a group).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ObjectId {
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+}
+
+/// The identity of the object behind `fd`, and its group.
+pub(crate) fn object_id(fd: BorrowedFd<'_>) -> io::Result<(ObjectId, u32)> {
+    let stat = rustix::fs::fstat(fd)?;
+    Ok((
+        ObjectId {
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+        },
+        stat.st_gid,
+    ))
+}
+
+/// The identity of the object now named `object`, without opening it.
+pub(crate) fn named_object_id(object: &str) -> io::Result<ObjectId> {
+    let meta = fs::symlink_metadata(shm_path(object))?;
+    Ok(ObjectId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
+}
+
+/// Gives object `from` the name `to`, failing with `AlreadyExists` if `to` is taken: the one
+/// step that makes a fully built dict visible.
+pub(crate) fn rename_object_noreplace(from: &str, to: &str) -> io::Result<()> {
+    Ok(rustix::fs::renameat_with(
+        CWD,
+        shm_path(from).as_str(),
+        CWD,
+        shm_path(to).as_str(),
+        RenameFlags::NOREPLACE,
+    )?)
+}
+
 /// Removes the name of an object; mappings that exist stay valid.
 pub(crate) fn unlink_object(object: &str) -> io::Result<()> {
-    Ok(shm::unlink(shm_path(object).as_str())?)
+    Ok(rustix::fs::unlink(shm_path(object).as_str())?)
 }
 
 /// The names of every object in /dev/shm whose name starts with `prefix`.
@@ -73,10 +153,63 @@ pub(crate) fn list_objects(prefix: &str) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
+// ------------------------------------------------------------------ byte locks
+
+/// An exclusive open-file-description lock on byte `byte` of `fd`'s object, without waiting.
+/// `Ok(false)` when another open file description holds it.
+///
+/// Such a lock belongs to the open file description, not to a process or thread: the kernel
+/// drops it when the last descriptor of that description closes, which includes the death of
+/// the process in any way, and every process that opens the object sees it, whatever PID
+/// namespace it lives in. Bytes beyond the end of the object can be locked too.
+pub(crate) fn try_lock_byte(fd: BorrowedFd<'_>, byte: u64) -> io::Result<bool> {
+    match byte_lock(fd, libc::F_OFD_SETLK, libc::F_WRLCK, byte, 1) {
+        Ok(_) => Ok(true),
+        Err(err) if matches!(err.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+/// Releases this description's lock on byte `byte`.
+pub(crate) fn unlock_byte(fd: BorrowedFd<'_>, byte: u64) -> io::Result<()> {
+    byte_lock(fd, libc::F_OFD_SETLK, libc::F_UNLCK, byte, 1).map(|_| ())
+}
+
+/// Whether an open file description other than `fd`'s holds a lock on any of the `len` bytes
+/// from `start`. Works on a read-only descriptor.
+pub(crate) fn bytes_locked_by_others(fd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<bool> {
+    let found = byte_lock(fd, libc::F_OFD_GETLK, libc::F_WRLCK, start, len)?;
+    Ok(i32::from(found.l_type) != libc::F_UNLCK)
+}
+
+fn byte_lock(
+    fd: BorrowedFd<'_>,
+    command: libc::c_int,
+    kind: libc::c_int,
+    start: u64,
+    len: u64,
+) -> io::Result<libc::flock> {
+    // SAFETY: `flock` is a plain C struct of integers; all zeroes is a valid value.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = kind as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    lock.l_start = i64::try_from(start).map_err(io::Error::other)?;
+    lock.l_len = i64::try_from(len).map_err(io::Error::other)?;
+    // SAFETY: `fd` is a valid descriptor for the call's duration, and `lock` a valid, writable
+    // `flock` that the kernel reads (and, for F_OFD_GETLK, fills in).
+    let result = unsafe { libc::fcntl(fd.as_raw_fd(), command, &mut lock as *mut libc::flock) };
+    if result == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(lock)
+}
+
+// ------------------------------------------------------------------ futexes
+
 /// Sleeps while `word` holds `expected`, at most `timeout`. Spurious wake-ups are possible;
 /// callers re-check their condition. The futex is shared (not `FUTEX_PRIVATE`) so that
 /// processes mapping the same page wake each other.
-pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+pub(crate) fn futex_wait(word: &std::sync::atomic::AtomicU32, expected: u32, timeout: Duration) {
     let timeout = rustix::time::Timespec {
         tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
         tv_nsec: i64::from(timeout.subsec_nanos()),
@@ -86,145 +219,169 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
 }
 
 /// Wakes up to `count` waiters sleeping on `word`, in any process.
-pub(crate) fn futex_wake(word: &AtomicU32, count: u32) {
+pub(crate) fn futex_wake(word: &std::sync::atomic::AtomicU32, count: u32) {
     let _ = futex::wake(word, futex::Flags::empty(), count);
 }
 
-/// Bumped in every child right after `fork`, so per-thread caches of identity refresh.
+// ------------------------------------------------------------------ fork
+
+/// Bumped in every child right after `fork`, so per-thread caches of identity refresh and
+/// handles know that their attachment belongs to the parent.
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 static ATFORK: Once = Once::new();
 
+/// Descriptors that a forked child must not keep: a handle's anchor on its dict, whose locks
+/// say "this process is alive". A child that kept one would keep its parent looking alive.
+/// Fixed size and lock-free, because the child's fork handler may only do async-signal-safe
+/// work; -1 marks a free entry.
+static CLOSE_IN_CHILD: [AtomicI32; 1024] = [const { AtomicI32::new(-1) }; 1024];
+
 extern "C" fn after_fork_in_child() {
     FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+    for entry in &CLOSE_IN_CHILD {
+        let fd = entry.swap(-1, Ordering::Relaxed);
+        if fd >= 0 {
+            // SAFETY: `fd` was registered as a descriptor of the parent that the child must
+            // not keep; close is async-signal-safe, and the child's copies of handles know
+            // (through the fork generation) never to use or close it again.
+            unsafe { libc::close(fd) };
+        }
+    }
 }
 
-/// Identity of a thread, cached per thread: ids change only across `fork`.
-#[derive(Clone, Copy)]
-struct ThreadIdentity {
-    /// The [`FORK_GENERATION`] the entry was read in.
-    generation: u64,
-    tid: u32,
-    pid: u32,
-    /// Start time in clock ticks since boot, read lazily (0 until first asked).
-    start_time: u64,
-}
-
-thread_local! {
-    static THIS_THREAD: Cell<ThreadIdentity> =
-        const { Cell::new(ThreadIdentity { generation: u64::MAX, tid: 0, pid: 0, start_time: 0 }) };
-}
-
-fn this_thread() -> ThreadIdentity {
+fn install_fork_handler() {
     ATFORK.call_once(|| {
-        // SAFETY: `after_fork_in_child` only performs an atomic increment, which is
+        // SAFETY: `after_fork_in_child` only does atomic operations and close(2), which are
         // async-signal-safe, as a handler running in a freshly forked child must be.
         unsafe {
             libc::pthread_atfork(None, None, Some(after_fork_in_child));
         }
     });
-    let generation = FORK_GENERATION.load(Ordering::Relaxed);
+}
+
+/// Has `fd` closed in every child forked from now on. Returns the registration to pass to
+/// [`keep_in_children`], or `None` if the table is full (the child then keeps the descriptor,
+/// which only makes this process look alive for as long as such a child lives).
+pub(crate) fn close_in_children(fd: RawFd) -> Option<usize> {
+    install_fork_handler();
+    CLOSE_IN_CHILD.iter().position(|entry| {
+        entry
+            .compare_exchange(-1, fd, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    })
+}
+
+/// Undoes [`close_in_children`]; call it before closing the descriptor, so that a child
+/// forked in between never closes a reused descriptor number.
+pub(crate) fn keep_in_children(registration: usize, fd: RawFd) {
+    let _ =
+        CLOSE_IN_CHILD[registration].compare_exchange(fd, -1, Ordering::Relaxed, Ordering::Relaxed);
+}
+
+/// The number of forks between the first process and this one (0 in a process that was not
+/// forked from one using ultradict).
+pub(crate) fn fork_generation() -> u64 {
+    install_fork_handler();
+    FORK_GENERATION.load(Ordering::Relaxed)
+}
+
+// ------------------------------------------------------------------ identity
+
+/// Identity of a thread, cached per thread: ids change only across `fork`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ThreadId {
+    /// The [`fork_generation`] the ids were read in.
+    pub(crate) generation: u64,
+    /// The kernel's thread id, as this thread's PID namespace numbers it.
+    pub(crate) tid: u32,
+    /// The process id, likewise.
+    pub(crate) pid: u32,
+}
+
+thread_local! {
+    static THIS_THREAD: std::cell::Cell<ThreadId> =
+        const { std::cell::Cell::new(ThreadId { generation: u64::MAX, tid: 0, pid: 0 }) };
+}
+
+/// The calling thread's ids, cached per thread and refreshed after `fork`.
+pub(crate) fn current_thread() -> ThreadId {
+    let generation = fork_generation();
     THIS_THREAD.with(|cached| {
         let identity = cached.get();
         if identity.generation == generation {
             return identity;
         }
-        let tid = rustix::thread::gettid()
-            .as_raw_nonzero()
-            .get()
-            .unsigned_abs();
-        let pid = rustix::process::getpid()
-            .as_raw_nonzero()
-            .get()
-            .unsigned_abs();
-        let identity = ThreadIdentity {
+        let identity = ThreadId {
             generation,
-            tid,
-            pid,
-            start_time: 0,
+            tid: rustix::thread::gettid()
+                .as_raw_nonzero()
+                .get()
+                .unsigned_abs(),
+            pid: rustix::process::getpid()
+                .as_raw_nonzero()
+                .get()
+                .unsigned_abs(),
         };
         cached.set(identity);
         identity
     })
 }
 
-/// The calling thread's kernel thread id, cached per thread and refreshed after `fork`.
-pub(crate) fn current_tid() -> u32 {
-    this_thread().tid
-}
-
-/// The start time of the calling thread (clock ticks since boot), cached per thread.
-pub(crate) fn current_thread_start_time() -> u64 {
-    let identity = this_thread();
-    if identity.start_time != 0 {
-        return identity.start_time;
-    }
-    let start_time = match task(identity.tid) {
-        Task::Alive { start_time } => start_time,
-        Task::Dead => 0,
-    };
-    THIS_THREAD.with(|cached| {
-        cached.set(ThreadIdentity {
-            start_time,
-            ..identity
-        })
-    });
-    start_time
-}
-
-/// The calling process's id, cached per thread and refreshed after `fork`.
+/// The calling process's id in its own PID namespace.
 pub(crate) fn current_pid() -> u32 {
-    this_thread().pid
+    current_thread().pid
 }
 
-/// What /proc says about a task (a process or a thread).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Task {
-    /// Running (or sleeping) and started at this time, in clock ticks since boot.
-    Alive { start_time: u64 },
-    /// Gone, or a zombie that can never run again.
-    Dead,
+/// A random, nonzero number that names the calling process among all processes that share
+/// /dev/shm, whatever their PID namespaces (pids repeat across namespaces; this does not).
+/// Drawn again in a forked child.
+pub(crate) fn process_nonce() -> u64 {
+    static NONCE: AtomicU64 = AtomicU64::new(0);
+    static NONCE_GENERATION: AtomicU64 = AtomicU64::new(u64::MAX);
+    let generation = fork_generation();
+    if NONCE_GENERATION.load(Ordering::Acquire) == generation {
+        return NONCE.load(Ordering::Relaxed);
+    }
+    let nonce = random_u64() | 1;
+    NONCE.store(nonce, Ordering::Relaxed);
+    NONCE_GENERATION.store(generation, Ordering::Release);
+    nonce
 }
 
-/// Looks a task id up in /proc. Thread ids work as well as process ids.
-pub(crate) fn task(id: u32) -> Task {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{id}/stat")) else {
-        return Task::Dead;
-    };
-    // The command name may hold spaces and parentheses: the fields start after the last ')'.
-    let Some(rest) = stat.rfind(')').map(|at| &stat[at + 1..]) else {
-        return Task::Dead;
-    };
-    let mut fields = rest.split_ascii_whitespace();
-    let state = fields.next().unwrap_or("X");
-    if state == "Z" || state == "X" || state == "x" {
-        return Task::Dead;
-    }
-    // Field 22 of stat is the start time; the state was field 3.
-    match fields.nth(18).and_then(|start| start.parse().ok()) {
-        Some(start_time) => Task::Alive { start_time },
-        None => Task::Dead,
+/// The low 32 bits of the inode of the calling process's PID namespace (0 if /proc does not
+/// say): tells whether a pid another process recorded means anything here.
+pub(crate) fn pid_namespace() -> u32 {
+    static NAMESPACE: AtomicU64 = AtomicU64::new(u64::MAX);
+    match NAMESPACE.load(Ordering::Relaxed) {
+        u64::MAX => {
+            let ns = fs::metadata("/proc/self/ns/pid").map_or(0, |meta| meta.ino() as u32);
+            NAMESPACE.store(u64::from(ns), Ordering::Relaxed);
+            ns
+        }
+        ns => ns as u32,
     }
 }
 
-/// The start time of the calling process, cached and refreshed after `fork`.
-pub(crate) fn current_process_start_time() -> u64 {
-    static CACHE: AtomicU64 = AtomicU64::new(0);
-    static CACHE_GENERATION: AtomicU64 = AtomicU64::new(u64::MAX);
-    let generation = FORK_GENERATION.load(Ordering::Relaxed);
-    if CACHE_GENERATION.load(Ordering::Acquire) == generation {
-        return CACHE.load(Ordering::Relaxed);
+/// 64 random bits from the kernel.
+pub(crate) fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        match rustix::rand::getrandom(&mut bytes[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => {
+                // No getrandom (very old kernel or a seccomp filter): time and pid still make
+                // collisions unlikely for the names and nonces this is used for.
+                return unix_time_ns() ^ (u64::from(current_pid()) << 40) ^ fork_generation();
+            }
+        }
     }
-    let start = match task(current_pid()) {
-        Task::Alive { start_time } => start_time,
-        Task::Dead => 0,
-    };
-    CACHE.store(start, Ordering::Relaxed);
-    CACHE_GENERATION.store(generation, Ordering::Release);
-    start
+    u64::from_ne_bytes(bytes)
 }
 
 /// Nanoseconds since the Unix epoch, for "held since" reports. The coarse clock (a few
-/// milliseconds of resolution) costs a fraction of the precise one on every lock acquire.
+/// milliseconds of resolution) costs a fraction of the precise one.
 pub(crate) fn unix_time_ns() -> u64 {
     let now = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
     u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
