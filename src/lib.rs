@@ -142,6 +142,17 @@ impl Spawn {
         Spawn { command }
     }
 
+    /// Like [`Spawn::test`], but in a PID namespace of its own (`unshare --pid`, root only):
+    /// the child sees other pids than this process, as a process in a container does, and
+    /// shares /dev/shm with it. Killing the child kills the process inside too.
+    pub fn test_in_pid_namespace(entry: &str, role: &str) -> Self {
+        Self::test_under(
+            &["unshare", "--pid", "--kill-child", "--mount-proc"],
+            entry,
+            role,
+        )
+    }
+
     /// Re-executes the current (example) binary with `role`.
     pub fn current(role: &str) -> Self {
         let exe = std::env::current_exe().expect("current_exe");
@@ -261,16 +272,24 @@ impl Running {
         }
     }
 
+    /// Sends one line to the child's standard input, without waiting for an answer.
+    ///
+    /// # Panics
+    /// If the child has closed its input.
+    pub fn send(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("stdin piped");
+        writeln!(stdin, "{line}").expect("write to child");
+        stdin.flush().expect("flush");
+    }
+
     /// Sends one line to the child's standard input and waits for its next report (the
     /// child answers each request with one [`report`]).
     ///
     /// # Panics
     /// If the child does not answer within `timeout` or has closed its input.
     pub fn request(&mut self, line: &str, timeout: Duration) -> String {
-        use std::io::Write;
-        let stdin = self.stdin.as_mut().expect("stdin piped");
-        writeln!(stdin, "{line}").expect("write to child");
-        stdin.flush().expect("flush");
+        self.send(line);
         self.wait_for_report("", timeout)
     }
 

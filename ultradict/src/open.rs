@@ -104,6 +104,10 @@ impl<S: Schema> Engine<S> {
         let lifetime = options.lifetime.unwrap_or_default();
         let object = naming::control(name);
         if segment::exists(&object)? {
+            // A symbolic link or another odd object is not a dict that exists: say what it is.
+            if let Err(err @ Error::Foreign { .. }) = segment::open_fd(&object, false) {
+                return Err(err.into());
+            }
             return Err(Error::AlreadyExists {
                 name: name.to_owned(),
             }

@@ -1,0 +1,706 @@
+//! A dict's life around its data: who is alive (across PID namespaces, after kills and forks),
+//! who removes what, and that nothing is left behind. Real processes throughout: re-executed
+//! children (some in PID namespaces of their own, through `unshare`), forks, SIGKILLs at the
+//! fault-injection points of attach, detach, creation and removal.
+
+use std::io::BufRead;
+use std::time::Duration;
+
+use ultradict::{Create, Error, Lifetime, UltraDict};
+use ultradict_workspace::{
+    Spawn, arg, assert_no_segments, fork, report, role, shm_objects, unique_name, wait_forked,
+};
+
+const WATCHDOG: Duration = Duration::from_secs(60);
+
+type Dict = UltraDict<u32, u64>;
+
+fn open(name: &str) -> Dict {
+    UltraDict::open(name).unwrap()
+}
+
+/// Children serve requests read from stdin, one per line, each answered with one report.
+#[test]
+fn child_entry() {
+    let Some(role) = role() else { return };
+    let name = arg("NAME");
+    match role.as_str() {
+        "serve" => serve(&name, Lifetime::LastClose),
+        "serve_creator" => serve(&name, Lifetime::Creator),
+        "serve_persistent" => serve(&name, Lifetime::Persistent),
+        "open_close" => {
+            // Dies at the crash point that ULTRADICT_CRASH_AT names, if it reaches it.
+            let d: Dict = UltraDict::builder()
+                .name(&name)
+                .buffer_size(4096)
+                .open()
+                .unwrap();
+            d.insert(7, 7).unwrap();
+            report("opened");
+            d.close().unwrap();
+            report("closed");
+        }
+        "sleep_in_wait" => {
+            let d = open(&name);
+            report("waiting");
+            d.wait_for_change(Duration::from_secs(600)).unwrap();
+        }
+        "churn" => churn(&name),
+        "fork_then_die" => fork_then_die(&name),
+        other => panic!("unknown role {other}"),
+    }
+}
+
+fn serve(name: &str, lifetime: Lifetime) {
+    let d: Dict = UltraDict::builder()
+        .name(name)
+        .lifetime(lifetime)
+        .open()
+        .unwrap();
+    report(format!("attached {}", std::process::id()));
+    let mut guard = None;
+    for line in std::io::stdin().lock().lines() {
+        match line.unwrap().as_str() {
+            "lock" => {
+                guard = Some(d.lock().unwrap());
+                report("locked");
+            }
+            "write" => {
+                d.insert(1, 1).unwrap();
+                report("written");
+            }
+            "close" => break,
+            other => panic!("unknown request {other}"),
+        }
+    }
+    drop(guard);
+    let contents = d.close().unwrap();
+    report(format!("closed {}", contents.len()));
+}
+
+// ---------------------------------------------------------------- A. PID namespaces
+
+#[test]
+fn a_live_holder_in_another_pid_namespace_keeps_the_lock_and_a_dead_one_is_recovered() {
+    let name = unique_name("ns-lock");
+    let d = open(&name);
+    let mut child = Spawn::test_in_pid_namespace("child_entry", "serve")
+        .env("NAME", &name)
+        .start();
+    let attached = child.wait_for_report("attached", WATCHDOG);
+    assert_eq!(
+        attached, "attached 1",
+        "the child is pid 1 of its own namespace"
+    );
+    child.request("lock", WATCHDOG);
+    // Pid 1 exists here too (init): a pid-based liveness check would be fooled both ways.
+    assert!(matches!(d.try_lock(), Err(Error::WouldBlock { .. })));
+    for _ in 0..5 {
+        let waited = d.lock_timeout(Duration::from_millis(60));
+        assert!(matches!(waited, Err(Error::LockTimeout { .. })), "robbed");
+    }
+    let holder = d.status().lock_holder.expect("held");
+    assert!(!holder.same_pid_namespace, "{holder:?}");
+    assert_eq!(d.status().lock_recoveries, 0);
+    child.kill();
+    let _guard = d.lock().unwrap();
+    assert_eq!(d.status().lock_recoveries, 1);
+    d.insert(2, 2).unwrap();
+    drop(_guard);
+    drop(d);
+    assert_no_segments(&name);
+}
+
+#[test]
+fn closing_in_either_pid_namespace_leaves_the_dict_to_the_other() {
+    // The child in its namespace outlives this process's handle...
+    let name = unique_name("ns-close");
+    let d = open(&name);
+    let mut child = Spawn::test_in_pid_namespace("child_entry", "serve")
+        .env("NAME", &name)
+        .start();
+    child.wait_for_report("attached", WATCHDOG);
+    child.request("write", WATCHDOG);
+    assert_eq!(d.status().attached_pids.len(), 2);
+    d.close().unwrap();
+    assert!(!shm_objects(&name).is_empty(), "the child still uses it");
+    assert_eq!(child.request("close", WATCHDOG), "closed 1");
+    child.wait(WATCHDOG);
+    assert_no_segments(&name);
+
+    // ...and this process outlives the child's.
+    let name = unique_name("ns-close");
+    let mut child = Spawn::test_in_pid_namespace("child_entry", "serve")
+        .env("NAME", &name)
+        .start();
+    child.wait_for_report("attached", WATCHDOG);
+    let d = open(&name);
+    child.request("close", WATCHDOG);
+    child.wait(WATCHDOG);
+    d.insert(3, 3).unwrap();
+    assert_eq!(d.get(&3).unwrap(), Some(3));
+    drop(d);
+    assert_no_segments(&name);
+}
+
+#[test]
+fn every_lifetime_holds_across_pid_namespaces() {
+    // Creator: the creator's close removes it, whoever else is attached.
+    let name = unique_name("ns-creator");
+    let mut creator = Spawn::test_in_pid_namespace("child_entry", "serve_creator")
+        .env("NAME", &name)
+        .start();
+    creator.wait_for_report("attached", WATCHDOG);
+    let other = open(&name);
+    creator.request("close", WATCHDOG);
+    creator.wait(WATCHDOG);
+    assert_no_segments(&name);
+    assert!(other.status().removed);
+    drop(other);
+    assert_no_segments(&name);
+
+    // Persistent: stays after its creator in another namespace closed.
+    let name = unique_name("ns-persistent");
+    let mut creator = Spawn::test_in_pid_namespace("child_entry", "serve_persistent")
+        .env("NAME", &name)
+        .start();
+    creator.wait_for_report("attached", WATCHDOG);
+    creator.request("write", WATCHDOG);
+    creator.request("close", WATCHDOG);
+    creator.wait(WATCHDOG);
+    assert!(!shm_objects(&name).is_empty());
+    assert!(!ultradict::cleanup(true).unwrap().contains(&name));
+    assert_eq!(open(&name).get(&1).unwrap(), Some(1));
+    Dict::unlink_by_name(&name).unwrap();
+    assert_no_segments(&name);
+}
+
+#[test]
+fn cleanup_leaves_dicts_in_use_in_other_pid_namespaces_alone() {
+    let name = unique_name("ns-cleanup");
+    let mut child = Spawn::test_in_pid_namespace("child_entry", "serve")
+        .env("NAME", &name)
+        .start();
+    child.wait_for_report("attached", WATCHDOG);
+    let info = ultradict::inspect(&name).unwrap();
+    assert_eq!(info.attached_count, 1);
+    assert!(!info.orphaned(), "{info:?}");
+    assert!(!ultradict::cleanup(true).unwrap().contains(&name));
+    assert!(!ultradict::cleanup(false).unwrap().contains(&name));
+    assert!(!shm_objects(&name).is_empty());
+    child.kill();
+    // Its lock on its slot went with it: now nobody will remove the dict but cleanup.
+    let removed = wait_until(|| {
+        let _ = ultradict::cleanup(false).unwrap();
+        shm_objects(&name).is_empty()
+    });
+    assert!(removed, "left: {:?}", shm_objects(&name));
+}
+
+/// Polls `condition` (each poll may have side effects) until it holds or the watchdog ends.
+fn wait_until(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + WATCHDOG;
+    while std::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+// ---------------------------------------------------------------- B. kills at every step
+
+/// Runs `open_close` in a child that SIGKILLs itself at `point`.
+fn crash_at(name: &str, point: &str) {
+    let mut child = Spawn::test("child_entry", "open_close")
+        .env("NAME", name)
+        .raw_env("ULTRADICT_CRASH_AT", point)
+        .start();
+    let (status, output) = child.finish(WATCHDOG);
+    assert!(!status.success(), "never reached {point}:\n{output}");
+}
+
+#[test]
+fn a_creator_killed_half_way_leaves_nothing_that_blocks_the_name() {
+    for point in ["create-pending", "create-ready"] {
+        let name = unique_name("kill-create");
+        crash_at(&name, point);
+        // Nothing half made has the name: an opener creates the dict at once.
+        let d: Dict = UltraDict::builder()
+            .name(&name)
+            .create(Create::New)
+            .open()
+            .unwrap();
+        assert_eq!(d.len().unwrap(), 0, "{point}");
+        // The dead creator's private object went with the new creation.
+        assert_eq!(
+            shm_objects(&name).len(),
+            1,
+            "{point}: {:?}",
+            shm_objects(&name)
+        );
+        drop(d);
+        assert_no_segments(&name);
+    }
+}
+
+#[test]
+fn a_process_killed_while_attaching_does_not_keep_the_dict_alive() {
+    let name = unique_name("kill-attach");
+    let d = open(&name);
+    crash_at(&name, "attach-claimed");
+    assert_eq!(d.status().attached_pids, vec![std::process::id()]);
+    drop(d);
+    assert_no_segments(&name);
+}
+
+#[test]
+fn a_last_closer_killed_before_removing_leaves_a_dict_that_the_next_close_or_cleanup_ends() {
+    for finish_with_cleanup in [false, true] {
+        let name = unique_name("kill-detach");
+        let mut child = Spawn::test("child_entry", "serve")
+            .env("NAME", &name)
+            .raw_env("ULTRADICT_CRASH_AT", "detach-released")
+            .start();
+        child.wait_for_report("attached", WATCHDOG);
+        child.request("write", WATCHDOG);
+        child.send("close");
+        let (status, _) = child.finish(WATCHDOG);
+        assert!(!status.success(), "it was to die releasing its slot");
+        let info = ultradict::inspect(&name).unwrap();
+        assert!(info.orphaned(), "{info:?}");
+        if finish_with_cleanup {
+            // (Other tests may run cleanup at the same time: judge by what is left.)
+            let _ = ultradict::cleanup(false).unwrap();
+        } else {
+            let d = open(&name);
+            assert_eq!(d.get(&1).unwrap(), Some(1), "nothing was lost");
+            drop(d);
+        }
+        assert_no_segments(&name);
+    }
+}
+
+#[test]
+fn a_remover_killed_half_way_is_finished_by_the_next_opener() {
+    let name = unique_name("kill-remove");
+    let creator: Dict = UltraDict::builder()
+        .name(&name)
+        .buffer_size(256)
+        .open()
+        .unwrap();
+    for i in 0..20 {
+        creator.insert(i, u64::from(i)).unwrap(); // a dump or two to remove
+    }
+    let nested = creator.nested::<u32, u64>(&5u32).unwrap();
+    nested.insert(1, 1).unwrap();
+    drop(nested);
+    let mut child = Spawn::test("child_entry", "serve")
+        .env("NAME", &name)
+        .raw_env("ULTRADICT_CRASH_AT", "removing")
+        .start();
+    child.wait_for_report("attached", WATCHDOG);
+    drop(creator);
+    child.send("close");
+    let (status, _) = child.finish(WATCHDOG);
+    assert!(
+        !status.success(),
+        "the child was the last closer and died removing"
+    );
+    assert!(ultradict::inspect(&name).unwrap().removing);
+    // The next opener finishes the removal (no waiting out its timeout) and starts afresh.
+    let d: Dict = UltraDict::builder()
+        .name(&name)
+        .open_timeout(Duration::from_secs(30))
+        .open()
+        .unwrap();
+    assert_eq!(d.len().unwrap(), 0);
+    drop(d);
+    assert_no_segments(&name);
+}
+
+#[test]
+fn a_sleeper_killed_in_its_sleep_stops_counting() {
+    let name = unique_name("kill-wait");
+    let d = open(&name);
+    let mut child = Spawn::test("child_entry", "sleep_in_wait")
+        .env("NAME", &name)
+        .start();
+    child.wait_for_report("waiting", WATCHDOG);
+    assert!(wait_until(|| d.status().sleepers == 1));
+    assert_eq!(ultradict::inspect(&name).unwrap().sleepers, 1);
+    child.kill();
+    assert_eq!(d.status().sleepers, 0);
+    // The sleepers flag it left costs one wake-up at most: commits go on as before.
+    d.insert(1, 1).unwrap();
+    d.insert(2, 2).unwrap();
+    assert!(!d.wait_for_change(Duration::from_millis(1)).unwrap());
+    drop(d);
+    assert_no_segments(&name);
+}
+
+/// Opens, writes, nests, watches and closes until a stop file appears, then opens and closes
+/// once more and exits.
+fn churn(name: &str) {
+    let stop = arg("STOP");
+    let mut round = 0u64;
+    while !std::path::Path::new(&stop).exists() {
+        let d: Dict = UltraDict::builder()
+            .name(name)
+            .buffer_size(1024)
+            .open_timeout(Duration::from_secs(20))
+            .open()
+            .unwrap();
+        d.update(&0, |n| n.unwrap_or(0) + 1).unwrap();
+        d.insert((round % 50) as u32 + 1, round).unwrap();
+        if round.is_multiple_of(3) {
+            let child = d.nested::<u32, u64>(&((round % 4) as u32)).unwrap();
+            child.insert(1, round).unwrap();
+        }
+        if round.is_multiple_of(5) {
+            d.dump().unwrap();
+        }
+        let _ = d.wait_for_change(Duration::from_micros(200)).unwrap();
+        d.close().unwrap();
+        round += 1;
+    }
+    drop(open(name));
+    report(format!("rounds {round}"));
+}
+
+#[test]
+fn kill_churn_leaves_nothing_once_the_survivors_close() {
+    let name = unique_name("churn");
+    let stop = format!(
+        "{}/ultradict-churn-{}",
+        std::env::temp_dir().display(),
+        name
+    );
+    let spawn = || {
+        Spawn::test("child_entry", "churn")
+            .env("NAME", &name)
+            .env("STOP", &stop)
+            .start()
+    };
+    let mut workers: Vec<_> = (0..4).map(|_| spawn()).collect();
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(std::process::id());
+    let mut kills = 0;
+    for _ in 0..60 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_micros(seed % 40_000));
+        let victim = (seed >> 20) as usize % workers.len();
+        workers.swap_remove(victim).kill();
+        kills += 1;
+        workers.push(spawn());
+    }
+    std::fs::write(&stop, b"stop").unwrap();
+    for worker in workers {
+        worker.wait(WATCHDOG);
+    }
+    let _ = std::fs::remove_file(&stop);
+    assert_eq!(kills, 60);
+    assert_no_segments(&name);
+}
+
+// ---------------------------------------------------------------- C. no leaks, right answers
+
+#[test]
+fn handles_of_a_removed_dict_create_nothing() {
+    // Creator lifetime: another handle's later dump is refused, and leaves nothing.
+    let name = unique_name("removed-creator");
+    let creator: Dict = UltraDict::builder()
+        .name(&name)
+        .lifetime(Lifetime::Creator)
+        .buffer_size(256)
+        .open()
+        .unwrap();
+    let other = open(&name);
+    drop(creator);
+    assert_no_segments(&name);
+    other.insert(1, 1).unwrap(); // the stream still takes it
+    assert!(matches!(other.dump(), Err(Error::Removed { .. })));
+    let refused = (0..100).find_map(|i| other.insert(i, 0).err());
+    assert!(
+        matches!(refused, Some(Error::Removed { .. })),
+        "{refused:?}"
+    );
+    assert_no_segments(&name);
+    drop(other);
+    assert_no_segments(&name);
+
+    // dump() and nested() on a handle whose dict another handle unlinked.
+    let name = unique_name("removed-unlink");
+    let a = open(&name);
+    let b = open(&name);
+    a.unlink().unwrap();
+    assert!(matches!(b.dump(), Err(Error::Removed { .. })));
+    assert!(matches!(
+        b.nested::<u32, u64>(&1u32),
+        Err(Error::Removed { .. })
+    ));
+    assert_no_segments(&name);
+    drop((a, b));
+    assert_no_segments(&name);
+}
+
+#[test]
+fn a_nested_dict_keeps_its_root_attached() {
+    let name = unique_name("nested-root");
+    let jobs = open(&name).nested::<String, u64>(&1u32).unwrap();
+    jobs.insert("done".into(), 1).unwrap();
+    let again = open(&name).nested::<String, u64>(&1u32).unwrap();
+    assert_eq!(again.get("done").unwrap(), Some(1), "the same dict");
+    // A child that writes (and dumps) after its root's handle closed: still part of the tree.
+    let root = open(&name);
+    let child = root.nested::<String, u64>(&2u32).unwrap();
+    root.close().unwrap();
+    child.insert("late".into(), 1).unwrap();
+    child.dump().unwrap();
+    drop((jobs, again, child));
+    assert_no_segments(&name);
+}
+
+// ---------------------------------------------------------------- D. fork
+
+#[test]
+fn a_guard_copied_into_a_forked_child_releases_nothing() {
+    let name = unique_name("fork-guard");
+    let handle = open(&name);
+    let d = &handle;
+    let guard = d.lock().unwrap();
+    let child = fork(move || {
+        // The parent drops its own guard after the fork; the copy here is the child's.
+        let own = d.lock().unwrap();
+        drop(guard);
+        let grandchild = fork(|| match d.try_lock() {
+            Err(Error::WouldBlock { .. }) => 0,
+            _ => 1,
+        });
+        let blocked = wait_forked(grandchild, WATCHDOG);
+        drop(own);
+        let grandchild = fork(|| i32::from(d.try_lock().is_err()));
+        let free = wait_forked(grandchild, WATCHDOG);
+        i32::from(blocked != 0) * 10 + free
+    });
+    assert_eq!(wait_forked(child, WATCHDOG), 0);
+    d.insert(1, 1).unwrap();
+    drop(handle);
+    assert_no_segments(&name);
+}
+
+#[test]
+fn a_forked_child_that_dies_holding_the_lock_is_recovered() {
+    let name = unique_name("fork-die");
+    let handle = open(&name);
+    let d = &handle;
+    let child = fork(move || {
+        let _guard = d.lock().unwrap();
+        d.insert(1, 1).unwrap();
+        // SAFETY: killing ourselves; no state is left to tidy.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        0
+    });
+    let mut status = 0;
+    // SAFETY: reaping our own child with a valid out-pointer.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    assert!(libc::WIFSIGNALED(status));
+    let _guard = d.lock().unwrap();
+    assert_eq!(d.get(&1).unwrap(), Some(1));
+    assert_eq!(d.status().lock_recoveries, 1);
+    drop(_guard);
+    drop(handle);
+    assert_no_segments(&name);
+}
+
+fn fork_then_die(name: &str) {
+    let d = open(name);
+    d.insert(1, 1).unwrap();
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the child only uses its copy of `d` and then `_exit`s; it never returns into the
+    // test harness.
+    if unsafe { libc::fork() } == 0 {
+        // SAFETY: kill(pid, 0) only checks that the process exists.
+        while unsafe { libc::kill(parent, 0) } == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let code = match d.insert(2, 2).and_then(|_| d.close()) {
+            Ok(contents) if contents.len() == 2 => 0,
+            _ => 1,
+        };
+        // SAFETY: ends the forked child at once.
+        unsafe { libc::_exit(code) };
+    }
+    // SAFETY: killing ourselves, as a crash would; the handle is never closed here.
+    unsafe { libc::kill(parent, libc::SIGKILL) };
+}
+
+#[test]
+fn a_forked_child_outliving_its_parent_is_the_last_to_close() {
+    let name = unique_name("fork-orphan");
+    let mut child = Spawn::test("child_entry", "fork_then_die")
+        .env("NAME", &name)
+        .start();
+    let (status, _) = child.finish(WATCHDOG);
+    assert!(!status.success(), "it killed itself");
+    // Its forked child writes, then exits (running destructors: the handle closes); the
+    // parent's slot died with the parent, since the child did not keep its descriptor.
+    assert!(
+        wait_until(|| shm_objects(&name).is_empty()),
+        "left: {:?}",
+        shm_objects(&name)
+    );
+}
+
+// ---------------------------------------------------------------- E. odd objects
+
+#[test]
+fn odd_objects_under_the_name_are_errors_not_hangs() {
+    let name = unique_name("odd");
+    let path = format!("/dev/shm/ultradict.{name}");
+    std::os::unix::fs::symlink("/nonexistent/ultradict-target", &path).unwrap();
+    for create in [Create::Open, Create::New, Create::OpenOrCreate] {
+        let result = Dict::builder()
+            .name(&name)
+            .create(create)
+            .open_timeout(Duration::from_secs(3600))
+            .open();
+        assert!(matches!(result, Err(Error::Foreign { .. })), "{result:?}");
+    }
+    Dict::unlink_by_name(&name).unwrap();
+    assert_no_segments(&name);
+
+    let fifo = std::ffi::CString::new(path.clone()).unwrap();
+    // SAFETY: a valid C string; mkfifo only creates a file.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let result = Dict::builder()
+        .name(&name)
+        .open_timeout(Duration::from_secs(3600))
+        .open();
+    assert!(matches!(result, Err(Error::Foreign { .. })), "{result:?}");
+    assert!(ultradict::inspect(&name).is_err());
+    assert!(!ultradict::cleanup(false).unwrap().contains(&name));
+    Dict::unlink_by_name(&name).unwrap();
+    assert_no_segments(&name);
+}
+
+// ---------------------------------------------------------------- F. errors that say what happened
+
+/// A type whose serialization fails for 13, as a user's type with a failing `with` wrapper
+/// (or a custom `Serialize`) can.
+#[derive(
+    ultradict::rkyv::Archive,
+    ultradict::rkyv::Serialize,
+    ultradict::rkyv::Deserialize,
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+)]
+#[rkyv(crate = ultradict::rkyv)]
+struct Picky(#[rkyv(with = picky::Unlucky13)] u32);
+
+impl PartialEq<Picky> for ArchivedPicky {
+    fn eq(&self, other: &Picky) -> bool {
+        self.0.to_native() == other.0
+    }
+}
+
+mod picky {
+    use ultradict::rkyv::rancor::{Fallible, Source};
+    use ultradict::rkyv::with::{ArchiveWith, DeserializeWith, SerializeWith};
+    use ultradict::rkyv::{Archive, Archived, Place};
+
+    /// Archives a `u32` as itself, but refuses 13.
+    pub struct Unlucky13;
+
+    #[derive(Debug)]
+    struct Unlucky;
+
+    impl std::fmt::Display for Unlucky {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("13 is unlucky")
+        }
+    }
+
+    impl std::error::Error for Unlucky {}
+
+    impl ArchiveWith<u32> for Unlucky13 {
+        type Archived = Archived<u32>;
+        type Resolver = ();
+
+        fn resolve_with(field: &u32, resolver: (), out: Place<Self::Archived>) {
+            field.resolve(resolver, out);
+        }
+    }
+
+    impl<S: Fallible + ?Sized> SerializeWith<u32, S> for Unlucky13
+    where
+        S::Error: Source,
+    {
+        fn serialize_with(field: &u32, _: &mut S) -> Result<(), S::Error> {
+            if *field == 13 {
+                return Err(S::Error::new(Unlucky));
+            }
+            Ok(())
+        }
+    }
+
+    impl<D: Fallible + ?Sized> DeserializeWith<Archived<u32>, u32, D> for Unlucky13 {
+        fn deserialize_with(field: &Archived<u32>, _: &mut D) -> Result<u32, D::Error> {
+            Ok(field.to_native())
+        }
+    }
+}
+
+#[test]
+fn a_value_that_fails_to_serialize_is_a_serialize_error() {
+    let name = unique_name("picky");
+    let d: UltraDict<Picky, Picky> = UltraDict::builder()
+        .name(&name)
+        .buffer_size(256)
+        .full_dump_size(4096)
+        .open()
+        .unwrap();
+    d.insert(Picky(1), Picky(1)).unwrap();
+    let err = d.insert(Picky(2), Picky(13)).unwrap_err();
+    assert!(matches!(err, Error::Serialize { .. }), "{err:?}");
+    assert!(err.to_string().contains(&name), "{err}");
+    // Through a dump too (extend: one record larger than the stream).
+    let many: Vec<_> = (100..140).map(|i| (Picky(i), Picky(i))).collect();
+    d.extend(many).unwrap();
+    let err = d
+        .extend((200..240).map(|i| (Picky(i), Picky(if i == 239 { 13 } else { i }))))
+        .unwrap_err();
+    assert!(matches!(err, Error::Serialize { .. }), "{err:?}");
+    assert_eq!(d.len().unwrap(), 41, "nothing of the failed writes");
+    let err = d.nested::<u32, u32>(&Picky(13)).unwrap_err();
+    assert!(matches!(err, Error::Serialize { .. }), "{err:?}");
+    drop(d);
+    assert_no_segments(&name);
+}
+
+#[test]
+fn the_longest_name_still_nests_one_level() {
+    let name = format!(
+        "{}-{}",
+        unique_name("long"),
+        "x".repeat(ultradict::MAX_NAME_LEN)
+    );
+    let name = &name[..ultradict::MAX_NAME_LEN];
+    let root = open(name);
+    let child = root.nested::<String, u64>(&u32::MAX).unwrap();
+    child.insert("deep".into(), 1).unwrap();
+    child.dump().unwrap();
+    let too_deep = child.nested::<u32, u32>("deeper");
+    assert!(
+        matches!(&too_deep, Err(Error::InvalidName { reason, .. }) if reason.contains("nested too deep")),
+        "{too_deep:?}"
+    );
+    drop((root, child));
+    assert_no_segments(name);
+}
