@@ -4,7 +4,12 @@
 //! - uncontended lock + unlock in one process;
 //! - two processes incrementing a counter in shared memory under the lock (locked increments
 //!   per second, total checked);
-//! - two processes doing `UltraDict::update` on one key (a whole atomic dict update).
+//! - two processes doing `UltraDict::update` on one key (a whole atomic dict update);
+//! - the liveness check a waiter makes before each sleep: a probe of the holder's byte lock
+//!   (`F_OFD_GETLK`, what ultradict does) against reading `/proc/PID/stat` (what a pid and
+//!   start-time check costs, and what does not hold across PID namespaces); and taking plus
+//!   giving back a byte lock (what attach and detach add);
+//! - opening and closing a handle (attach + detach).
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -191,5 +196,90 @@ fn main() {
         "-",
         per_sec(2 * UPDATE_OPS, update_secs)
     );
+    liveness_probes(&name);
+
+    // Attach + detach of a second handle while the first keeps the dict alive.
+    const ATTACHES: u64 = 2_000;
+    let start = Instant::now();
+    for _ in 0..ATTACHES {
+        let d: UltraDict<u32, u64> = UltraDict::builder()
+            .name(&name)
+            .create(Create::Open)
+            .open()
+            .expect("attach");
+        drop(black_box(d));
+    }
+    println!(
+        "{:<46} {:>11.1} us",
+        "open (attach) + close (detach) of a handle",
+        start.elapsed().as_secs_f64() * 1e6 / ATTACHES as f64
+    );
     dict.close().expect("close");
+}
+
+/// The liveness primitives, one process holding a byte lock on the dict's control segment.
+fn liveness_probes(name: &str) {
+    use std::os::fd::AsRawFd;
+    const PROBES: u64 = 200_000;
+    let path = format!("/dev/shm/ultradict.{name}");
+    let holder = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open control segment");
+    let prober = std::fs::File::open(&path).expect("open control segment");
+    let lock = |fd: i32, command: i32, kind: i32, byte: i64| {
+        // SAFETY: plain C struct of integers, all zeroes valid.
+        let mut flock: libc::flock = unsafe { std::mem::zeroed() };
+        flock.l_type = kind as libc::c_short;
+        flock.l_whence = libc::SEEK_SET as libc::c_short;
+        flock.l_start = byte;
+        flock.l_len = 1;
+        // SAFETY: a valid descriptor and a valid `flock` for the call.
+        let result = unsafe { libc::fcntl(fd, command, &mut flock) };
+        assert_ne!(result, -1);
+        flock.l_type
+    };
+    // A byte far from any slot a handle of the dict uses.
+    const BYTE: i64 = 1 << 20;
+    lock(holder.as_raw_fd(), libc::F_OFD_SETLK, libc::F_WRLCK, BYTE);
+    let start = Instant::now();
+    for _ in 0..PROBES {
+        let kind = lock(prober.as_raw_fd(), libc::F_OFD_GETLK, libc::F_WRLCK, BYTE);
+        assert_eq!(i32::from(black_box(kind)), libc::F_WRLCK);
+    }
+    let ofd_ns = start.elapsed().as_nanos() as f64 / PROBES as f64;
+    let stat = format!("/proc/{}/stat", std::process::id());
+    let start = Instant::now();
+    for _ in 0..PROBES / 10 {
+        black_box(std::fs::read_to_string(&stat).expect("read /proc"));
+    }
+    let proc_ns = start.elapsed().as_nanos() as f64 / (PROBES / 10) as f64;
+    let start = Instant::now();
+    for _ in 0..PROBES {
+        lock(
+            prober.as_raw_fd(),
+            libc::F_OFD_SETLK,
+            libc::F_RDLCK,
+            BYTE + 1,
+        );
+        lock(
+            prober.as_raw_fd(),
+            libc::F_OFD_SETLK,
+            libc::F_UNLCK,
+            BYTE + 1,
+        );
+    }
+    let take_ns = start.elapsed().as_nanos() as f64 / PROBES as f64;
+    println!(
+        "{:<46} {:>11.1} ns {:>11.1} ns {:>7.2}x",
+        "liveness probe: /proc/PID/stat vs byte lock",
+        proc_ns,
+        ofd_ns,
+        ofd_ns / proc_ns
+    );
+    println!(
+        "{:<46} {:>14} {:>11.1} ns",
+        "take + give back a byte lock (attach, detach)", "-", take_ns
+    );
 }

@@ -166,18 +166,22 @@ fn print_status(info: &DictInfo) {
         .attached
         .iter()
         .map(|a| {
-            if a.alive {
-                a.pid.to_string()
-            } else {
-                format!("{} (dead)", a.pid)
+            let mut shown = a.pid.to_string();
+            if !a.same_pid_namespace {
+                shown.push_str(" (other PID namespace)");
             }
+            if !a.alive {
+                shown.push_str(" (dead)");
+            }
+            shown
         })
         .collect();
     println!(
-        "attached          {} [{}]",
-        info.attached.len(),
+        "attached          {} live [{}]",
+        info.attached_count,
         attached.join(", ")
     );
+    println!("sleepers          {}", info.sleepers);
     match (&info.lock_holder, info.lock_holder_alive) {
         (Some(holder), alive) => {
             let held = holder.since.and_then(|s| s.elapsed().ok());
@@ -187,14 +191,16 @@ fn print_status(info: &DictInfo) {
                 ""
             };
             match held {
-                Some(held) => println!(
-                    "lock              held by pid {} for at least {held:?}{dead}",
-                    holder.pid
-                ),
-                None => println!("lock              held by pid {}{dead}", holder.pid),
+                Some(held) => {
+                    println!("lock              held by {holder} for at least {held:?}{dead}")
+                }
+                None => println!("lock              held by {holder}{dead}"),
             }
         }
         (None, _) => println!("lock              free"),
+    }
+    if info.removing {
+        println!("removing          yes (its remover died: cleanup or the next open finishes it)");
     }
     println!("lock recoveries   {}", info.lock_recoveries);
     if !info.children.is_empty() {
@@ -224,9 +230,18 @@ fn info_json(info: &DictInfo) -> Value {
         "dumps": info.dumps,
         "dump_bytes": info.dump_bytes,
         "lifetime": format!("{:?}", info.lifetime),
-        "attached": info.attached.iter().map(|a| json!({ "pid": a.pid, "alive": a.alive })).collect::<Vec<_>>(),
+        "attached": info.attached.iter().map(|a| json!({
+            "pid": a.pid,
+            "same_pid_namespace": a.same_pid_namespace,
+            "alive": a.alive,
+            "sleepers": a.sleepers,
+        })).collect::<Vec<_>>(),
+        "attached_count": info.attached_count,
+        "sleepers": info.sleepers,
+        "removing": info.removing,
         "lock_holder": info.lock_holder.as_ref().map(|h| json!({
             "pid": h.pid,
+            "same_pid_namespace": h.same_pid_namespace,
             "since_unix_s": h.since.map(since),
             "alive": info.lock_holder_alive,
         })),

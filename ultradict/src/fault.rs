@@ -2,8 +2,8 @@
 //!
 //! A process started with `ULTRADICT_CRASH_AT=<point>` kills itself with SIGKILL when it
 //! reaches that point (after skipping `ULTRADICT_CRASH_SKIP` earlier hits, default 0): a crash
-//! with no unwinding, no destructors and no chance to tidy up, at an exact place in the write
-//! and dump paths. The points:
+//! with no unwinding, no destructors and no chance to tidy up, at an exact place in the write,
+//! dump, attach, detach, creation and removal paths. The points:
 //!
 //! | point | where |
 //! |---|---|
@@ -11,6 +11,11 @@
 //! | `record-written` | a record's bytes are in the stream, the offset is not yet published |
 //! | `dump-written` | a full dump segment is written, its epoch is not yet published |
 //! | `dump-published` | the new epoch is published, the old dump is not yet unlinked |
+//! | `create-pending` | a creator built its control segment under its private name, not yet renamed |
+//! | `create-ready` | a creator marked it ready (and wrote a first dump, if any), not yet renamed |
+//! | `attach-claimed` | an opener took its process-table slot, still holding the gate |
+//! | `detach-released` | a closer gave its slot back, before deciding whether to remove the dict |
+//! | `removing` | a remover marked the dict removed and removed its nested dicts, not yet the rest |
 
 /// Crashes the process here if the environment asks for this point.
 #[cfg(feature = "fault-injection")]

@@ -40,12 +40,23 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Who is alive
+//!
+//! Each handle holds an open-file-description lock on its own byte of the dict's control
+//! segment. The kernel drops it when the handle closes or its process dies, however it dies,
+//! and every process sharing /dev/shm sees it, whatever PID namespace (container) it runs in.
+//! That lock, never a pid, decides whether a lock holder is dead, whether a closing handle is
+//! the last one, and whether [`cleanup`] may remove a dict. A handle copied into a forked
+//! child takes a slot of its own there when it first needs the lock; a guard copied into the
+//! child releases nothing.
+//!
 //! # Dumps, status and cleanup
 //!
 //! [`UltraDict::dump`] writes a full dump now, [`UltraDict::status`] shows the shared state,
 //! and by default the last handle to close removes the dict's segments
 //! ([`Lifetime`] has the other choices). [`UltraDict::unlink_by_name`] removes a dict that
-//! nobody has open.
+//! nobody has open. A handle whose dict was removed keeps reading what it has, but creates
+//! nothing more in /dev/shm: a write that needs a new dump gets [`Error::Removed`].
 //!
 //! ```
 //! # fn main() -> ultradict::Result<()> {
