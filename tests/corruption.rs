@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use proptest::prelude::*;
 use ultradict::fuzzing::{STREAM_OFFSET, decode_stream, load_dump};
 use ultradict::{Create, Error, Lifetime, UltraDict};
-use ultradict_workspace::{assert_no_segments, unique_name};
+use ultradict_test_kit::{assert_no_segments, unique_name};
 
 /// A real stream range and a real dump of an `UltraDict<String, u64>`, and their epochs.
 struct Sample {

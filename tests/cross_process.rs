@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use ultradict::{Create, UltraDict};
-use ultradict_workspace::{
+use ultradict_test_kit::{
     Spawn, arg, assert_no_segments, fork, report, role, run_all, unique_name, wait_forked,
 };
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ultradict::rkyv::{Archive, Deserialize, Serialize};
 use ultradict::{Create, Error, SharedDict, UltraDict};
-use ultradict_workspace::{Spawn, arg, assert_no_segments, report, role, shm_objects, unique_name};
+use ultradict_test_kit::{Spawn, arg, assert_no_segments, report, role, shm_objects, unique_name};
 
 const WATCHDOG: Duration = Duration::from_secs(120);
 

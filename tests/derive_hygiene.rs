@@ -42,5 +42,5 @@ fn shadowed_prelude_names_do_not_break_the_derive() {
     assert_eq!((copy.label.as_str(), copy.inner.hits), ("ok", 1));
     let name = state.name().to_owned();
     drop(state);
-    ultradict_workspace::assert_no_segments(&name);
+    ultradict_test_kit::assert_no_segments(&name);
 }

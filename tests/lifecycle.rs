@@ -7,7 +7,7 @@ use std::io::BufRead;
 use std::time::Duration;
 
 use ultradict::{Create, Error, Lifetime, UltraDict};
-use ultradict_workspace::{
+use ultradict_test_kit::{
     Spawn, arg, assert_no_segments, fork, report, role, shm_objects, unique_name, wait_forked,
 };
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ultradict::{Create, Error, LockOptions, UltraDict};
-use ultradict_workspace::{
+use ultradict_test_kit::{
     Spawn, arg, assert_no_segments, locked_increments, report, role, run_all, shm_objects,
     thread_cpu_time, unique_name,
 };

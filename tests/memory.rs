@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ultradict::{Create, UltraDict};
-use ultradict_workspace::{
+use ultradict_test_kit::{
     Spawn, arg, assert_no_segments, report, role, rss_anon_kib, unique_name,
 };
 

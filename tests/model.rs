@@ -8,7 +8,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use ultradict::{Create, UltraDict};
-use ultradict_workspace::{Running, Spawn, assert_no_segments, report, role, unique_name};
+use ultradict_test_kit::{Running, Spawn, assert_no_segments, report, role, unique_name};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 

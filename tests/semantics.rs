@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ultradict::{Create, Error, Lifetime, UltraDict};
-use ultradict_workspace::{
+use ultradict_test_kit::{
     Spawn, arg, assert_no_segments, locked_increments, report, role, shm_objects, unique_name,
 };
 
@@ -126,7 +126,7 @@ fn another_user_cannot_attach_or_remove() {
     let exe = std::env::current_exe().unwrap();
     let output = std::process::Command::new(exe)
         .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-        .env(ultradict_workspace::ROLE_VAR, "intruder")
+        .env(ultradict_test_kit::ROLE_VAR, "intruder")
         .env("ULTRADICT_TEST_NAME", &name)
         .uid(65534)
         .gid(65534)

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use ultradict::{Change, Create, SharedDict, UltraDict};
-use ultradict_workspace::{Spawn, arg, assert_no_segments, role, thread_cpu_time, unique_name};
+use ultradict_test_kit::{Spawn, arg, assert_no_segments, role, thread_cpu_time, unique_name};
 
 const WATCHDOG: Duration = Duration::from_secs(60);
 

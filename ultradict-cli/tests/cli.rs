@@ -4,7 +4,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use ultradict::{Create, UltraDict};
-use ultradict_workspace::{Spawn, arg, assert_no_segments, report, role, shm_objects, unique_name};
+use ultradict_test_kit::{Spawn, arg, assert_no_segments, report, role, shm_objects, unique_name};
 
 fn ultradict(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ultradict"))

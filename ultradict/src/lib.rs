@@ -69,8 +69,6 @@
 //! # Ok(()) }
 //! ```
 
-#![deny(unsafe_op_in_unsafe_fn)]
-#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 #![warn(missing_docs)]
 
 mod control;
@@ -78,6 +76,7 @@ mod dump;
 mod engine;
 mod error;
 mod fault;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod inspect;

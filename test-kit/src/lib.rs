@@ -2,7 +2,8 @@
 //! in real child processes (re-executed or forked) under a watchdog, unique dict names, and
 //! checks on /dev/shm and on a process's own memory.
 //!
-//! Not published; the library itself is the `ultradict` crate.
+//! Not published (a dev-dependency of the workspace's tests and of the CLI's); the library itself
+//! is the `ultradict` crate.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
