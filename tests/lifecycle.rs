@@ -30,11 +30,7 @@ fn child_entry() {
         "serve_persistent" => serve(&name, Lifetime::Persistent),
         "open_close" => {
             // Dies at the crash point that ULTRADICT_CRASH_AT names, if it reaches it.
-            let d: Dict = UltraDict::builder()
-                .name(&name)
-                .buffer_size(4096)
-                .open()
-                .unwrap();
+            let d = open(&name);
             d.insert(7, 7).unwrap();
             report("opened");
             d.close().unwrap();
@@ -218,7 +214,17 @@ fn crash_at(name: &str, point: &str) {
         .raw_env("ULTRADICT_CRASH_AT", point)
         .start();
     let (status, output) = child.finish(WATCHDOG);
-    assert!(!status.success(), "never reached {point}:\n{output}");
+    assert_killed_at(status, point, &output);
+}
+
+/// Fails unless the child died from the SIGKILL of its crash point (not from a panic).
+fn assert_killed_at(status: std::process::ExitStatus, point: &str, output: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "never reached {point} ({status}):\n{output}"
+    );
 }
 
 #[test]
@@ -266,8 +272,8 @@ fn a_last_closer_killed_before_removing_leaves_a_dict_that_the_next_close_or_cle
         child.wait_for_report("attached", WATCHDOG);
         child.request("write", WATCHDOG);
         child.send("close");
-        let (status, _) = child.finish(WATCHDOG);
-        assert!(!status.success(), "it was to die releasing its slot");
+        let (status, output) = child.finish(WATCHDOG);
+        assert_killed_at(status, "detach-released", &output);
         let info = ultradict::inspect(&name).unwrap();
         assert!(info.orphaned(), "{info:?}");
         if finish_with_cleanup {
@@ -544,8 +550,8 @@ fn a_forked_child_outliving_its_parent_is_the_last_to_close() {
     let mut child = Spawn::test("child_entry", "fork_then_die")
         .env("NAME", &name)
         .start();
-    let (status, _) = child.finish(WATCHDOG);
-    assert!(!status.success(), "it killed itself");
+    let (status, output) = child.finish(WATCHDOG);
+    assert_killed_at(status, "its own kill", &output);
     // Its forked child writes, then exits (running destructors: the handle closes); the
     // parent's slot died with the parent, since the child did not keep its descriptor.
     assert!(
@@ -576,11 +582,14 @@ fn odd_objects_under_the_name_are_errors_not_hangs() {
     let fifo = std::ffi::CString::new(path.clone()).unwrap();
     // SAFETY: a valid C string; mkfifo only creates a file.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
-    let result = Dict::builder()
-        .name(&name)
-        .open_timeout(Duration::from_secs(3600))
-        .open();
-    assert!(matches!(result, Err(Error::Foreign { .. })), "{result:?}");
+    for create in [Create::Open, Create::New, Create::OpenOrCreate] {
+        let result = Dict::builder()
+            .name(&name)
+            .create(create)
+            .open_timeout(Duration::from_secs(3600))
+            .open();
+        assert!(matches!(result, Err(Error::Foreign { .. })), "{result:?}");
+    }
     assert!(ultradict::inspect(&name).is_err());
     assert!(!ultradict::cleanup(false).unwrap().contains(&name));
     Dict::unlink_by_name(&name).unwrap();

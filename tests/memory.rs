@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 use ultradict::{Create, UltraDict};
-use ultradict_test_kit::{
-    Spawn, arg, assert_no_segments, report, role, rss_anon_kib, unique_name,
-};
+use ultradict_test_kit::{Spawn, arg, assert_no_segments, report, role, rss_anon_kib, unique_name};
 
 const ENTRIES: u64 = 1_000_000;
 

@@ -7,7 +7,8 @@
 //!
 //! A dump is written completely before its epoch is published and never written again, so
 //! readers may hold a plain `&[u8]` over it. It is validated once when mapped; lookups then
-//! read it in place.
+//! read it in place. A dump that came from elsewhere (a fuzzer's input, another backend) lives
+//! in an aligned heap buffer instead, and is read the same way.
 
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
@@ -35,17 +36,44 @@ const FINGERPRINT_AT: usize = 16;
 const LEN_AT: usize = 24;
 const INSTANCE_AT: usize = 32;
 
-/// A mapped, validated dump whose archive root is a `T`.
+/// A validated dump whose archive root is a `T`.
 pub(crate) struct Dump<T> {
-    segment: Segment,
+    bytes: DumpBytes,
     archive_len: usize,
     _root: PhantomData<fn() -> T>,
+}
+
+/// Where a dump's bytes (header and archive) live.
+enum DumpBytes {
+    /// A mapped dump segment.
+    Mapped(Segment),
+    /// An aligned heap buffer, and what to call it in errors.
+    Heap(AlignedBytes, String),
+}
+
+impl DumpBytes {
+    fn object(&self) -> &str {
+        match self {
+            DumpBytes::Mapped(segment) => segment.object(),
+            DumpBytes::Heap(_, label) => label,
+        }
+    }
+
+    /// The whole dump, header included.
+    fn all(&self) -> &[u8] {
+        match self {
+            // SAFETY: dumps are immutable once published (invariant 4), and a mapped one is
+            // either published or ours and unpublished: nobody writes its bytes any more.
+            DumpBytes::Mapped(segment) => unsafe { segment.immutable_bytes(0, segment.len()) },
+            DumpBytes::Heap(bytes, _) => bytes.bytes(),
+        }
+    }
 }
 
 impl<T> std::fmt::Debug for Dump<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dump")
-            .field("segment", &self.segment.object())
+            .field("object", &self.bytes.object())
             .finish()
     }
 }
@@ -61,7 +89,18 @@ where
     pub(crate) fn open(id: DumpId<'_>, epoch: u32) -> Result<Self> {
         let object = naming::dump(id.name, id.instance, epoch);
         let segment = Segment::open(&object, false)?;
-        Self::validate(segment, id, epoch)
+        Self::validate(DumpBytes::Mapped(segment), id, epoch)
+    }
+
+    /// Validates `bytes` (header and archive, in an aligned heap buffer) as the dump of
+    /// `epoch` of the dict `id` names; `label` names it in errors.
+    pub(crate) fn from_heap(
+        bytes: AlignedBytes,
+        label: &str,
+        id: DumpId<'_>,
+        epoch: u32,
+    ) -> Result<Self> {
+        Self::validate(DumpBytes::Heap(bytes, label.to_owned()), id, epoch)
     }
 
     /// Writes `archive` as the dump of `epoch` of dict `name` and maps it.
@@ -87,18 +126,15 @@ where
             std::ptr::copy_nonoverlapping(header.as_ptr(), base, DUMP_HEADER);
             std::ptr::copy_nonoverlapping(archive.as_ptr(), base.add(DUMP_HEADER), archive.len());
         }
-        Self::validate(segment, id, epoch).inspect_err(|_| {
+        Self::validate(DumpBytes::Mapped(segment), id, epoch).inspect_err(|_| {
             let _ = segment::unlink(&object);
         })
     }
 
-    fn validate(segment: Segment, id: DumpId<'_>, epoch: u32) -> Result<Self> {
-        // SAFETY: dumps are immutable once published (invariant 4), and this one is published
-        // (or is ours and unpublished): nobody writes its bytes any more.
-        let bytes = unsafe { segment.immutable_bytes(0, segment.len()) };
-        let archive_len = check::<T>(bytes, segment.object(), id, epoch)?.len();
+    fn validate(bytes: DumpBytes, id: DumpId<'_>, epoch: u32) -> Result<Self> {
+        let archive_len = check::<T>(bytes.all(), bytes.object(), id, epoch)?.len();
         Ok(Dump {
-            segment,
+            bytes,
             archive_len,
             _root: PhantomData,
         })
@@ -189,16 +225,15 @@ pub(crate) fn header(id: DumpId<'_>, epoch: u32, archive_len: usize) -> [u8; DUM
 }
 
 impl<T> Dump<T> {
-    /// The dump's object name in /dev/shm.
+    /// The dump's object name in /dev/shm (or its label).
     pub(crate) fn object(&self) -> &str {
-        self.segment.object()
+        self.bytes.object()
     }
 
     /// The archive's bytes.
     pub(crate) fn archive(&self) -> &[u8] {
-        // SAFETY: published dumps are immutable (invariant 4); the range was bounds-checked
-        // against the segment in `validate`.
-        unsafe { self.segment.immutable_bytes(DUMP_HEADER, self.archive_len) }
+        // `validate` checked that the archive lies within the bytes.
+        &self.bytes.all()[DUMP_HEADER..DUMP_HEADER + self.archive_len]
     }
 
     /// Bytes of archive.

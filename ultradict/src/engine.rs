@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::RwLock;
-use rkyv::rancor;
 
 use crate::control::{Control, HEADER_SIZE, StateWord};
 use crate::dump::{AlignedBuf, Dump, DumpId};
@@ -20,7 +19,7 @@ use crate::lock::{self, Acquired, WaitPolicy};
 use crate::lock_guard::{LockGuard, LockOptions, Reentrant, Unlock, Wait};
 use crate::naming;
 use crate::options::Lifetime;
-use crate::schema::{Data, Fingerprint, Schema};
+use crate::schema::{Fingerprint, Schema};
 use crate::segment::{self, Segment};
 use crate::status::{LockHolder, Status};
 use crate::stream;
@@ -227,37 +226,26 @@ impl<S: Schema> Engine<S> {
             state,
         } = view;
         let dump = dump.as_ref().map(Dump::root);
-        // Deserialize every record before applying any: a failure changes nothing.
-        let mut updates = Vec::new();
-        let progress = self.read_records(state.committed, target, locked, |stored| {
-            let update = crate::schema::deserialize::<S::Update>(stored).map_err(|e| {
-                Error::corrupt(
-                    self.segment.object(),
-                    format!("record could not be read: {e}"),
-                )
-            })?;
-            updates.push(update);
-            Ok(())
-        })?;
-        if let Progress::Done = progress {
-            for update in updates {
-                S::apply(dump, overlay, update);
-            }
-            *state = target;
+        // Every record is deserialized before any is applied: a failure changes nothing.
+        let Some(updates) = self.read_records(state.committed, target, locked)? else {
+            return Ok(Progress::Retry);
+        };
+        for update in updates {
+            S::apply(dump, overlay, update);
         }
-        Ok(progress)
+        *state = target;
+        Ok(Progress::Done)
     }
 
-    /// Reads the records of `target`'s epoch from offset `from` up to `target`, validates all
-    /// of them, then hands each to `visit` in order. `Retry` if the range was overwritten
-    /// while being copied (only possible without the lock).
+    /// Reads the records of `target`'s epoch from offset `from` up to `target`, validated and
+    /// deserialized. `None` if the range was overwritten while being copied (only possible
+    /// without the lock).
     fn read_records(
         &self,
         from: u32,
         target: StateWord,
         locked: bool,
-        mut visit: impl FnMut(&<S::Update as Data>::Stored) -> Result<()>,
-    ) -> Result<Progress> {
+    ) -> Result<Option<Vec<S::Update>>> {
         let (from, to) = (from as usize, target.committed as usize);
         if to < from || to > self.stream_capacity || !to.is_multiple_of(stream::RECORD_ALIGN) {
             if locked {
@@ -266,7 +254,7 @@ impl<S: Schema> Engine<S> {
                     format!("committed offset {to} is not after {from} within the stream"),
                 ));
             }
-            return Ok(Progress::Retry);
+            return Ok(None);
         }
         let mut scratch = self.scratch.lock();
         let bytes = scratch.zeroed_mut(to - from);
@@ -276,31 +264,19 @@ impl<S: Schema> Engine<S> {
         unsafe { copy_out(self.stream_ptr().add(from), bytes) };
         fence(Ordering::Acquire);
         if self.control().state().epoch != target.epoch {
-            return Ok(Progress::Retry);
+            return Ok(None);
         }
-        // Validate every record before using any, so a bad record changes nothing.
-        let mut archived = Vec::new();
-        for record in stream::records(bytes, from, target.epoch) {
-            let record = match record {
-                Ok(record) => record,
-                Err(stream::FrameError::WrongEpoch { .. }) if !locked => {
-                    return Ok(Progress::Retry);
-                }
-                Err(err) => return Err(Error::corrupt(self.segment.object(), err.to_string())),
-            };
-            let update = rkyv::access::<<S::Update as Data>::Stored, rancor::Error>(record.archive)
-                .map_err(|e| {
-                    Error::corrupt(
-                        self.segment.object(),
-                        format!("record failed validation: {e}"),
-                    )
-                })?;
-            archived.push(update);
+        match stream::decode::<S::Update>(bytes, from, target.epoch) {
+            Ok(updates) => Ok(Some(updates)),
+            Err(stream::DecodeError::Overwritten) if !locked => Ok(None),
+            Err(stream::DecodeError::Overwritten) => Err(Error::corrupt(
+                self.segment.object(),
+                "a record of another epoch before the committed offset",
+            )),
+            Err(stream::DecodeError::Corrupt(detail)) => {
+                Err(Error::corrupt(self.segment.object(), detail))
+            }
         }
-        for update in archived {
-            visit(update)?;
-        }
-        Ok(Progress::Done)
     }
 
     /// The updates committed since `position`, deserialized, and the position they lead to;
@@ -314,14 +290,7 @@ impl<S: Schema> Engine<S> {
             if target.epoch != position.epoch || target.committed < position.committed {
                 return Ok(Since::Reset(target));
             }
-            let mut updates = Vec::new();
-            let progress = self.read_records(position.committed, target, false, |stored| {
-                let update = crate::schema::deserialize::<S::Update>(stored)
-                    .map_err(|e| Error::corrupt(self.segment.object(), format!("record: {e}")))?;
-                updates.push(update);
-                Ok(())
-            })?;
-            if let Progress::Done = progress {
+            if let Some(updates) = self.read_records(position.committed, target, false)? {
                 return Ok(Since::Updates(updates, target));
             }
         }

@@ -6,7 +6,7 @@ use crate::control::HEADER_SIZE;
 use crate::dump::{self, AlignedBuf};
 use crate::error::Result;
 use crate::map::{MapSchema, MapUpdate};
-use crate::schema::{Data, Schema};
+use crate::schema::Schema;
 use crate::stream;
 
 /// The schema the entry points decode: `UltraDict<String, u64>`.
@@ -21,8 +21,8 @@ fn aligned(bytes: &[u8]) -> AlignedBuf {
 }
 
 /// Decodes `bytes` as a committed stream range of epoch `epoch` of an
-/// `UltraDict<String, u64>` and applies every record to an empty state, as a reader catching
-/// up would. Returns the number of entries afterwards.
+/// `UltraDict<String, u64>` with the readers' own decoder, and applies every record to an
+/// empty state, as a reader catching up does. Returns the number of entries afterwards.
 ///
 /// # Errors
 /// [`Error::Corrupt`](crate::Error::Corrupt) for anything that is not a valid record.
@@ -30,31 +30,20 @@ pub fn decode_stream(bytes: &[u8], epoch: u32) -> Result<usize> {
     let buf = aligned(bytes);
     // SAFETY: `aligned` initialized all `bytes.len()` bytes.
     let bytes = unsafe { buf.initialized(bytes.len()) };
-    let mut overlay = Sample::overlay_for(None);
-    let mut updates = Vec::new();
-    for record in stream::records(bytes, 0, epoch) {
-        let record = record.map_err(|e| crate::Error::corrupt("fuzz stream", e.to_string()))?;
-        let update = rkyv::access::<<MapUpdate<String, u64> as Data>::Stored, rkyv::rancor::Error>(
-            record.archive,
+    let updates = stream::decode::<MapUpdate<String, u64>>(bytes, 0, epoch).map_err(|e| {
+        crate::Error::corrupt(
+            "fuzz stream",
+            match e {
+                stream::DecodeError::Overwritten => "a record of another epoch".to_owned(),
+                stream::DecodeError::Corrupt(detail) => detail,
+            },
         )
-        .map_err(|e| crate::Error::corrupt("fuzz stream", e.to_string()))?;
-        updates.push(update);
-    }
-    let mut owned = Vec::with_capacity(updates.len());
+    })?;
+    let mut overlay = Sample::overlay_for(None);
     for update in updates {
-        owned.push(
-            crate::schema::deserialize::<MapUpdate<String, u64>>(update)
-                .map_err(|e| crate::Error::corrupt("fuzz stream", e.to_string()))?,
-        );
-    }
-    for update in owned {
         Sample::apply(None, &mut overlay, update);
     }
-    Ok(overlay_len(&overlay))
-}
-
-fn overlay_len(overlay: &<Sample as Schema>::Overlay) -> usize {
-    crate::map::overlay_len(overlay)
+    Ok(crate::map::overlay_len(&overlay))
 }
 
 /// Loads `bytes` as a whole dump segment (header and archive) of epoch `epoch` of an
@@ -65,9 +54,6 @@ fn overlay_len(overlay: &<Sample as Schema>::Overlay) -> usize {
 /// [`Error::Corrupt`](crate::Error::Corrupt), [`Error::Foreign`](crate::Error::Foreign) or
 /// [`Error::VersionMismatch`](crate::Error::VersionMismatch).
 pub fn load_dump(bytes: &[u8], epoch: u32) -> Result<usize> {
-    let buf = aligned(bytes);
-    // SAFETY: `aligned` initialized all `bytes.len()` bytes.
-    let bytes = unsafe { buf.initialized(bytes.len()) };
     // Dumps come from dicts of any instance: take the one the header names, which the check
     // then compares with itself (it is a plain equality, nothing to fuzz).
     let instance = bytes
@@ -77,10 +63,18 @@ pub fn load_dump(bytes: &[u8], epoch: u32) -> Result<usize> {
         instance,
         ..sample_id()
     };
-    let archive = dump::check::<<Sample as Schema>::Dump>(bytes, "fuzz dump", id, epoch)?;
-    // SAFETY: `check` validated exactly these bytes as this type.
-    let map = unsafe { rkyv::access_unchecked::<<Sample as Schema>::Dump>(archive) };
-    Sample::check_dump(map, archive).map_err(|e| crate::Error::corrupt("fuzz dump", e))?;
+    let mut buf = AlignedBuf::with_capacity(bytes.len());
+    buf.zeroed_mut(bytes.len()).copy_from_slice(bytes);
+    let loaded = dump::Dump::<<Sample as Schema>::Dump>::from_heap(
+        dump::AlignedBytes::new(buf, bytes.len()),
+        "fuzz dump",
+        id,
+        epoch,
+    )?;
+    // What a reader runs on a dump it maps: the schema's own checks, then lookups.
+    Sample::check_dump(loaded.root(), loaded.archive())
+        .map_err(|e| crate::Error::corrupt("fuzz dump", e))?;
+    let map = loaded.root();
     // A key no dump holds: the lookup must end (probing stops at an empty bucket).
     let _absent = map.get_with("\u{0}absent", |q, k| k.as_str() == q);
     let mut entries = 0;

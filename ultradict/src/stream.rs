@@ -12,7 +12,7 @@
 
 use std::mem::MaybeUninit;
 
-use crate::schema::{RecordSerializer, Unwritten};
+use crate::schema::{Data, RecordSerializer, Unwritten};
 
 /// Records start at multiples of this.
 pub(crate) const RECORD_ALIGN: usize = 16;
@@ -87,6 +87,43 @@ where
     // SAFETY: `offset..offset + FRAME_LEN` is in bounds and exclusively ours, as above.
     unsafe { std::ptr::copy_nonoverlapping(frame.as_ptr(), stream.add(offset), FRAME_LEN) };
     Ok(end)
+}
+
+/// Why a copied-out stream range could not be decoded.
+#[derive(Debug)]
+pub(crate) enum DecodeError {
+    /// A record of another epoch: the range was overwritten while being copied.
+    Overwritten,
+    /// Bytes that are not a valid record: the description.
+    Corrupt(String),
+}
+
+/// Decodes a copied-out range of committed records of `epoch` (from stream offset `base`):
+/// validates every record (frame and rkyv archive) before deserializing any, then returns the
+/// updates in order. The one decoder: readers catching up and the fuzzers run this.
+pub(crate) fn decode<U: Data>(
+    bytes: &[u8],
+    base: usize,
+    epoch: u32,
+) -> Result<Vec<U>, DecodeError> {
+    let mut archived = Vec::new();
+    for record in records(bytes, base, epoch) {
+        let record = match record {
+            Ok(record) => record,
+            Err(FrameError::WrongEpoch { .. }) => return Err(DecodeError::Overwritten),
+            Err(err) => return Err(DecodeError::Corrupt(err.to_string())),
+        };
+        let update = rkyv::access::<U::Stored, rkyv::rancor::Error>(record.archive)
+            .map_err(|e| DecodeError::Corrupt(format!("record failed validation: {e}")))?;
+        archived.push(update);
+    }
+    archived
+        .into_iter()
+        .map(|stored| {
+            crate::schema::deserialize::<U>(stored)
+                .map_err(|e| DecodeError::Corrupt(format!("record could not be read: {e}")))
+        })
+        .collect()
 }
 
 /// A record found in a copied-out stream range.
