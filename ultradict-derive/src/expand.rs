@@ -330,7 +330,7 @@ fn handle_type(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> TokenS
             /// # Errors
             /// If shared memory fails validation.
             pub fn snapshot(&self) -> #krate::Result<#ident> {
-                let _guard = self.__dict.lock()?;
+                let _guard = self.lock()?;
                 let __fields = self.__dict.fields()?;
                 ::core::result::Result::Ok(#ident {
                     #(#plain_idents: __fields.#plain_idents,)*
@@ -343,7 +343,7 @@ fn handle_type(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> TokenS
             /// # Errors
             /// If a full dump could not be written; nothing changed in this dict then.
             pub fn replace(&self, value: #ident) -> #krate::Result<()> {
-                let _guard = self.__dict.lock()?;
+                let _guard = self.lock()?;
                 let #ident { #(#all_idents),* } = value;
                 // Nested dicts first: whoever sees the new plain fields sees them too.
                 #(#replace_nested)*
@@ -351,70 +351,7 @@ fn handle_type(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> TokenS
                 ::core::result::Result::Ok(())
             }
 
-            /// Blocks until some process commits a change to this state's plain fields that
-            /// this handle has not seen, or `timeout` passes; returns whether there is news.
-            ///
-            /// # Errors
-            /// None today.
-            pub fn wait_for_change(&self, timeout: ::core::time::Duration) -> #krate::Result<bool> {
-                self.__dict.wait_for_change(timeout)
-            }
-
-            /// A watcher that reports which plain fields (by stored key) change from now on.
-            pub fn watch(&self) -> #krate::Watcher<'_, &'static str> {
-                self.__dict.watch()
-            }
-
-            /// The name other processes open this state with.
-            pub fn name(&self) -> &str {
-                self.__dict.name()
-            }
-
-            /// The shared state of this struct's dict (nested dicts have their own).
-            pub fn status(&self) -> #krate::Status {
-                self.__dict.status()
-            }
-
-            /// Takes this state's cross-process lock (re-entrant for this thread): other
-            /// processes' writes to its plain fields wait until the guard drops.
-            ///
-            /// # Errors
-            /// As `UltraDict::lock`.
-            pub fn lock(&self) -> #krate::Result<#krate::LockGuard<'_>> {
-                self.__dict.lock()
-            }
-
-            /// Takes the lock as `options` say.
-            ///
-            /// # Errors
-            /// As `UltraDict::lock_with`.
-            pub fn lock_with(&self, options: #krate::LockOptions) -> #krate::Result<#krate::LockGuard<'_>> {
-                self.__dict.lock_with(options)
-            }
-
-            /// Writes a full dump of the plain fields now.
-            ///
-            /// # Errors
-            /// As `UltraDict::dump`.
-            pub fn dump(&self) -> #krate::Result<()> {
-                self.__dict.dump()
-            }
-
-            /// Catches up; with `force`, rebuilds the view from the dump and stream.
-            ///
-            /// # Errors
-            /// If shared memory fails validation.
-            pub fn load(&self, force: bool) -> #krate::Result<()> {
-                self.__dict.load(force)
-            }
-
-            /// Removes this state and all its nested dicts from /dev/shm now.
-            ///
-            /// # Errors
-            /// If a segment could not be removed.
-            pub fn unlink(&self) -> #krate::Result<()> {
-                self.__dict.unlink()
-            }
+            #krate::__handle_methods!(__dict, &'static str);
 
             /// Closes the handle and returns the final state. Under `Lifetime::LastClose`
             /// the last handle to close removes the state and its nested dicts.
@@ -477,7 +414,7 @@ fn plain_methods(field: &Field<'_>, names: &Names) -> TokenStream {
         /// # Errors
         /// As the setter.
         pub fn #updater(&self, f: impl ::core::ops::FnOnce(#ty) -> #ty) -> #krate::Result<#ty> {
-            let _guard = self.__dict.lock()?;
+            let _guard = self.lock()?;
             let value = f(self.#name()?);
             self.__dict.write(#update::#variant(::core::clone::Clone::clone(&value)))?;
             ::core::result::Result::Ok(value)
@@ -557,7 +494,7 @@ fn shared_dict_impl(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> T
 
             fn __open(__options: &#krate::__private::OpenOptions, __initial: Self) -> #krate::Result<#handle> {
                 let #ident { #(#all_idents),* } = __initial;
-                let __dict = #krate::__private::StructDict::open(__options, #fields { #(#plain_idents),* })?;
+                let __dict = #krate::__private::StructDict::open_state(__options, #fields { #(#plain_idents),* })?;
                 #(#open_nested)*
                 ::core::result::Result::Ok(#handle { __dict, #(#nested_idents),* })
             }

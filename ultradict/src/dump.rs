@@ -47,7 +47,15 @@ pub(crate) struct Dump<T> {
 enum DumpBytes {
     /// A mapped dump segment.
     Mapped(Segment),
-    /// An aligned heap buffer, and what to call it in errors.
+    /// An aligned heap buffer, and what to call it in errors (dumps that did not come from a
+    /// mapping: the fuzzers' inputs today, another backend's dumps next).
+    #[cfg_attr(
+        not(feature = "fuzzing"),
+        allow(
+            dead_code,
+            reason = "built only by the fuzzers until a second backend exists"
+        )
+    )]
     Heap(AlignedBytes, String),
 }
 
@@ -94,6 +102,13 @@ where
 
     /// Validates `bytes` (header and archive, in an aligned heap buffer) as the dump of
     /// `epoch` of the dict `id` names; `label` names it in errors.
+    #[cfg_attr(
+        not(feature = "fuzzing"),
+        allow(
+            dead_code,
+            reason = "used only by the fuzzers until a second backend exists"
+        )
+    )]
     pub(crate) fn from_heap(
         bytes: AlignedBytes,
         label: &str,

@@ -18,6 +18,7 @@ use crate::liveness::Anchor;
 use crate::lock::{self, Acquired, WaitPolicy};
 use crate::lock_guard::{LockGuard, LockOptions, Reentrant, Unlock, Wait};
 use crate::naming;
+pub(crate) use crate::open::Departure; // the engine's answer to a leaving handle
 use crate::options::Lifetime;
 use crate::schema::{Fingerprint, Schema};
 use crate::segment::{self, Segment};
@@ -559,6 +560,11 @@ impl<S: Schema> Engine<S> {
             return Err(self.removed());
         }
         Ok(())
+    }
+
+    /// The dict's lifetime, as its creator chose it.
+    pub(crate) fn lifetime(&self) -> Lifetime {
+        self.lifetime
     }
 
     /// The error of a handle whose dict was removed.

@@ -9,8 +9,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::marker::PhantomData;
-use std::sync::Arc;
-use std::time::Duration;
 
 use rkyv::collections::swiss_table::{ArchivedHashMap, HashMapResolver};
 use rkyv::rancor::{self, Fallible, Source};
@@ -19,10 +17,10 @@ use rkyv::{Archive, Place, Serialize};
 
 use crate::engine::{Engine, View};
 use crate::error::Result;
-use crate::lock_guard::{LockGuard, LockOptions};
+use crate::handle::Dict;
+use crate::lock_guard::LockOptions;
 use crate::options::{Lifetime, Options};
 use crate::schema::{self, Data, Fingerprint, Schema};
-use crate::status::Status;
 
 /// A key type: storable, hashable, and comparable with its archived form (so lookups in a
 /// mapped dump need no deserialization). Implemented for every type that qualifies.
@@ -71,6 +69,7 @@ pub(crate) struct MapOverlay<K, V> {
 }
 
 /// The number of live keys an overlay (with no dump under it) holds.
+#[cfg(feature = "fuzzing")]
 pub(crate) fn overlay_len<K, V>(overlay: &MapOverlay<K, V>) -> usize {
     overlay.len
 }
@@ -181,6 +180,7 @@ impl<K: Key, V: Value> MapSchema<K, V> {
 impl<K: Key, V: Value> Schema for MapSchema<K, V> {
     type Dump = ArchivedMap<K, V>;
     type Update = MapUpdate<K, V>;
+    type Touched = K;
     type Overlay = MapOverlay<K, V>;
 
     fn overlay_for(dump: Option<&Self::Dump>) -> Self::Overlay {
@@ -480,11 +480,25 @@ where
 /// assert_eq!(jobs.get("done")?, Some(2));
 /// # Ok(()) }
 /// ```
+///
+/// Several operations in one critical section, and waiting for other processes' commits:
+///
+/// ```
+/// # fn main() -> ultradict::Result<()> {
+/// use std::time::Duration;
+/// let d: ultradict::UltraDict<u32, u64> = ultradict::UltraDict::builder().open()?;
+/// {
+///     let _guard = d.lock()?; // re-entrant; other processes and threads wait
+///     let v = d.get(&1)?.unwrap_or(0);
+///     d.insert(1, v + 1)?; // nobody wrote in between
+/// }
+/// assert!(d.try_lock().is_ok());
+/// // Nothing new since this handle last looked: times out.
+/// assert!(!d.wait_for_change(Duration::from_millis(10))?);
+/// # Ok(()) }
+/// ```
 pub struct UltraDict<K: Key, V: Value> {
-    /// Shared with the handles of nested dicts opened through this one, which keep it attached.
-    engine: Arc<Engine<MapSchema<K, V>>>,
-    /// The dict this one is nested in, kept attached while this handle lives.
-    _parent: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    dict: Dict<MapSchema<K, V>>,
 }
 
 impl<K: Key, V: Value> fmt::Debug for UltraDict<K, V> {
@@ -496,6 +510,12 @@ impl<K: Key, V: Value> fmt::Debug for UltraDict<K, V> {
 }
 
 impl<K: Key, V: Value> UltraDict<K, V> {
+    crate::__handle_methods!(dict, K);
+
+    fn engine(&self) -> &Engine<MapSchema<K, V>> {
+        self.dict.engine()
+    }
+
     /// Starts configuring a handle. Without `.name(..)` a unique name is chosen (find it with
     /// [`name`](Self::name) to share it).
     ///
@@ -522,8 +542,7 @@ impl<K: Key, V: Value> UltraDict<K, V> {
             .filter(|entries| !entries.is_empty())
             .map(MapUpdate::Extend);
         Ok(UltraDict {
-            engine: Arc::new(Engine::open(options, initial.as_ref())?),
-            _parent: None,
+            dict: Dict::open(options, initial.as_ref())?,
         })
     }
 
@@ -550,22 +569,31 @@ impl<K: Key, V: Value> UltraDict<K, V> {
         &self,
         key: &(impl ToOwned<Owned = K> + ?Sized),
     ) -> Result<UltraDict<K2, V2>> {
-        self.engine.check_not_removed()?;
         let child =
             crate::naming::key_child(self.name(), &key_bytes(&key.to_owned(), self.name())?);
         let options = Options {
-            name: Some(child.clone()),
+            name: Some(child),
             lifetime: Some(Lifetime::Persistent),
             child: true,
             ..Options::default()
         };
-        let dict = UltraDict::<K2, V2>::open_with(&options, None)?;
-        crate::register::register_child(self.name(), &child, "nested map")?;
-        self.engine.adopt(&dict.engine)?;
-        let parent: Arc<dyn std::any::Any + Send + Sync> = self.engine.clone();
         Ok(UltraDict {
-            engine: dict.engine,
-            _parent: Some(parent),
+            dict: self.dict.open_nested(&options, None, "nested map")?,
+        })
+    }
+
+    /// Opens the nested map field `field` of the derived state `parent` (registered there),
+    /// created from `initial` if it does not exist yet.
+    pub(crate) fn open_nested_in<S: Schema>(
+        parent: &Dict<S>,
+        options: &Options,
+        initial: Vec<(K, V)>,
+        field: &str,
+    ) -> Result<Self> {
+        let initial = (!initial.is_empty()).then_some(MapUpdate::Extend(initial));
+        let what = format!("nested map field {field}");
+        Ok(UltraDict {
+            dict: parent.open_nested(options, initial.as_ref(), &what)?,
         })
     }
 
@@ -574,13 +602,8 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     /// # Errors
     /// As [`insert`](Self::insert).
     pub fn replace_all(&self, entries: impl IntoIterator<Item = (K, V)>) -> Result<()> {
-        self.engine
+        self.engine()
             .write_via_dump(&MapUpdate::Replace(entries.into_iter().collect()))
-    }
-
-    /// The dict's name, as other processes open it.
-    pub fn name(&self) -> &str {
-        self.engine.name()
     }
 
     /// The value of `key`, if any.
@@ -593,7 +616,7 @@ impl<K: Key, V: Value> UltraDict<K, V> {
         Q: Hash + Eq + ?Sized,
         K::Stored: PartialEq<Q>,
     {
-        self.engine.read(|view| Self::value_in(view, key))?
+        self.engine().read(|view| Self::value_in(view, key))?
     }
 
     fn value_in<Q>(view: &View<MapSchema<K, V>>, key: &Q) -> Result<Option<V>>
@@ -621,7 +644,7 @@ impl<K: Key, V: Value> UltraDict<K, V> {
         Q: Hash + Eq + ?Sized,
         K::Stored: PartialEq<Q>,
     {
-        self.engine.read(|view| {
+        self.engine().read(|view| {
             !matches!(
                 MapSchema::find(view.dump(), &view.overlay, key),
                 Found::Missing(_)
@@ -636,7 +659,7 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     /// [`Error::DumpTooSmall`](crate::Error::DumpTooSmall) if the update forced a full dump that
     /// could not be written; nothing changed then.
     pub fn insert(&self, key: K, value: V) -> Result<Option<V>> {
-        self.engine.write(|view| {
+        self.engine().write(|view| {
             let previous = Self::value_in(view, &key)?;
             Ok((Some(MapUpdate::Insert(key, value)), previous))
         })
@@ -652,7 +675,7 @@ impl<K: Key, V: Value> UltraDict<K, V> {
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
         K::Stored: PartialEq<Q>,
     {
-        self.engine.write(|view| {
+        self.engine().write(|view| {
             let previous = Self::value_in(view, key)?;
             let update = previous.as_ref().map(|_| MapUpdate::Remove(key.to_owned()));
             Ok((update, previous))
@@ -680,10 +703,10 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     {
         // `f` runs under the cross-process lock but outside this handle's view lock, so it
         // may itself read or write this dict (the lock is re-entrant).
-        let _guard = self.engine.lock(&LockOptions::default())?;
+        let _guard = self.engine().lock(&LockOptions::default())?;
         let new = f(self.get(key)?);
         let value = new.clone();
-        self.engine
+        self.engine()
             .write(|_| Ok((Some(MapUpdate::Insert(key.to_owned(), value)), ())))?;
         Ok(new)
     }
@@ -697,13 +720,13 @@ impl<K: Key, V: Value> UltraDict<K, V> {
         if let Some(value) = self.get(&key)? {
             return Ok(value);
         }
-        let _guard = self.engine.lock(&LockOptions::default())?;
+        let _guard = self.engine().lock(&LockOptions::default())?;
         if let Some(value) = self.get(&key)? {
             return Ok(value);
         }
         let value = f();
         let stored = value.clone();
-        self.engine
+        self.engine()
             .write(|_| Ok((Some(MapUpdate::Insert(key, stored)), ())))?;
         Ok(value)
     }
@@ -718,7 +741,7 @@ impl<K: Key, V: Value> UltraDict<K, V> {
         if pairs.is_empty() {
             return Ok(());
         }
-        self.engine
+        self.engine()
             .write(|_| Ok((Some(MapUpdate::Extend(pairs)), ())))
     }
 
@@ -728,7 +751,7 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     /// # Errors
     /// As [`insert`](Self::insert).
     pub fn clear(&self) -> Result<()> {
-        self.engine.write_via_dump(&MapUpdate::Clear)
+        self.engine().write_via_dump(&MapUpdate::Clear)
     }
 
     /// Number of entries.
@@ -736,7 +759,7 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     /// # Errors
     /// As [`get`](Self::get).
     pub fn len(&self) -> Result<usize> {
-        self.engine.read(|view| view.overlay.len)
+        self.engine().read(|view| view.overlay.len)
     }
 
     /// Whether the dict has no entries.
@@ -753,7 +776,7 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     /// As [`get`](Self::get).
     pub fn to_hashmap(&self) -> Result<HashMap<K, V>> {
         let all = self
-            .engine
+            .engine()
             .read(|view| MapSchema::materialize(view.dump(), &view.overlay))?;
         let all = all.map_err(|e| crate::Error::corrupt("dump", format!("deserializing: {e}")))?;
         Ok(all.into_iter().collect())
@@ -783,112 +806,6 @@ impl<K: Key, V: Value> UltraDict<K, V> {
         Ok(self.to_hashmap()?.into_values().collect())
     }
 
-    /// Takes the cross-process lock. Until the guard drops, every operation of this thread on
-    /// this handle belongs to one critical section: other processes and threads wait.
-    ///
-    /// ```
-    /// # fn main() -> ultradict::Result<()> {
-    /// let d: ultradict::UltraDict<u32, u64> = ultradict::UltraDict::builder().open()?;
-    /// {
-    ///     let _guard = d.lock()?;
-    ///     let v = d.get(&1)?.unwrap_or(0);
-    ///     d.insert(1, v + 1)?; // nobody wrote in between
-    /// }
-    /// # Ok(()) }
-    /// ```
-    ///
-    /// # Errors
-    /// [`Error::LockedByOtherHandle`](crate::Error::LockedByOtherHandle) if this thread holds
-    /// the lock through another handle of the same dict.
-    pub fn lock(&self) -> Result<LockGuard<'_>> {
-        self.engine.lock(&LockOptions::default())
-    }
-
-    /// Takes the lock if it is free (or held by a dead process), without waiting.
-    ///
-    /// # Errors
-    /// [`Error::WouldBlock`](crate::Error::WouldBlock) with the holder's pid.
-    pub fn try_lock(&self) -> Result<LockGuard<'_>> {
-        self.engine.lock(&LockOptions::new().non_blocking())
-    }
-
-    /// Takes the lock, waiting at most `timeout`.
-    ///
-    /// # Errors
-    /// [`Error::LockTimeout`](crate::Error::LockTimeout) with the holder's pid and the time
-    /// waited.
-    pub fn lock_timeout(&self, timeout: Duration) -> Result<LockGuard<'_>> {
-        self.engine.lock(&LockOptions::new().timeout(timeout))
-    }
-
-    /// Takes the lock as `options` say: waiting forever, not at all, or up to a timeout, with
-    /// a chosen spin and sleep policy.
-    ///
-    /// # Errors
-    /// [`Error::WouldBlock`](crate::Error::WouldBlock) or
-    /// [`Error::LockTimeout`](crate::Error::LockTimeout) with the holder's pid, or
-    /// [`Error::LockedByOtherHandle`](crate::Error::LockedByOtherHandle).
-    pub fn lock_with(&self, options: LockOptions) -> Result<LockGuard<'_>> {
-        self.engine.lock(&options)
-    }
-
-    /// Blocks until some process (this one included) commits an update this handle has not
-    /// seen yet, or `timeout` passes; returns whether there is news. Sleeps on a shared futex:
-    /// no spinning.
-    ///
-    /// ```
-    /// # fn main() -> ultradict::Result<()> {
-    /// use std::time::Duration;
-    /// let d: ultradict::UltraDict<u32, u32> = ultradict::UltraDict::builder().open()?;
-    /// assert!(!d.wait_for_change(Duration::from_millis(10))?);
-    /// # Ok(()) }
-    /// ```
-    ///
-    /// # Errors
-    /// None today; the `Result` leaves room for backends whose waits can fail.
-    pub fn wait_for_change(&self, timeout: Duration) -> Result<bool> {
-        Ok(self
-            .engine
-            .wait_for_change_since(self.engine.view_position(), timeout))
-    }
-
-    /// A [`Watcher`](crate::Watcher) that reports which keys change from now on.
-    pub fn watch(&self) -> crate::Watcher<'_, K> {
-        crate::Watcher::new(&*self.engine)
-    }
-
-    /// Writes a full dump now; the stream starts empty again.
-    ///
-    /// # Errors
-    /// [`Error::OutOfSpace`](crate::Error::OutOfSpace) or
-    /// [`Error::DumpTooSmall`](crate::Error::DumpTooSmall); nothing changed then.
-    pub fn dump(&self) -> Result<()> {
-        self.engine.dump()
-    }
-
-    /// Catches up with other processes' updates; with `force`, rebuilds this handle's view
-    /// from the current dump and stream.
-    ///
-    /// # Errors
-    /// [`Error::Corrupt`](crate::Error::Corrupt) if shared memory fails validation.
-    pub fn load(&self, force: bool) -> Result<()> {
-        self.engine.reload(force)
-    }
-
-    /// Applies the updates other processes committed since this handle last looked. Reads do
-    /// this by themselves; call it to move a handle forward without reading.
-    ///
-    /// # Errors
-    /// As [`load`](Self::load).
-    pub fn apply_update(&self) -> Result<()> {
-        self.engine.catch_up()
-    }
-
-    /// The dict's shared state: segments, stream use, epoch, dumps, processes, lock holder.
-    pub fn status(&self) -> Status {
-        self.engine.status()
-    }
-
     /// Closes the handle and returns the final contents. Under `Lifetime::LastClose` the last
     /// handle to close removes the dict. While handles of nested dicts opened through this one
     /// live, they keep it attached: it is left when the last of them closes.
@@ -897,19 +814,8 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     /// As [`to_hashmap`](Self::to_hashmap), or if removing the segments failed.
     pub fn close(self) -> Result<HashMap<K, V>> {
         let contents = self.to_hashmap()?;
-        if Arc::strong_count(&self.engine) == 1 {
-            self.engine.detach()?;
-        }
+        self.dict.close()?;
         Ok(contents)
-    }
-
-    /// Removes every segment of this dict from /dev/shm now. Handles that are open keep
-    /// working on what they mapped; the next open of the name creates a new dict.
-    ///
-    /// # Errors
-    /// [`Error::Io`](crate::Error::Io) if a segment could not be removed.
-    pub fn unlink(&self) -> Result<()> {
-        self.engine.unlink()
     }
 
     /// Removes every segment of the dict `name` without opening it (for dicts whose

@@ -307,9 +307,10 @@ impl<S: Schema> Engine<S> {
         Ok(slot)
     }
 
-    /// Leaves the dict: gives this handle's slot back and, if its lifetime says so, removes
-    /// the dict. Runs once; later calls do nothing.
-    pub(crate) fn detach(&self) -> Result<()> {
+    /// Leaves the dict: gives this handle's slot back and, if `remove` says so (the handle
+    /// layer's lifetime policy, told whether this was the last handle and whether it created
+    /// the dict), removes the dict. Runs once; later calls do nothing.
+    pub(crate) fn detach(&self, remove: impl FnOnce(&Departure) -> bool) -> Result<()> {
         if self.detached.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
@@ -326,12 +327,12 @@ impl<S: Schema> Engine<S> {
         anchor.release_slot(control, slot);
         self.membership.tag.store(0, Ordering::Release);
         crate::fault::point("detach-released");
-        let remove = match self.lifetime {
-            Lifetime::LastClose => gate.is_some() && !anchor.others_alive(),
-            Lifetime::Creator => self.creator == Some(generation),
-            Lifetime::Persistent => false,
+        let departure = Departure {
+            // Without the gate somebody may be joining: never take this for the last handle.
+            last: gate.is_some() && !anchor.others_alive(),
+            creator: self.creator == Some(generation),
         };
-        let removed = if remove {
+        let removed = if remove(&departure) {
             removal::remove_held(&self.name, &anchor, control)
         } else {
             Ok(())
@@ -355,9 +356,19 @@ impl<S: Schema> Engine<S> {
     }
 }
 
+/// What a handle leaving its dict is told, for the lifetime policy to decide on removal.
+pub(crate) struct Departure {
+    /// No other handle is attached (in any process or PID namespace).
+    pub(crate) last: bool,
+    /// This handle created the dict (in this process: not a forked child's copy).
+    pub(crate) creator: bool,
+}
+
 impl<S: Schema> Drop for Engine<S> {
+    /// A handle is normally left through the handle layer (which applies the lifetime); an
+    /// engine dropped without that still gives its slot back, and removes nothing.
     fn drop(&mut self) {
-        let _ = self.detach();
+        let _ = self.detach(|_| false);
     }
 }
 

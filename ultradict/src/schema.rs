@@ -60,8 +60,9 @@ impl<E: Source> Writer<E> for SliceWriter<'_> {
 }
 
 /// Why a value could not be archived into a slice.
+#[doc(hidden)]
 #[derive(Debug)]
-pub(crate) enum Unwritten {
+pub enum Unwritten {
     /// The slice was too small.
     Full,
     /// The value itself failed to serialize; rkyv's message.
@@ -195,12 +196,16 @@ impl Fingerprint {
     }
 }
 
-/// How a kind of shared state is stored. The engine is generic over it.
-pub(crate) trait Schema: Send + Sync + 'static {
+/// How a kind of shared state is stored. The engine is generic over it. Implemented by
+/// ultradict's map and derived-state schemas; not a stable API.
+#[doc(hidden)]
+pub trait Schema: Send + Sync + 'static {
     /// The root of a full dump, read in place from the mapped dump segment.
     type Dump: Portable + for<'a> CheckBytes<Validator<'a>>;
-    /// One record of the stream.
-    type Update: Data;
+    /// One record of the stream; says what it touched, for watchers.
+    type Update: Data + crate::watch::Touches<Self::Touched>;
+    /// What a watcher reports as changed: a map's keys, a derived state's field names.
+    type Touched: PartialEq;
     /// What a process keeps on top of the dump: the records applied since the dump.
     type Overlay: Send + Sync;
 

@@ -10,12 +10,11 @@ use std::marker::PhantomData;
 
 use rkyv::rancor::{self, Source};
 
-use crate::engine::{Engine, View};
+use crate::engine::View;
 use crate::error::{Error, Result};
-use crate::lock_guard::{LockGuard, LockOptions};
+use crate::handle::Dict;
 use crate::options::Options;
 use crate::schema::{Data, Fingerprint, Schema};
-use crate::status::Status;
 
 /// The plain fields of a derived state struct. Implemented by `#[derive(SharedDict)]`; not
 /// meant to be implemented by hand.
@@ -48,6 +47,7 @@ pub struct StructSchema<F>(PhantomData<fn() -> F>);
 impl<F: StructFields> Schema for StructSchema<F> {
     type Dump = F::Stored;
     type Update = F::Update;
+    type Touched = &'static str;
     type Overlay = F::Overlay;
 
     fn overlay_for(_dump: Option<&Self::Dump>) -> Self::Overlay {
@@ -105,31 +105,21 @@ impl std::error::Error for MissingInitialState {}
 
 /// The shared dict behind a derived handle. Used by generated code.
 #[doc(hidden)]
-pub struct StructDict<F: StructFields> {
-    engine: Engine<StructSchema<F>>,
-}
+pub type StructDict<F> = Dict<StructSchema<F>>;
 
-impl<F: StructFields> StructDict<F> {
+impl<F: StructFields> Dict<StructSchema<F>> {
     /// Opens or creates the dict; a dict created here starts from `initial`.
-    pub fn open(options: &OpenOptions, initial: F) -> Result<Self> {
-        let initial = initial.replace_all();
-        Ok(StructDict {
-            engine: Engine::open(&options.0, Some(&initial))?,
-        })
-    }
-
-    /// The dict's name.
-    pub fn name(&self) -> &str {
-        self.engine.name()
+    pub fn open_state(options: &OpenOptions, initial: F) -> Result<Self> {
+        Dict::open(&options.0, Some(&initial.replace_all()))
     }
 
     /// Runs `f` on the mapped dump and the overlay, caught up.
     pub fn read<R>(&self, f: impl FnOnce(&F::Stored, &F::Overlay) -> R) -> Result<R> {
-        self.engine
+        self.engine()
             .read(|view: &View<StructSchema<F>>| match view.dump() {
                 Some(dump) => Ok(f(dump, &view.overlay)),
                 None => Err(Error::corrupt(
-                    self.engine.name(),
+                    self.name(),
                     "a struct dict without its first dump",
                 )),
             })?
@@ -137,68 +127,13 @@ impl<F: StructFields> StructDict<F> {
 
     /// Commits one update.
     pub fn write(&self, update: F::Update) -> Result<()> {
-        self.engine.write(|_| Ok((Some(update), ())))
+        self.engine().write(|_| Ok((Some(update), ())))
     }
 
     /// The current fields, owned.
     pub fn fields(&self) -> Result<F> {
         self.read(|dump, overlay| F::materialize(dump, overlay))?
-            .map_err(|e| Error::corrupt(self.engine.name(), format!("deserializing fields: {e}")))
-    }
-
-    /// Takes the dict's lock.
-    pub fn lock(&self) -> Result<LockGuard<'_>> {
-        self.engine.lock(&LockOptions::default())
-    }
-
-    /// Takes the dict's lock as `options` say.
-    pub fn lock_with(&self, options: LockOptions) -> Result<LockGuard<'_>> {
-        self.engine.lock(&options)
-    }
-
-    /// Writes a full dump now.
-    pub fn dump(&self) -> Result<()> {
-        self.engine.dump()
-    }
-
-    /// Catches up; with `force`, rebuilds the view from the dump and stream.
-    pub fn load(&self, force: bool) -> Result<()> {
-        self.engine.reload(force)
-    }
-
-    /// The dict's shared state.
-    pub fn status(&self) -> Status {
-        self.engine.status()
-    }
-
-    /// Removes the dict and its nested children from /dev/shm.
-    pub fn unlink(&self) -> Result<()> {
-        self.engine.unlink()
-    }
-
-    /// Leaves the dict (see [`Lifetime`]).
-    pub fn close(&self) -> Result<()> {
-        self.engine.detach()
-    }
-
-    /// Blocks until some process commits an update this handle has not seen, or `timeout`.
-    pub fn wait_for_change(&self, timeout: std::time::Duration) -> Result<bool> {
-        Ok(self
-            .engine
-            .wait_for_change_since(self.engine.view_position(), timeout))
-    }
-
-    /// A watcher of this dict's plain fields.
-    pub fn watch(&self) -> crate::Watcher<'_, &'static str> {
-        crate::Watcher::new(&self.engine)
-    }
-
-    /// Records a nested child in this dict's register; fails with [`Error::Removed`] if this
-    /// dict was removed meanwhile.
-    pub fn register_child(&self, child: &str, what: &str) -> Result<()> {
-        self.engine.check_not_removed()?;
-        crate::register::register_child(self.engine.name(), child, what)?;
-        self.engine.check_not_removed()
+            .map_err(|e| Error::corrupt(self.name(), format!("deserializing fields: {e}")))
     }
 }
 
@@ -222,10 +157,7 @@ impl OpenOptions {
         initial: impl IntoIterator<Item = (K, V)>,
     ) -> Result<crate::UltraDict<K, V>> {
         let options = self.0.child(parent.name(), key);
-        let name = options.name.clone().unwrap_or_default();
-        let dict = crate::UltraDict::open_with(&options, Some(initial.into_iter().collect()))?;
-        parent.register_child(&name, &format!("nested map field {key}"))?;
-        Ok(dict)
+        crate::UltraDict::open_nested_in(parent, &options, initial.into_iter().collect(), key)
     }
 }
 

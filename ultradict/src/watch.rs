@@ -37,17 +37,15 @@ pub(crate) trait WatchSource<T>: Sync {
     fn wait_since(&self, position: StateWord, timeout: Duration) -> bool;
 }
 
-impl<S, T> WatchSource<T> for Engine<S>
-where
-    S: Schema,
-    S::Update: Touches<T>,
-    T: PartialEq,
-{
+impl<S: Schema> WatchSource<S::Touched> for Engine<S> {
     fn published(&self) -> StateWord {
         Engine::published(self)
     }
 
-    fn changes_since(&self, position: StateWord) -> Result<(Option<Change<T>>, StateWord)> {
+    fn changes_since(
+        &self,
+        position: StateWord,
+    ) -> Result<(Option<Change<S::Touched>>, StateWord)> {
         Ok(match self.updates_since(position)? {
             Since::Nothing => (None, position),
             Since::Reset(now) => (Some(Change::Everything), now),
@@ -58,7 +56,7 @@ where
                         return Ok((Some(Change::Everything), now));
                     }
                 }
-                let mut unique: Vec<T> = Vec::with_capacity(touched.len());
+                let mut unique: Vec<S::Touched> = Vec::with_capacity(touched.len());
                 for key in touched {
                     if !unique.contains(&key) {
                         unique.push(key);

@@ -189,7 +189,7 @@ impl SharedAppState {
         &self,
         f: impl ::core::ops::FnOnce(u64) -> u64,
     ) -> ::ultradict::Result<u64> {
-        let _guard = self.__dict.lock()?;
+        let _guard = self.lock()?;
         let value = f(self.counter()?);
         self.__dict
             .write(
@@ -235,7 +235,7 @@ impl SharedAppState {
         &self,
         f: impl ::core::ops::FnOnce(String) -> String,
     ) -> ::ultradict::Result<String> {
-        let _guard = self.__dict.lock()?;
+        let _guard = self.lock()?;
         let value = f(self.label()?);
         self.__dict
             .write(
@@ -270,7 +270,7 @@ impl SharedAppState {
     /// # Errors
     /// If shared memory fails validation.
     pub fn snapshot(&self) -> ::ultradict::Result<AppState> {
-        let _guard = self.__dict.lock()?;
+        let _guard = self.lock()?;
         let __fields = self.__dict.fields()?;
         ::core::result::Result::Ok(AppState {
             counter: __fields.counter,
@@ -284,7 +284,7 @@ impl SharedAppState {
     /// # Errors
     /// If a full dump could not be written; nothing changed in this dict then.
     pub fn replace(&self, value: AppState) -> ::ultradict::Result<()> {
-        let _guard = self.__dict.lock()?;
+        let _guard = self.lock()?;
         let AppState { counter, label, stats, workers } = value;
         <Stats as ::ultradict::SharedDict>::__replace(&self.stats, stats)?;
         self.workers.replace_all(workers)?;
@@ -297,68 +297,7 @@ impl SharedAppState {
             )?;
         ::core::result::Result::Ok(())
     }
-    /// Blocks until some process commits a change to this state's plain fields that
-    /// this handle has not seen, or `timeout` passes; returns whether there is news.
-    ///
-    /// # Errors
-    /// None today.
-    pub fn wait_for_change(
-        &self,
-        timeout: ::core::time::Duration,
-    ) -> ::ultradict::Result<bool> {
-        self.__dict.wait_for_change(timeout)
-    }
-    /// A watcher that reports which plain fields (by stored key) change from now on.
-    pub fn watch(&self) -> ::ultradict::Watcher<'_, &'static str> {
-        self.__dict.watch()
-    }
-    /// The name other processes open this state with.
-    pub fn name(&self) -> &str {
-        self.__dict.name()
-    }
-    /// The shared state of this struct's dict (nested dicts have their own).
-    pub fn status(&self) -> ::ultradict::Status {
-        self.__dict.status()
-    }
-    /// Takes this state's cross-process lock (re-entrant for this thread): other
-    /// processes' writes to its plain fields wait until the guard drops.
-    ///
-    /// # Errors
-    /// As `UltraDict::lock`.
-    pub fn lock(&self) -> ::ultradict::Result<::ultradict::LockGuard<'_>> {
-        self.__dict.lock()
-    }
-    /// Takes the lock as `options` say.
-    ///
-    /// # Errors
-    /// As `UltraDict::lock_with`.
-    pub fn lock_with(
-        &self,
-        options: ::ultradict::LockOptions,
-    ) -> ::ultradict::Result<::ultradict::LockGuard<'_>> {
-        self.__dict.lock_with(options)
-    }
-    /// Writes a full dump of the plain fields now.
-    ///
-    /// # Errors
-    /// As `UltraDict::dump`.
-    pub fn dump(&self) -> ::ultradict::Result<()> {
-        self.__dict.dump()
-    }
-    /// Catches up; with `force`, rebuilds the view from the dump and stream.
-    ///
-    /// # Errors
-    /// If shared memory fails validation.
-    pub fn load(&self, force: bool) -> ::ultradict::Result<()> {
-        self.__dict.load(force)
-    }
-    /// Removes this state and all its nested dicts from /dev/shm now.
-    ///
-    /// # Errors
-    /// If a segment could not be removed.
-    pub fn unlink(&self) -> ::ultradict::Result<()> {
-        self.__dict.unlink()
-    }
+    ::ultradict::__handle_methods!(__dict, & 'static str);
     /// Closes the handle and returns the final state. Under `Lifetime::LastClose`
     /// the last handle to close removes the state and its nested dicts.
     ///
@@ -381,7 +320,7 @@ impl ::ultradict::SharedDict for AppState {
         __initial: Self,
     ) -> ::ultradict::Result<SharedAppState> {
         let AppState { counter, label, stats, workers } = __initial;
-        let __dict = ::ultradict::__private::StructDict::open(
+        let __dict = ::ultradict::__private::StructDict::open_state(
             __options,
             __UltradictFieldsOfAppState {
                 counter,

@@ -160,7 +160,7 @@ impl SharedMinimal {
         &self,
         f: impl ::core::ops::FnOnce(u8) -> u8,
     ) -> ::my_ultradict::Result<u8> {
-        let _guard = self.__dict.lock()?;
+        let _guard = self.lock()?;
         let value = f(self.r#type()?);
         self.__dict
             .write(
@@ -173,7 +173,7 @@ impl SharedMinimal {
     /// # Errors
     /// If shared memory fails validation.
     pub fn snapshot(&self) -> ::my_ultradict::Result<Minimal> {
-        let _guard = self.__dict.lock()?;
+        let _guard = self.lock()?;
         let __fields = self.__dict.fields()?;
         ::core::result::Result::Ok(Minimal { r#type: __fields.r#type })
     }
@@ -182,7 +182,7 @@ impl SharedMinimal {
     /// # Errors
     /// If a full dump could not be written; nothing changed in this dict then.
     pub fn replace(&self, value: Minimal) -> ::my_ultradict::Result<()> {
-        let _guard = self.__dict.lock()?;
+        let _guard = self.lock()?;
         let Minimal { r#type } = value;
         self.__dict
             .write(
@@ -192,68 +192,7 @@ impl SharedMinimal {
             )?;
         ::core::result::Result::Ok(())
     }
-    /// Blocks until some process commits a change to this state's plain fields that
-    /// this handle has not seen, or `timeout` passes; returns whether there is news.
-    ///
-    /// # Errors
-    /// None today.
-    pub fn wait_for_change(
-        &self,
-        timeout: ::core::time::Duration,
-    ) -> ::my_ultradict::Result<bool> {
-        self.__dict.wait_for_change(timeout)
-    }
-    /// A watcher that reports which plain fields (by stored key) change from now on.
-    pub fn watch(&self) -> ::my_ultradict::Watcher<'_, &'static str> {
-        self.__dict.watch()
-    }
-    /// The name other processes open this state with.
-    pub fn name(&self) -> &str {
-        self.__dict.name()
-    }
-    /// The shared state of this struct's dict (nested dicts have their own).
-    pub fn status(&self) -> ::my_ultradict::Status {
-        self.__dict.status()
-    }
-    /// Takes this state's cross-process lock (re-entrant for this thread): other
-    /// processes' writes to its plain fields wait until the guard drops.
-    ///
-    /// # Errors
-    /// As `UltraDict::lock`.
-    pub fn lock(&self) -> ::my_ultradict::Result<::my_ultradict::LockGuard<'_>> {
-        self.__dict.lock()
-    }
-    /// Takes the lock as `options` say.
-    ///
-    /// # Errors
-    /// As `UltraDict::lock_with`.
-    pub fn lock_with(
-        &self,
-        options: ::my_ultradict::LockOptions,
-    ) -> ::my_ultradict::Result<::my_ultradict::LockGuard<'_>> {
-        self.__dict.lock_with(options)
-    }
-    /// Writes a full dump of the plain fields now.
-    ///
-    /// # Errors
-    /// As `UltraDict::dump`.
-    pub fn dump(&self) -> ::my_ultradict::Result<()> {
-        self.__dict.dump()
-    }
-    /// Catches up; with `force`, rebuilds the view from the dump and stream.
-    ///
-    /// # Errors
-    /// If shared memory fails validation.
-    pub fn load(&self, force: bool) -> ::my_ultradict::Result<()> {
-        self.__dict.load(force)
-    }
-    /// Removes this state and all its nested dicts from /dev/shm now.
-    ///
-    /// # Errors
-    /// If a segment could not be removed.
-    pub fn unlink(&self) -> ::my_ultradict::Result<()> {
-        self.__dict.unlink()
-    }
+    ::my_ultradict::__handle_methods!(__dict, & 'static str);
     /// Closes the handle and returns the final state. Under `Lifetime::LastClose`
     /// the last handle to close removes the state and its nested dicts.
     ///
@@ -274,7 +213,7 @@ impl ::my_ultradict::SharedDict for Minimal {
         __initial: Self,
     ) -> ::my_ultradict::Result<SharedMinimal> {
         let Minimal { r#type } = __initial;
-        let __dict = ::my_ultradict::__private::StructDict::open(
+        let __dict = ::my_ultradict::__private::StructDict::open_state(
             __options,
             __UltradictFieldsOfMinimal {
                 r#type,
