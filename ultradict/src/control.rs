@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 use crate::segment::Segment;
+use crate::storage::Position;
 
 /// Identifies an ultradict control segment.
 pub(crate) const MAGIC: [u8; 8] = *b"ULTRADCT";
@@ -73,6 +74,16 @@ impl StateWord {
             epoch: (word >> 32) as u32,
             committed: word as u32,
         }
+    }
+
+    /// The state word as a position in the dict's history.
+    pub(crate) fn position(self) -> Position {
+        Position(u128::from(self.pack()))
+    }
+
+    /// The state word a position of this backend packs.
+    pub(crate) fn of(position: Position) -> Self {
+        Self::unpack(position.0 as u64)
     }
 }
 

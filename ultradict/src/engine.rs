@@ -1,13 +1,13 @@
-//! The protocol of one handle: catch up, read, write a record, switch epoch with a full dump,
-//! read the updates since a position, wait for a change, and the writers' lock. Generic over a
-//! [`Schema`]; it never knows whether it serves a map or a struct. Opening, attaching and
-//! detaching live in `open.rs`, removal in `removal.rs`.
+//! The shared-memory engine's protocol for one handle: catch up, read, write a record, switch
+//! epoch with a full dump, read the updates since a position, wait for a change. It implements
+//! the storage seam (`storage.rs`) for the handle layer. Opening, attaching and detaching live
+//! in `open.rs`, the lock as a handle holds it in `lock_guard.rs`, status in `status.rs`.
 //!
 //! Storage steps (append a record, publish, read records since an offset, write and read a
-//! dump, lock) each live in one function here, so that another backend can take them over.
+//! dump, lock) each live in one function, so that another backend can take them over.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
@@ -15,44 +15,17 @@ use crate::control::{Control, HEADER_SIZE, StateWord};
 use crate::dump::{AlignedBuf, Dump, DumpId};
 use crate::error::{Error, Result};
 use crate::liveness::Anchor;
-use crate::lock::{self, Acquired, WaitPolicy};
-use crate::lock_guard::{LockGuard, LockOptions, Reentrant, Unlock, Wait};
+use crate::lock_guard::{LockGuard, LockOptions, Reentrant};
 use crate::naming;
-pub(crate) use crate::open::Departure; // the engine's answer to a leaving handle
-use crate::options::Lifetime;
+use crate::options::{Lifetime, Options};
 use crate::schema::{Fingerprint, Schema};
 use crate::segment::{self, Segment};
-use crate::status::{LockHolder, Status};
+use crate::status::Status;
+use crate::storage::{Departure, Position, Since, Storage, View};
 use crate::stream;
 
 /// Lock-free catch-up attempts before a reader catches up under the lock instead.
 const LOCK_FREE_ATTEMPTS: u32 = 16;
-
-/// What a process knows of the shared state: a position in the stream, the dump of its
-/// epoch, and the records applied on top of that dump.
-pub(crate) struct View<S: Schema> {
-    pub(crate) state: StateWord,
-    pub(crate) dump: Option<Dump<S::Dump>>,
-    pub(crate) overlay: S::Overlay,
-}
-
-impl<S: Schema> View<S> {
-    /// The root of the current dump, if this epoch has one.
-    pub(crate) fn dump(&self) -> Option<&S::Dump> {
-        self.dump.as_ref().map(Dump::root)
-    }
-
-    pub(crate) fn empty() -> Self {
-        View {
-            state: StateWord {
-                epoch: 0,
-                committed: 0,
-            },
-            dump: None,
-            overlay: S::overlay_for(None),
-        }
-    }
-}
 
 /// This handle's place among the dict's attached handles: its anchor (see `liveness`) and the
 /// process-table slot the anchor holds, for the fork generation that took them.
@@ -118,46 +91,28 @@ const _: () = {
     assert_send_sync::<Engine<crate::map::MapSchema<u64, u64>>>();
 };
 
-impl<S: Schema> Engine<S> {
-    /// The dict's name.
-    pub(crate) fn name(&self) -> &str {
+impl<S: Schema> Storage for Engine<S> {
+    type Schema = S;
+
+    fn open(options: &Options, initial: Option<&S::Update>) -> Result<Self> {
+        Self::open_dict(options, initial)
+    }
+
+    fn name(&self) -> &str {
         &self.name
     }
 
-    /// Which dict this handle's dumps belong to.
-    fn dump_id(&self) -> DumpId<'_> {
-        DumpId {
-            name: &self.name,
-            instance: self.instance,
-            fingerprint: self.fingerprint.hash,
-        }
+    fn lifetime(&self) -> Lifetime {
+        self.lifetime
     }
-
-    /// The name of this dict's dump of `epoch`.
-    fn dump_object(&self, epoch: u32) -> String {
-        naming::dump(&self.name, self.instance, epoch)
-    }
-
-    pub(crate) fn control(&self) -> &Control {
-        // SAFETY: `segment` is a mapped control segment, checked when it was opened, and
-        // lives as long as `self`.
-        unsafe { Control::from_segment(&self.segment) }
-    }
-
-    fn stream_ptr(&self) -> *mut u8 {
-        // SAFETY: the control segment is HEADER_SIZE + stream_capacity bytes long.
-        unsafe { self.segment.as_mut_ptr().add(HEADER_SIZE) }
-    }
-
-    // ---------------------------------------------------------------- reading
 
     /// Runs `f` on an up-to-date view. With no news this is one Acquire load and a shared
     /// borrow of the view.
-    pub(crate) fn read<R>(&self, f: impl FnOnce(&View<S>) -> R) -> Result<R> {
+    fn read<R>(&self, f: impl FnOnce(&View<S>) -> R) -> Result<R> {
         let published = self.control().state.load(Ordering::Acquire);
         {
             let view = self.view.read();
-            if view.state.pack() == published {
+            if view.position.0 == u128::from(published) {
                 return Ok(f(&view));
             }
         }
@@ -166,7 +121,7 @@ impl<S: Schema> Engine<S> {
     }
 
     /// Brings this handle's view up to the published state (UltraDict's `apply_update`).
-    pub(crate) fn catch_up(&self) -> Result<()> {
+    fn catch_up(&self) -> Result<()> {
         self.catch_ups.fetch_add(1, Ordering::Relaxed);
         let mut view = self.view.write();
         if self.holds_lock() {
@@ -189,6 +144,210 @@ impl<S: Schema> Engine<S> {
         self.catch_up_locked(&mut view)
     }
 
+    /// Throws the view away and rebuilds it from the current dump and stream (UltraDict's
+    /// `load(force=True)`); without `force`, only catches up.
+    fn reload(&self, force: bool) -> Result<()> {
+        if force {
+            let _guard = self.lock(&LockOptions::default())?;
+            let mut view = self.view.write();
+            let current = self.control().state();
+            let dump = self.map_dump(current.epoch)?;
+            view.overlay = S::overlay_for(dump.as_ref().map(Dump::root));
+            view.dump = dump;
+            view.position = StateWord {
+                epoch: current.epoch,
+                committed: 0,
+            }
+            .position();
+            return self.catch_up_locked(&mut view);
+        }
+        self.catch_up()
+    }
+
+    /// Commits an update: under the lock, catch up, let `make` look at the caught-up view and
+    /// decide the update (or none) and a result, append the record (or, if it does not fit,
+    /// write a full dump that includes it), publish, apply locally.
+    fn write<R>(&self, make: impl FnOnce(&View<S>) -> Result<(Option<S::Update>, R)>) -> Result<R> {
+        let _guard = self.lock(&LockOptions::default())?;
+        let mut view = self.view.write();
+        self.catch_up_locked(&mut view)?;
+        let (update, result) = make(&view)?;
+        let Some(update) = update else {
+            return Ok(result);
+        };
+        let control = self.control();
+        let state = at(&view);
+        let offset = state.committed as usize;
+        // SAFETY: the stream is `stream_capacity` bytes after the 16-aligned header; we hold
+        // the writers' lock and nobody reads past the committed offset `at`.
+        let appended = unsafe {
+            stream::append(
+                self.stream_ptr(),
+                self.stream_capacity,
+                offset,
+                state.epoch,
+                &update,
+            )
+        };
+        match appended {
+            Ok(end) => {
+                crate::fault::point("record-written");
+                let next = StateWord {
+                    epoch: state.epoch,
+                    committed: end as u32,
+                };
+                control.publish(next);
+                control.counters.records.fetch_add(1, Ordering::Relaxed);
+                let View { dump, overlay, .. } = &mut *view;
+                S::apply(dump.as_ref().map(Dump::root), overlay, update);
+                view.position = next.position();
+            }
+            Err(stream::AppendError::StreamFull) => self.switch_epoch(&mut view, Some(&update))?,
+            Err(stream::AppendError::Failed(detail)) => {
+                return Err(Error::Serialize {
+                    name: self.name.clone(),
+                    detail,
+                });
+            }
+        }
+        Ok(result)
+    }
+
+    fn write_via_dump(&self, update: Option<&S::Update>) -> Result<()> {
+        let _guard = self.lock(&LockOptions::default())?;
+        let mut view = self.view.write();
+        self.catch_up_locked(&mut view)?;
+        self.switch_epoch(&mut view, update)
+    }
+
+    /// The updates committed since `position`, deserialized, and the position they lead to;
+    /// [`Since::Reset`] if a full dump replaced the stream in between (the records are gone).
+    fn updates_since(&self, position: Position) -> Result<Since<S::Update>> {
+        let position = StateWord::of(position);
+        for _ in 0..LOCK_FREE_ATTEMPTS {
+            let target = self.control().state();
+            if target == position {
+                return Ok(Since::Nothing);
+            }
+            if target.epoch != position.epoch || target.committed < position.committed {
+                return Ok(Since::Reset(target.position()));
+            }
+            if let Some(updates) = self.read_records(position.committed, target, false)? {
+                return Ok(Since::Updates(updates, target.position()));
+            }
+        }
+        // Writers kept switching epochs under us: whatever happened, it was a lot.
+        Ok(Since::Reset(self.control().state().position()))
+    }
+
+    fn published(&self) -> Position {
+        self.control().state().position()
+    }
+
+    fn position(&self) -> Position {
+        self.view.read().position
+    }
+
+    /// Sleeps until the published state differs from `seen` or `timeout` passes, on the
+    /// shared futex that every publication bumps. Returns whether it changed.
+    fn wait_for_change(&self, seen: Position, timeout: Duration) -> bool {
+        let seen = StateWord::of(seen);
+        let control = self.control();
+        let sequence = &control.changes.sequence;
+        let deadline = Instant::now() + timeout;
+        // Counted in this handle's own slot, so a sleeper killed in its sleep stops counting
+        // when its slot dies.
+        let counted = self
+            .membership
+            .slot_in(crate::os::fork_generation())
+            .map(|slot| &control.processes[slot].sleepers);
+        if let Some(count) = counted {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+        let changed = loop {
+            let seen_sequence = sequence.load(Ordering::Acquire);
+            if control.state() != seen {
+                break true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break false;
+            }
+            let asleep = seen_sequence | crate::control::SLEEPERS;
+            if seen_sequence != asleep
+                && sequence
+                    .compare_exchange(seen_sequence, asleep, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+            {
+                continue;
+            }
+            crate::os::futex_wait(sequence, asleep, left);
+        };
+        if let Some(count) = counted {
+            count.fetch_sub(1, Ordering::Relaxed);
+        }
+        changed
+    }
+
+    fn lock(&self, options: &LockOptions) -> Result<LockGuard<'_>> {
+        self.acquire(options)
+    }
+
+    fn status(&self) -> Status {
+        self.report()
+    }
+
+    fn check_not_removed(&self) -> Result<()> {
+        if self.control().is_removed() {
+            return Err(self.removed());
+        }
+        Ok(())
+    }
+
+    fn created_here(&self) -> bool {
+        self.creator == Some(crate::os::fork_generation())
+    }
+
+    fn detach(&self, remove: impl FnOnce(&Departure) -> bool) -> Result<()> {
+        self.leave(remove)
+    }
+
+    fn unlink(&self) -> Result<()> {
+        self.remove()
+    }
+}
+
+/// The state word a view has reached.
+fn at<S: Schema>(view: &View<S>) -> StateWord {
+    StateWord::of(view.position)
+}
+
+impl<S: Schema> Engine<S> {
+    /// Which dict this handle's dumps belong to.
+    fn dump_id(&self) -> DumpId<'_> {
+        DumpId {
+            name: &self.name,
+            instance: self.instance,
+            fingerprint: self.fingerprint.hash,
+        }
+    }
+
+    /// The name of this dict's dump of `epoch`.
+    pub(crate) fn dump_object(&self, epoch: u32) -> String {
+        naming::dump(&self.name, self.instance, epoch)
+    }
+
+    pub(crate) fn control(&self) -> &Control {
+        // SAFETY: `segment` is a mapped control segment, checked when it was opened, and
+        // lives as long as `self`.
+        unsafe { Control::from_segment(&self.segment) }
+    }
+
+    fn stream_ptr(&self) -> *mut u8 {
+        // SAFETY: the control segment is HEADER_SIZE + stream_capacity bytes long.
+        unsafe { self.segment.as_mut_ptr().add(HEADER_SIZE) }
+    }
+
     /// Catches up while holding the writers' lock: nothing moves underneath.
     fn catch_up_locked(&self, view: &mut View<S>) -> Result<()> {
         loop {
@@ -202,18 +361,19 @@ impl<S: Schema> Engine<S> {
     fn try_catch_up(&self, view: &mut View<S>, locked: bool) -> Result<Progress> {
         let control = self.control();
         let target = control.state();
-        if target == view.state {
+        if target.position() == view.position {
             return Ok(Progress::Done);
         }
-        if target.epoch != view.state.epoch {
+        if target.epoch != at(view).epoch {
             match self.map_dump(target.epoch) {
                 Ok(dump) => {
                     view.overlay = S::overlay_for(dump.as_ref().map(Dump::root));
                     view.dump = dump;
-                    view.state = StateWord {
+                    view.position = StateWord {
                         epoch: target.epoch,
                         committed: 0,
-                    };
+                    }
+                    .position();
                     return Ok(Progress::Retry);
                 }
                 // Superseded between our load and the open: look again.
@@ -221,20 +381,17 @@ impl<S: Schema> Engine<S> {
                 Err(err) => return Err(err),
             }
         }
-        let View {
-            dump,
-            overlay,
-            state,
-        } = view;
+        let committed = at(view).committed;
+        let View { dump, overlay, .. } = view;
         let dump = dump.as_ref().map(Dump::root);
         // Every record is deserialized before any is applied: a failure changes nothing.
-        let Some(updates) = self.read_records(state.committed, target, locked)? else {
+        let Some(updates) = self.read_records(committed, target, locked)? else {
             return Ok(Progress::Retry);
         };
         for update in updates {
             S::apply(dump, overlay, update);
         }
-        *state = target;
+        view.position = target.position();
         Ok(Progress::Done)
     }
 
@@ -280,75 +437,6 @@ impl<S: Schema> Engine<S> {
         }
     }
 
-    /// The updates committed since `position`, deserialized, and the position they lead to;
-    /// [`Since::Reset`] if a full dump replaced the stream in between (the records are gone).
-    pub(crate) fn updates_since(&self, position: StateWord) -> Result<Since<S::Update>> {
-        for _ in 0..LOCK_FREE_ATTEMPTS {
-            let target = self.control().state();
-            if target == position {
-                return Ok(Since::Nothing);
-            }
-            if target.epoch != position.epoch || target.committed < position.committed {
-                return Ok(Since::Reset(target));
-            }
-            if let Some(updates) = self.read_records(position.committed, target, false)? {
-                return Ok(Since::Updates(updates, target));
-            }
-        }
-        // Writers kept switching epochs under us: whatever happened, it was a lot.
-        Ok(Since::Reset(self.control().state()))
-    }
-
-    /// The published position.
-    pub(crate) fn published(&self) -> StateWord {
-        self.control().state()
-    }
-
-    /// Sleeps until the published state differs from `seen` or `timeout` passes, on the
-    /// shared futex that every publication bumps. Returns whether it changed.
-    pub(crate) fn wait_for_change_since(&self, seen: StateWord, timeout: Duration) -> bool {
-        let control = self.control();
-        let sequence = &control.changes.sequence;
-        let deadline = Instant::now() + timeout;
-        // Counted in this handle's own slot, so a sleeper killed in its sleep stops counting
-        // when its slot dies.
-        let counted = self
-            .membership
-            .slot_in(crate::os::fork_generation())
-            .map(|slot| &control.processes[slot].sleepers);
-        if let Some(count) = counted {
-            count.fetch_add(1, Ordering::Relaxed);
-        }
-        let changed = loop {
-            let seen_sequence = sequence.load(Ordering::Acquire);
-            if control.state() != seen {
-                break true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break false;
-            }
-            let asleep = seen_sequence | crate::control::SLEEPERS;
-            if seen_sequence != asleep
-                && sequence
-                    .compare_exchange(seen_sequence, asleep, Ordering::AcqRel, Ordering::Acquire)
-                    .is_err()
-            {
-                continue;
-            }
-            crate::os::futex_wait(sequence, asleep, left);
-        };
-        if let Some(count) = counted {
-            count.fetch_sub(1, Ordering::Relaxed);
-        }
-        changed
-    }
-
-    /// The position this handle's view has reached.
-    pub(crate) fn view_position(&self) -> StateWord {
-        self.view.read().state
-    }
-
     /// Maps the dump that starts `epoch` (epoch 0 has none).
     fn map_dump(&self, epoch: u32) -> Result<Option<Dump<S::Dump>>> {
         if epoch == 0 {
@@ -365,99 +453,6 @@ impl<S: Schema> Engine<S> {
             .map_err(|detail| Error::corrupt(dump.object(), detail))
     }
 
-    /// Throws the view away and rebuilds it from the current dump and stream (UltraDict's
-    /// `load(force=True)`); without `force`, only catches up.
-    pub(crate) fn reload(&self, force: bool) -> Result<()> {
-        if force {
-            let _guard = self.lock(&LockOptions::default())?;
-            let mut view = self.view.write();
-            let current = self.control().state();
-            let dump = self.map_dump(current.epoch)?;
-            view.overlay = S::overlay_for(dump.as_ref().map(Dump::root));
-            view.dump = dump;
-            view.state = StateWord {
-                epoch: current.epoch,
-                committed: 0,
-            };
-            return self.catch_up_locked(&mut view);
-        }
-        self.catch_up()
-    }
-
-    // ---------------------------------------------------------------- writing
-
-    /// Commits an update: under the lock, catch up, let `make` look at the caught-up view and
-    /// decide the update (or none) and a result, append the record (or, if it does not fit,
-    /// write a full dump that includes it), publish, apply locally.
-    pub(crate) fn write<R>(
-        &self,
-        make: impl FnOnce(&View<S>) -> Result<(Option<S::Update>, R)>,
-    ) -> Result<R> {
-        let _guard = self.lock(&LockOptions::default())?;
-        let mut view = self.view.write();
-        self.catch_up_locked(&mut view)?;
-        let (update, result) = make(&view)?;
-        let Some(update) = update else {
-            return Ok(result);
-        };
-        let control = self.control();
-        let at = view.state.committed as usize;
-        // SAFETY: the stream is `stream_capacity` bytes after the 16-aligned header; we hold
-        // the writers' lock and nobody reads past the committed offset `at`.
-        let appended = unsafe {
-            stream::append(
-                self.stream_ptr(),
-                self.stream_capacity,
-                at,
-                view.state.epoch,
-                &update,
-            )
-        };
-        match appended {
-            Ok(end) => {
-                crate::fault::point("record-written");
-                let next = StateWord {
-                    epoch: view.state.epoch,
-                    committed: end as u32,
-                };
-                control.publish(next);
-                control.counters.records.fetch_add(1, Ordering::Relaxed);
-                let View {
-                    dump,
-                    overlay,
-                    state,
-                } = &mut *view;
-                S::apply(dump.as_ref().map(Dump::root), overlay, update);
-                *state = next;
-            }
-            Err(stream::AppendError::StreamFull) => self.switch_epoch(&mut view, Some(&update))?,
-            Err(stream::AppendError::Failed(detail)) => {
-                return Err(Error::Serialize {
-                    name: self.name.clone(),
-                    detail,
-                });
-            }
-        }
-        Ok(result)
-    }
-
-    /// Writes a full dump now (UltraDict's `dump()`): the stream starts empty again.
-    pub(crate) fn dump(&self) -> Result<()> {
-        let _guard = self.lock(&LockOptions::default())?;
-        let mut view = self.view.write();
-        self.catch_up_locked(&mut view)?;
-        self.switch_epoch(&mut view, None)
-    }
-
-    /// Commits `update` through a full dump rather than the stream (for updates that make
-    /// most of the state obsolete, such as clearing it).
-    pub(crate) fn write_via_dump(&self, update: &S::Update) -> Result<()> {
-        let _guard = self.lock(&LockOptions::default())?;
-        let mut view = self.view.write();
-        self.catch_up_locked(&mut view)?;
-        self.switch_epoch(&mut view, Some(update))
-    }
-
     /// Starts a new epoch from a full dump of the state plus `pending`. All or nothing: until
     /// the new state word is published, nothing shared or local has changed.
     pub(crate) fn switch_epoch(
@@ -469,7 +464,7 @@ impl<S: Schema> Engine<S> {
         if control.is_removed() {
             return Err(self.removed());
         }
-        let old_epoch = view.state.epoch;
+        let old_epoch = at(view).epoch;
         let next_epoch = old_epoch
             .checked_add(1)
             .ok_or_else(|| Error::corrupt(self.segment.object(), "epoch counter exhausted"))?;
@@ -502,10 +497,11 @@ impl<S: Schema> Engine<S> {
         }
         view.overlay = S::overlay_for(Some(dump.root()));
         view.dump = Some(dump);
-        view.state = StateWord {
+        view.position = StateWord {
             epoch: next_epoch,
             committed: 0,
-        };
+        }
+        .position();
         Ok(())
     }
 
@@ -524,7 +520,7 @@ impl<S: Schema> Engine<S> {
             )
         })?;
         let current = view.dump.as_ref().map_or(0, Dump::archive_len);
-        let initial = (2 * (current + view.state.committed as usize)).max(64 << 10);
+        let initial = (2 * (current + at(view).committed as usize)).max(64 << 10);
         let archive = crate::schema::archive_to_vec(initial, |out| S::archive(&snapshot, out))
             .map_err(|detail| Error::Serialize {
                 name: self.name.clone(),
@@ -540,229 +536,10 @@ impl<S: Schema> Engine<S> {
         Ok(archive)
     }
 
-    /// Fails with [`Error::Removed`] if a removal of this dict began.
-    pub(crate) fn check_not_removed(&self) -> Result<()> {
-        if self.control().is_removed() {
-            return Err(self.removed());
-        }
-        Ok(())
-    }
-
-    /// Checks, after `child` was opened as a nested dict of this one, that this dict was not
-    /// removed meanwhile. A remover marks the dict before it lists the objects under its name:
-    /// either it listed the child, or this sees the mark, takes back the child if it created
-    /// it, and fails with [`Error::Removed`].
-    pub(crate) fn adopt<C: Schema>(&self, child: &Engine<C>) -> Result<()> {
-        if self.control().is_removed() {
-            if child.creator.is_some() {
-                let _ = child.unlink();
-            }
-            return Err(self.removed());
-        }
-        Ok(())
-    }
-
-    /// The dict's lifetime, as its creator chose it.
-    pub(crate) fn lifetime(&self) -> Lifetime {
-        self.lifetime
-    }
-
     /// The error of a handle whose dict was removed.
     pub(crate) fn removed(&self) -> Error {
         Error::Removed {
             name: self.name.clone(),
-        }
-    }
-
-    // ---------------------------------------------------------------- the lock
-
-    /// Whether the calling thread holds the writers' lock through this handle.
-    pub(crate) fn holds_lock(&self) -> bool {
-        self.reentrant.held_by_caller()
-    }
-
-    /// Whether the handle in slot `slot` lives (see `liveness`).
-    fn slot_alive(&self, slot: usize) -> bool {
-        self.membership.anchor.read().slot_alive(slot)
-    }
-
-    /// Takes the writers' lock for the calling thread (re-entrantly).
-    pub(crate) fn lock(&self, options: &LockOptions) -> Result<LockGuard<'_>> {
-        let me = crate::os::current_thread();
-        if let Some(key) = self.reentrant.reenter(me) {
-            return Ok(LockGuard::new(self, key));
-        }
-        let slot = match self.membership.slot_in(me.generation) {
-            Some(slot) => slot,
-            None => self.attach_in_fork(me.generation)?,
-        };
-        let word = lock::holder_word(slot, me.tid);
-        let control = self.control();
-        let fields = &control.lock.0;
-        self.check_not_held_elsewhere(fields, slot, me.tid)?;
-        // Only a timed wait needs the clock; an uncontended acquire should not pay for it.
-        let started = matches!(options.wait, Wait::Timeout(_)).then(Instant::now);
-        let policy = WaitPolicy {
-            spins: options.spins,
-            max_sleep: options.sleep_time,
-        };
-        let alive = |slot| self.slot_alive(slot);
-        let acquired = match options.wait {
-            Wait::NonBlocking => lock::try_acquire(fields, word, &alive),
-            Wait::Forever => lock::acquire(fields, word, policy, None, &alive),
-            Wait::Timeout(timeout) => lock::acquire(
-                fields,
-                word,
-                policy,
-                started.map(|started| started + timeout),
-                &alive,
-            ),
-        };
-        match acquired {
-            Ok(how) => {
-                let guard = LockGuard::new(self, self.reentrant.enter(me, word));
-                if let Acquired::FromDead { dead_slot } = how {
-                    self.tidy_after_dead_holder(dead_slot);
-                }
-                crate::fault::point("locked");
-                Ok(guard)
-            }
-            Err(busy) => {
-                let holder_pid = busy.holder_slot.map_or(0, |slot| control.slot_pid(slot).0);
-                Err(match options.wait {
-                    Wait::NonBlocking => Error::WouldBlock {
-                        name: self.name.clone(),
-                        holder_pid,
-                    },
-                    _ => Error::LockTimeout {
-                        name: self.name.clone(),
-                        holder_pid,
-                        waited: started.map(|started| started.elapsed()).unwrap_or_default(),
-                    },
-                })
-            }
-        }
-    }
-
-    /// Waiting for a lock that this very thread holds through another handle of the same
-    /// dict would never end: that is an error instead.
-    fn check_not_held_elsewhere(
-        &self,
-        fields: &crate::control::LockFields,
-        slot: usize,
-        tid: u32,
-    ) -> Result<()> {
-        let holder = lock::holder(fields);
-        if holder == 0 || lock::tid_of(holder) != tid {
-            return Ok(());
-        }
-        let ours = lock::slot_of(holder).is_some_and(|held| {
-            held != slot
-                && self.control().processes[held].owner.load(Ordering::Acquire)
-                    == crate::os::process_nonce()
-        });
-        if ours {
-            return Err(Error::LockedByOtherHandle {
-                name: self.name.clone(),
-            });
-        }
-        Ok(())
-    }
-
-    /// A holder died: whatever it left half done is garbage. Its unpublished records are
-    /// ignored by construction; remove the dump segments it may have left behind (an
-    /// unpublished next dump, or a superseded one it had not unlinked yet).
-    fn tidy_after_dead_holder(&self, dead_slot: Option<usize>) {
-        let control = self.control();
-        if let Some(slot) = dead_slot {
-            control
-                .lock
-                .last_dead_pid
-                .store(control.slot_pid(slot).0, Ordering::Relaxed);
-        }
-        let epoch = control.state().epoch;
-        let _ = segment::unlink(&self.dump_object(epoch.wrapping_add(1)));
-        if epoch > 1 {
-            let _ = segment::unlink(&self.dump_object(epoch - 1));
-        }
-    }
-
-    /// Takes over the writers' lock if its word names `slot` (just claimed by this handle, so
-    /// the holder that had it died), tidies after it and lets the lock go.
-    pub(crate) fn recover_lock_of(&self, slot: usize) {
-        let control = self.control();
-        let current = control.lock.word.load(Ordering::Acquire);
-        if lock::slot_of(current & !lock::WAITERS) != Some(slot) {
-            return;
-        }
-        let me = crate::os::current_thread();
-        let word = lock::holder_word(slot, me.tid);
-        if lock::take_over(&control.lock.0, current, word) {
-            self.tidy_after_dead_holder(Some(slot));
-            lock::release(&control.lock.0, word);
-        }
-    }
-
-    // ---------------------------------------------------------------- status
-
-    pub(crate) fn status(&self) -> Status {
-        let control = self.control();
-        let state = control.state();
-        let holder = lock::holder(&control.lock.0);
-        let lock_holder = lock::slot_of(holder).map(|slot| {
-            lock::note_holder_seen(&control.lock.0);
-            let since = control.lock.held_since_ns.load(Ordering::Relaxed);
-            let (pid, same_pid_namespace) = control.slot_pid(slot);
-            LockHolder {
-                pid,
-                same_pid_namespace,
-                since: (since != 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_nanos(since)),
-            }
-        });
-        let last_dead = control.lock.last_dead_pid.load(Ordering::Relaxed);
-        let anchor = self.membership.anchor.read();
-        let mut attached_pids = Vec::new();
-        let mut sleepers = 0;
-        for slot in 0..crate::control::PROCESS_SLOTS {
-            let entry = &control.processes[slot];
-            if entry.owner.load(Ordering::Acquire) != 0 && anchor.slot_alive(slot) {
-                attached_pids.push(control.slot_pid(slot).0);
-                sleepers += entry.sleepers.load(Ordering::Relaxed);
-            }
-        }
-        Status {
-            name: self.name.clone(),
-            schema: control.schema_text(),
-            control_segment: naming::control(&self.name),
-            dump_segment: (state.epoch > 0).then(|| self.dump_object(state.epoch)),
-            buffer_size: self.stream_capacity,
-            buffer_used: state.committed as usize,
-            full_dump_size: match control.full_dump_size {
-                0 => None,
-                size => Some(size),
-            },
-            epoch: state.epoch,
-            committed_offset: state.committed as usize,
-            records: control.counters.records.load(Ordering::Relaxed),
-            dumps: control.counters.dumps.load(Ordering::Relaxed),
-            dump_bytes: control.counters.dump_len.load(Ordering::Relaxed),
-            lifetime: self.lifetime,
-            attached_pids,
-            sleepers,
-            lock_holder,
-            lock_recoveries: control.lock.recoveries.load(Ordering::Relaxed),
-            last_dead_holder: (last_dead != 0).then_some(last_dead),
-            locked_catch_ups: control.counters.locked_catch_ups.load(Ordering::Relaxed),
-            catch_ups: self.catch_ups.load(Ordering::Relaxed),
-            removed: control.is_removed() || !anchor.is_named(&naming::control(&self.name)),
-        }
-    }
-}
-
-impl<S: Schema> Unlock for Engine<S> {
-    fn unlock(&self, key: u64) {
-        if let Some(word) = self.reentrant.leave(key) {
-            lock::release(&self.control().lock.0, word);
         }
     }
 }
@@ -785,14 +562,4 @@ unsafe fn copy_out(src: *const u8, dst: &mut [u8]) {
 enum Progress {
     Done,
     Retry,
-}
-
-/// What happened since a position in the stream.
-pub(crate) enum Since<U> {
-    /// Nothing was published.
-    Nothing,
-    /// These updates, in order, lead to this position.
-    Updates(Vec<U>, StateWord),
-    /// A full dump started a new epoch: the updates in between are not known one by one.
-    Reset(StateWord),
 }

@@ -11,12 +11,13 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::engine::{Departure, Engine};
+use crate::engine::Engine;
 use crate::error::Result;
 use crate::lock_guard::{LockGuard, LockOptions};
 use crate::options::{Lifetime, Options};
 use crate::schema::Schema;
 use crate::status::Status;
+use crate::storage::{Departure, Storage};
 use crate::watch::Watcher;
 
 /// One handle on a shared dict of schema `S`. Used by `UltraDict` and by generated code; not
@@ -90,7 +91,14 @@ impl<S: Schema> Dict<S> {
         self.engine().check_not_removed()?;
         let mut child = Dict::<C>::open(options, initial)?;
         crate::register::register_child(self.name(), child.name(), what)?;
-        self.engine().adopt(child.engine())?;
+        // A remover marks this dict before it lists the objects under its name: either it
+        // listed the child, or this sees the mark and takes back the child if it created it.
+        if let Err(removed) = self.engine().check_not_removed() {
+            if child.engine().created_here() {
+                let _ = child.engine().unlink();
+            }
+            return Err(removed);
+        }
         child._parent = Some(self.attached.clone());
         Ok(child)
     }
@@ -123,7 +131,7 @@ impl<S: Schema> Dict<S> {
     /// None today; the `Result` leaves room for backends whose waits can fail.
     pub fn wait_for_change(&self, timeout: Duration) -> Result<bool> {
         let engine = self.engine();
-        Ok(engine.wait_for_change_since(engine.view_position(), timeout))
+        Ok(engine.wait_for_change(engine.position(), timeout))
     }
 
     /// A watcher of the keys (or fields) this dict's records touch.
@@ -136,7 +144,7 @@ impl<S: Schema> Dict<S> {
     /// # Errors
     /// See the handle's `dump`.
     pub fn dump(&self) -> Result<()> {
-        self.engine().dump()
+        self.engine().write_via_dump(None)
     }
 
     /// Catches up; with `force`, rebuilds the view from the dump and stream.

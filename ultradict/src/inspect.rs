@@ -6,17 +6,16 @@
 //! handle lives is the kernel's word (see `liveness`), valid across PID namespaces.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Instant;
 
-use crate::control::{Control, PROCESS_SLOTS};
+use crate::control::Control;
 use crate::error::{Error, Result};
 use crate::liveness::Anchor;
 use crate::naming::{self, PREFIX, Part, SEPARATOR};
 use crate::options::Lifetime;
 use crate::removal;
 use crate::segment::{self, Segment};
-use crate::status::LockHolder;
+use crate::status::{LockHolder, Reading};
 
 /// A handle attached to a dict, as its process-table slot records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,31 +117,7 @@ pub fn inspect(name: &str) -> Result<DictInfo> {
     }
     let (segment, anchor) = open_control(name, false)?;
     let control = Control::checked(&segment)?;
-    let state = control.state();
-    let lock = &control.lock.0;
-    let holder_slot = crate::lock::slot_of(crate::lock::holder(lock));
-    let since = lock.held_since_ns.load(Ordering::Relaxed);
-    let lock_holder = holder_slot.map(|slot| {
-        let (pid, same_pid_namespace) = control.slot_pid(slot);
-        LockHolder {
-            pid,
-            same_pid_namespace,
-            since: (since != 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_nanos(since)),
-        }
-    });
-    let attached: Vec<Attached> = (0..PROCESS_SLOTS)
-        .filter(|&slot| control.processes[slot].owner.load(Ordering::Acquire) != 0)
-        .map(|slot| {
-            let (pid, same_pid_namespace) = control.slot_pid(slot);
-            Attached {
-                pid,
-                same_pid_namespace,
-                alive: anchor.slot_alive(slot),
-                sleepers: control.processes[slot].sleepers.load(Ordering::Relaxed),
-            }
-        })
-        .collect();
-    let live = attached.iter().filter(|a| a.alive);
+    let reading = Reading::of(control, &anchor);
     let mut segments = Vec::new();
     for object in naming::objects_of(name)? {
         let len = std::fs::metadata(format!("{}/{object}", crate::os::SHM_DIR))
@@ -157,6 +132,7 @@ pub fn inspect(name: &str) -> Result<DictInfo> {
             _ => None,
         })
         .collect();
+    let state = reading.state;
     Ok(DictInfo {
         name: name.to_owned(),
         schema: control.schema_text(),
@@ -165,18 +141,18 @@ pub fn inspect(name: &str) -> Result<DictInfo> {
         buffer_used: u64::from(state.committed),
         full_dump_size: (control.full_dump_size != 0).then_some(control.full_dump_size),
         epoch: state.epoch,
-        records: control.counters.records.load(Ordering::Relaxed),
-        dumps: control.counters.dumps.load(Ordering::Relaxed),
-        dump_bytes: control.counters.dump_len.load(Ordering::Relaxed),
-        lifetime: Lifetime::from_raw(control.lifetime).unwrap_or_default(),
-        attached_count: live.clone().count() as u32,
-        sleepers: live.map(|a| a.sleepers).sum(),
-        attached,
-        lock_holder,
-        lock_holder_alive: holder_slot.map(|slot| anchor.slot_alive(slot)),
-        lock_recoveries: lock.recoveries.load(Ordering::Relaxed),
-        changes: control.changes.sequence.load(Ordering::Relaxed) & !crate::control::SLEEPERS,
-        removing: control.is_removed(),
+        records: reading.records,
+        dumps: reading.dumps,
+        dump_bytes: reading.dump_bytes,
+        lifetime: reading.lifetime,
+        attached_count: reading.live().count() as u32,
+        sleepers: reading.live().map(|a| a.sleepers).sum(),
+        lock_holder_alive: reading.lock_holder_alive,
+        lock_holder: reading.lock_holder,
+        lock_recoveries: reading.lock_recoveries,
+        changes: reading.changes,
+        removing: reading.removing,
+        attached: reading.attached,
         children,
     })
 }

@@ -95,6 +95,7 @@ mod removal;
 mod schema;
 mod segment;
 mod status;
+mod storage;
 mod stream;
 mod structs;
 mod watch;

@@ -5,7 +5,14 @@ use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::time::Instant;
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::lock::{self, Acquired, WaitPolicy};
 use crate::os::ThreadId;
+use crate::schema::Schema;
+use crate::segment;
 
 /// How long to wait for a dict's lock, and how.
 ///
@@ -187,5 +194,144 @@ impl Drop for LockGuard<'_> {
 impl fmt::Debug for LockGuard<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("LockGuard")
+    }
+}
+
+// ---------------------------------------------------------------- a handle taking the lock
+
+impl<S: Schema> Engine<S> {
+    /// Whether the calling thread holds the writers' lock through this handle.
+    pub(crate) fn holds_lock(&self) -> bool {
+        self.reentrant.held_by_caller()
+    }
+
+    /// Whether the handle in slot `slot` lives (see `liveness`).
+    fn slot_alive(&self, slot: usize) -> bool {
+        self.membership.anchor.read().slot_alive(slot)
+    }
+
+    /// Takes the writers' lock for the calling thread (re-entrantly).
+    pub(crate) fn acquire(&self, options: &LockOptions) -> Result<LockGuard<'_>> {
+        let me = crate::os::current_thread();
+        if let Some(key) = self.reentrant.reenter(me) {
+            return Ok(LockGuard::new(self, key));
+        }
+        let slot = match self.membership.slot_in(me.generation) {
+            Some(slot) => slot,
+            None => self.attach_in_fork(me.generation)?,
+        };
+        let word = lock::holder_word(slot, me.tid);
+        let control = self.control();
+        let fields = &control.lock.0;
+        self.check_not_held_elsewhere(fields, slot, me.tid)?;
+        // Only a timed wait needs the clock; an uncontended acquire should not pay for it.
+        let started = matches!(options.wait, Wait::Timeout(_)).then(Instant::now);
+        let policy = WaitPolicy {
+            spins: options.spins,
+            max_sleep: options.sleep_time,
+        };
+        let alive = |slot| self.slot_alive(slot);
+        let acquired = match options.wait {
+            Wait::NonBlocking => lock::try_acquire(fields, word, &alive),
+            Wait::Forever => lock::acquire(fields, word, policy, None, &alive),
+            Wait::Timeout(timeout) => lock::acquire(
+                fields,
+                word,
+                policy,
+                started.map(|started| started + timeout),
+                &alive,
+            ),
+        };
+        match acquired {
+            Ok(how) => {
+                let guard = LockGuard::new(self, self.reentrant.enter(me, word));
+                if let Acquired::FromDead { dead_slot } = how {
+                    self.tidy_after_dead_holder(dead_slot);
+                }
+                crate::fault::point("locked");
+                Ok(guard)
+            }
+            Err(busy) => {
+                let holder_pid = busy.holder_slot.map_or(0, |slot| control.slot_pid(slot).0);
+                Err(match options.wait {
+                    Wait::NonBlocking => Error::WouldBlock {
+                        name: self.name.clone(),
+                        holder_pid,
+                    },
+                    _ => Error::LockTimeout {
+                        name: self.name.clone(),
+                        holder_pid,
+                        waited: started.map(|started| started.elapsed()).unwrap_or_default(),
+                    },
+                })
+            }
+        }
+    }
+
+    /// Waiting for a lock that this very thread holds through another handle of the same
+    /// dict would never end: that is an error instead.
+    fn check_not_held_elsewhere(
+        &self,
+        fields: &crate::control::LockFields,
+        slot: usize,
+        tid: u32,
+    ) -> Result<()> {
+        let holder = lock::holder(fields);
+        if holder == 0 || lock::tid_of(holder) != tid {
+            return Ok(());
+        }
+        let ours = lock::slot_of(holder).is_some_and(|held| {
+            held != slot
+                && self.control().processes[held].owner.load(Ordering::Acquire)
+                    == crate::os::process_nonce()
+        });
+        if ours {
+            return Err(Error::LockedByOtherHandle {
+                name: self.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A holder died: whatever it left half done is garbage. Its unpublished records are
+    /// ignored by construction; remove the dump segments it may have left behind (an
+    /// unpublished next dump, or a superseded one it had not unlinked yet).
+    fn tidy_after_dead_holder(&self, dead_slot: Option<usize>) {
+        let control = self.control();
+        if let Some(slot) = dead_slot {
+            control
+                .lock
+                .last_dead_pid
+                .store(control.slot_pid(slot).0, Ordering::Relaxed);
+        }
+        let epoch = control.state().epoch;
+        let _ = segment::unlink(&self.dump_object(epoch.wrapping_add(1)));
+        if epoch > 1 {
+            let _ = segment::unlink(&self.dump_object(epoch - 1));
+        }
+    }
+
+    /// Takes over the writers' lock if its word names `slot` (just claimed by this handle, so
+    /// the holder that had it died), tidies after it and lets the lock go.
+    pub(crate) fn recover_lock_of(&self, slot: usize) {
+        let control = self.control();
+        let current = control.lock.word.load(Ordering::Acquire);
+        if lock::slot_of(current & !lock::WAITERS) != Some(slot) {
+            return;
+        }
+        let me = crate::os::current_thread();
+        let word = lock::holder_word(slot, me.tid);
+        if lock::take_over(&control.lock.0, current, word) {
+            self.tidy_after_dead_holder(Some(slot));
+            lock::release(&control.lock.0, word);
+        }
+    }
+}
+
+impl<S: Schema> Unlock for Engine<S> {
+    fn unlock(&self, key: u64) {
+        if let Some(word) = self.reentrant.leave(key) {
+            lock::release(&self.control().lock.0, word);
+        }
     }
 }

@@ -15,12 +15,13 @@ use rkyv::rancor::{self, Fallible, Source};
 use rkyv::ser::{Allocator, Writer};
 use rkyv::{Archive, Place, Serialize};
 
-use crate::engine::{Engine, View};
+use crate::engine::Engine;
 use crate::error::Result;
 use crate::handle::Dict;
 use crate::lock_guard::LockOptions;
 use crate::options::{Lifetime, Options};
 use crate::schema::{self, Data, Fingerprint, Schema};
+use crate::storage::{Storage, View};
 
 /// A key type: storable, hashable, and comparable with its archived form (so lookups in a
 /// mapped dump need no deserialization). Implemented for every type that qualifies.
@@ -603,7 +604,7 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     /// As [`insert`](Self::insert).
     pub fn replace_all(&self, entries: impl IntoIterator<Item = (K, V)>) -> Result<()> {
         self.engine()
-            .write_via_dump(&MapUpdate::Replace(entries.into_iter().collect()))
+            .write_via_dump(Some(&MapUpdate::Replace(entries.into_iter().collect())))
     }
 
     /// The value of `key`, if any.
@@ -751,7 +752,7 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     /// # Errors
     /// As [`insert`](Self::insert).
     pub fn clear(&self) -> Result<()> {
-        self.engine().write_via_dump(&MapUpdate::Clear)
+        self.engine().write_via_dump(Some(&MapUpdate::Clear))
     }
 
     /// Number of entries.

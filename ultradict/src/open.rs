@@ -17,7 +17,7 @@ use parking_lot::RwLock;
 
 use crate::control::{Control, HEADER_SIZE, Identity};
 use crate::dump::AlignedBuf;
-use crate::engine::{Engine, Membership, View};
+use crate::engine::{Engine, Membership};
 use crate::error::{Error, Result};
 use crate::liveness::Anchor;
 use crate::lock_guard::Reentrant;
@@ -26,6 +26,7 @@ use crate::options::{Create, Lifetime, Options};
 use crate::removal;
 use crate::schema::{Fingerprint, Schema};
 use crate::segment::{self, Segment};
+use crate::storage::{Departure, Storage, View};
 
 /// Permission bits of every object of a dict: its creator's user only.
 pub(crate) const MODE: u32 = 0o600;
@@ -48,7 +49,7 @@ impl From<Error> for Opening {
 impl<S: Schema> Engine<S> {
     /// Creates or attaches to a dict as `options` say. A dict created here starts from
     /// `initial` (as its first full dump, written before the dict gets its name), or empty.
-    pub(crate) fn open(options: &Options, initial: Option<&S::Update>) -> Result<Self> {
+    pub(crate) fn open_dict(options: &Options, initial: Option<&S::Update>) -> Result<Self> {
         let name = match &options.name {
             Some(name) => name.clone(),
             None => naming::unique(),
@@ -310,7 +311,7 @@ impl<S: Schema> Engine<S> {
     /// Leaves the dict: gives this handle's slot back and, if `remove` says so (the handle
     /// layer's lifetime policy, told whether this was the last handle and whether it created
     /// the dict), removes the dict. Runs once; later calls do nothing.
-    pub(crate) fn detach(&self, remove: impl FnOnce(&Departure) -> bool) -> Result<()> {
+    pub(crate) fn leave(&self, remove: impl FnOnce(&Departure) -> bool) -> Result<()> {
         if self.detached.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
@@ -343,7 +344,7 @@ impl<S: Schema> Engine<S> {
 
     /// Removes this dict (if the name still names it) with its nested dicts. Open handles
     /// keep reading what they have; new opens create a new dict.
-    pub(crate) fn unlink(&self) -> Result<()> {
+    pub(crate) fn remove(&self) -> Result<()> {
         let generation = crate::os::fork_generation();
         if self.membership.slot_in(generation).is_none() {
             match self.attach_in_fork(generation) {
@@ -354,14 +355,6 @@ impl<S: Schema> Engine<S> {
         let anchor = self.membership.anchor.read();
         removal::remove(&self.name, &anchor, self.control(), self.patience)
     }
-}
-
-/// What a handle leaving its dict is told, for the lifetime policy to decide on removal.
-pub(crate) struct Departure {
-    /// No other handle is attached (in any process or PID namespace).
-    pub(crate) last: bool,
-    /// This handle created the dict (in this process: not a forked child's copy).
-    pub(crate) creator: bool,
 }
 
 impl<S: Schema> Drop for Engine<S> {

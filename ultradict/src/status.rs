@@ -1,10 +1,17 @@
 //! What `status()` reports: a snapshot of a dict's shared state, printable like UltraDict's
-//! `print_status()`.
+//! `print_status()`; and the one reading of a control block behind it and `inspect()`.
 
 use std::fmt;
-use std::time::SystemTime;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
 
+use crate::control::{Control, PROCESS_SLOTS, SLEEPERS, StateWord};
+use crate::engine::Engine;
+use crate::inspect::Attached;
+use crate::liveness::Anchor;
+use crate::naming;
 use crate::options::Lifetime;
+use crate::schema::Schema;
 
 /// The holder of a dict's writers' lock.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,5 +142,110 @@ impl fmt::Display for Status {
             write!(f, " (last dead holder: pid {pid})")?;
         }
         Ok(())
+    }
+}
+
+/// What a control block says, read once: the one reading behind [`Status`] (a handle's view)
+/// and `DictInfo` (the command-line tool's, without the types). Liveness comes from `anchor`.
+pub(crate) struct Reading {
+    pub(crate) state: StateWord,
+    pub(crate) lifetime: Lifetime,
+    pub(crate) records: u64,
+    pub(crate) dumps: u64,
+    pub(crate) dump_bytes: u64,
+    pub(crate) locked_catch_ups: u64,
+    pub(crate) lock_holder: Option<LockHolder>,
+    /// Whether the holder's handle lives; `None` while the lock is free.
+    pub(crate) lock_holder_alive: Option<bool>,
+    pub(crate) lock_recoveries: u64,
+    pub(crate) last_dead_holder: Option<u32>,
+    /// Every occupied slot of the process table, dead or alive.
+    pub(crate) attached: Vec<Attached>,
+    pub(crate) removing: bool,
+    /// Publications so far (wrapping, 31 bits).
+    pub(crate) changes: u32,
+}
+
+impl Reading {
+    /// Reads `control`, judging liveness through `anchor`.
+    pub(crate) fn of(control: &Control, anchor: &Anchor) -> Reading {
+        let lock = &control.lock.0;
+        let holder_slot = crate::lock::slot_of(crate::lock::holder(lock));
+        let lock_holder = holder_slot.map(|slot| {
+            crate::lock::note_holder_seen(lock);
+            let since = lock.held_since_ns.load(Ordering::Relaxed);
+            let (pid, same_pid_namespace) = control.slot_pid(slot);
+            LockHolder {
+                pid,
+                same_pid_namespace,
+                since: (since != 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_nanos(since)),
+            }
+        });
+        let attached = (0..PROCESS_SLOTS)
+            .filter(|&slot| control.processes[slot].owner.load(Ordering::Acquire) != 0)
+            .map(|slot| {
+                let (pid, same_pid_namespace) = control.slot_pid(slot);
+                Attached {
+                    pid,
+                    same_pid_namespace,
+                    alive: anchor.slot_alive(slot),
+                    sleepers: control.processes[slot].sleepers.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        let last_dead = lock.last_dead_pid.load(Ordering::Relaxed);
+        Reading {
+            state: control.state(),
+            lifetime: Lifetime::from_raw(control.lifetime).unwrap_or_default(),
+            records: control.counters.records.load(Ordering::Relaxed),
+            dumps: control.counters.dumps.load(Ordering::Relaxed),
+            dump_bytes: control.counters.dump_len.load(Ordering::Relaxed),
+            locked_catch_ups: control.counters.locked_catch_ups.load(Ordering::Relaxed),
+            lock_holder,
+            lock_holder_alive: holder_slot.map(|slot| anchor.slot_alive(slot)),
+            lock_recoveries: lock.recoveries.load(Ordering::Relaxed),
+            last_dead_holder: (last_dead != 0).then_some(last_dead),
+            attached,
+            removing: control.is_removed(),
+            changes: control.changes.sequence.load(Ordering::Relaxed) & !SLEEPERS,
+        }
+    }
+
+    /// The live handles.
+    pub(crate) fn live(&self) -> impl Iterator<Item = &Attached> + Clone {
+        self.attached.iter().filter(|a| a.alive)
+    }
+}
+
+impl<S: Schema> Engine<S> {
+    /// The dict's shared state as this handle sees it.
+    pub(crate) fn report(&self) -> Status {
+        let control = self.control();
+        let anchor = self.membership.anchor.read();
+        let reading = Reading::of(control, &anchor);
+        let state = reading.state;
+        Status {
+            name: self.name.clone(),
+            schema: control.schema_text(),
+            control_segment: naming::control(&self.name),
+            dump_segment: (state.epoch > 0).then(|| self.dump_object(state.epoch)),
+            buffer_size: self.stream_capacity,
+            buffer_used: state.committed as usize,
+            full_dump_size: (control.full_dump_size != 0).then_some(control.full_dump_size),
+            epoch: state.epoch,
+            committed_offset: state.committed as usize,
+            records: reading.records,
+            dumps: reading.dumps,
+            dump_bytes: reading.dump_bytes,
+            lifetime: reading.lifetime,
+            attached_pids: reading.live().map(|a| a.pid).collect(),
+            sleepers: reading.live().map(|a| a.sleepers).sum(),
+            lock_holder: reading.lock_holder,
+            lock_recoveries: reading.lock_recoveries,
+            last_dead_holder: reading.last_dead_holder,
+            locked_catch_ups: reading.locked_catch_ups,
+            catch_ups: self.catch_ups.load(Ordering::Relaxed),
+            removed: reading.removing || !anchor.is_named(&naming::control(&self.name)),
+        }
     }
 }

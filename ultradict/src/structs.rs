@@ -10,11 +10,11 @@ use std::marker::PhantomData;
 
 use rkyv::rancor::{self, Source};
 
-use crate::engine::View;
 use crate::error::{Error, Result};
 use crate::handle::Dict;
 use crate::options::Options;
 use crate::schema::{Data, Fingerprint, Schema};
+use crate::storage::{Storage, View};
 
 /// The plain fields of a derived state struct. Implemented by `#[derive(SharedDict)]`; not
 /// meant to be implemented by hand.

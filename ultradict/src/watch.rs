@@ -8,10 +8,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::control::StateWord;
-use crate::engine::{Engine, Since};
 use crate::error::Result;
 use crate::schema::Schema;
+use crate::storage::{Position, Since, Storage};
 
 /// What changed since a [`Watcher`] last looked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,20 +31,20 @@ pub trait Touches<T> {
 
 /// The engine seen through a watcher: it knows nothing of the schema but what changed.
 pub(crate) trait WatchSource<T>: Sync {
-    fn published(&self) -> StateWord;
-    fn changes_since(&self, position: StateWord) -> Result<(Option<Change<T>>, StateWord)>;
-    fn wait_since(&self, position: StateWord, timeout: Duration) -> bool;
+    fn published(&self) -> Position;
+    fn changes_since(&self, position: Position) -> Result<(Option<Change<T>>, Position)>;
+    fn wait_since(&self, position: Position, timeout: Duration) -> bool;
 }
 
-impl<S: Schema> WatchSource<S::Touched> for Engine<S> {
-    fn published(&self) -> StateWord {
-        Engine::published(self)
+impl<E: Storage> WatchSource<<E::Schema as Schema>::Touched> for E {
+    fn published(&self) -> Position {
+        Storage::published(self)
     }
 
     fn changes_since(
         &self,
-        position: StateWord,
-    ) -> Result<(Option<Change<S::Touched>>, StateWord)> {
+        position: Position,
+    ) -> Result<(Option<Change<<E::Schema as Schema>::Touched>>, Position)> {
         Ok(match self.updates_since(position)? {
             Since::Nothing => (None, position),
             Since::Reset(now) => (Some(Change::Everything), now),
@@ -56,7 +55,8 @@ impl<S: Schema> WatchSource<S::Touched> for Engine<S> {
                         return Ok((Some(Change::Everything), now));
                     }
                 }
-                let mut unique: Vec<S::Touched> = Vec::with_capacity(touched.len());
+                let mut unique: Vec<<E::Schema as Schema>::Touched> =
+                    Vec::with_capacity(touched.len());
                 for key in touched {
                     if !unique.contains(&key) {
                         unique.push(key);
@@ -67,8 +67,8 @@ impl<S: Schema> WatchSource<S::Touched> for Engine<S> {
         })
     }
 
-    fn wait_since(&self, position: StateWord, timeout: Duration) -> bool {
-        self.wait_for_change_since(position, timeout)
+    fn wait_since(&self, position: Position, timeout: Duration) -> bool {
+        self.wait_for_change(position, timeout)
     }
 }
 
@@ -92,7 +92,7 @@ impl<S: Schema> WatchSource<S::Touched> for Engine<S> {
 /// ```
 pub struct Watcher<'a, T> {
     source: &'a dyn WatchSource<T>,
-    position: StateWord,
+    position: Position,
 }
 
 impl<T> std::fmt::Debug for Watcher<'_, T> {
