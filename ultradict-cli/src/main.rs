@@ -203,13 +203,50 @@ fn print_status(info: &DictInfo) {
         println!("removing          yes (its remover died: cleanup or the next open finishes it)");
     }
     println!("lock recoveries   {}", info.lock_recoveries);
-    if !info.children.is_empty() {
-        println!("nested dicts      {}", info.children.join(", "));
+    if !info.nested.is_empty() {
+        println!("nested dicts");
+        print_tree(info, 1);
     }
     println!(
         "orphaned          {}",
         if info.orphaned() { "yes" } else { "no" }
     );
+}
+
+/// Prints `info`'s nested dicts, and theirs, indented by `depth`.
+fn print_tree(info: &DictInfo, depth: usize) {
+    for child in &info.nested {
+        let what = child.what.as_deref().unwrap_or("not in the register");
+        let inner = ultradict::inspect(&child.name);
+        let summary = match &inner {
+            Ok(inner) => format!(
+                "epoch {}, {} live, {} bytes",
+                inner.epoch,
+                inner.attached_count,
+                inner.bytes()
+            ),
+            Err(err) => format!("unreadable: {err}"),
+        };
+        println!("{}{}  ({what}; {summary})", "  ".repeat(depth), child.name);
+        if let Ok(inner) = inner {
+            print_tree(&inner, depth + 1);
+        }
+    }
+}
+
+/// `info`'s nested dicts, and theirs, as JSON.
+fn tree_json(info: &DictInfo) -> Vec<Value> {
+    info.nested
+        .iter()
+        .map(|child| {
+            let inner = ultradict::inspect(&child.name).ok();
+            json!({
+                "name": child.name,
+                "what": child.what,
+                "nested": inner.as_ref().map(tree_json).unwrap_or_default(),
+            })
+        })
+        .collect()
 }
 
 fn info_json(info: &DictInfo) -> Value {
@@ -247,6 +284,7 @@ fn info_json(info: &DictInfo) -> Value {
         })),
         "lock_recoveries": info.lock_recoveries,
         "children": info.children,
+        "tree": tree_json(info),
         "orphaned": info.orphaned(),
     })
 }

@@ -69,6 +69,7 @@ fn list_and_status_describe_a_dict_without_its_types() {
         "epoch             0",
         "lock              free",
         "nested dicts",
+        "(nested map; epoch 0, 0 live",
     ] {
         assert!(text.contains(needle), "{needle:?} in\n{text}");
     }
@@ -78,6 +79,7 @@ fn list_and_status_describe_a_dict_without_its_types() {
     assert_eq!(status["buffer_size"], 4096);
     assert_eq!(status["attached"][0]["pid"], std::process::id());
     assert_eq!(status["children"].as_array().unwrap().len(), 1);
+    assert_eq!(status["tree"][0]["what"], "nested map", "{status}");
     drop(d);
     assert_no_segments(&name);
 }

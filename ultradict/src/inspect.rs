@@ -33,6 +33,16 @@ pub struct Attached {
     pub sleepers: u32,
 }
 
+/// A nested dict of a dict, as [`DictInfo::nested`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Nested {
+    /// Its dict name (open it with [`inspect`] for its own state and nested dicts).
+    pub name: String,
+    /// What it is, e.g. `nested field stats of AppState` or `nested map`.
+    pub what: Option<String>,
+}
+
 /// A dict as its control block describes it, read without knowing its key and value types.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -77,8 +87,12 @@ pub struct DictInfo {
     pub lock_recoveries: u64,
     /// Publications so far (wraps): watch it to see activity.
     pub changes: u32,
-    /// Nested dicts under this one.
+    /// Nested dicts under this one (their dict names).
     pub children: Vec<String>,
+    /// The same nested dicts, with what each is as the dict's register records it (a struct
+    /// field, a map key); a child found under the name but missing from the register (or a
+    /// register this process may not open) has no description.
+    pub nested: Vec<Nested>,
 }
 
 impl DictInfo {
@@ -125,13 +139,30 @@ pub fn inspect(name: &str) -> Result<DictInfo> {
             .unwrap_or(0);
         segments.push((object, len));
     }
-    let children = segments
+    let children: Vec<String> = segments
         .iter()
         .filter_map(|(object, _)| match naming::classify(name, object) {
             Part::Child(child) => Some(child),
             _ => None,
         })
         .collect();
+    let registered = crate::register::children(name).unwrap_or_default();
+    let mut nested: Vec<Nested> = registered
+        .into_iter()
+        .map(|(name, what)| Nested {
+            name,
+            what: Some(what),
+        })
+        .collect();
+    for child in &children {
+        if !nested.iter().any(|known| &known.name == child) {
+            nested.push(Nested {
+                name: child.clone(),
+                what: None,
+            });
+        }
+    }
+    nested.sort_by(|a, b| a.name.cmp(&b.name));
     let state = reading.state;
     Ok(DictInfo {
         name: name.to_owned(),
@@ -154,6 +185,7 @@ pub fn inspect(name: &str) -> Result<DictInfo> {
         removing: reading.removing,
         attached: reading.attached,
         children,
+        nested,
     })
 }
 

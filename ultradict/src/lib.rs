@@ -101,7 +101,7 @@ mod structs;
 mod watch;
 
 pub use error::{Error, Result};
-pub use inspect::{Attached, DictInfo, Listed, cleanup, inspect, list};
+pub use inspect::{Attached, DictInfo, Listed, Nested, cleanup, inspect, list};
 pub use lock_guard::{LockGuard, LockOptions};
 pub use map::{Builder, Key, UltraDict, Value};
 pub use naming::MAX_NAME_LEN;

@@ -1,18 +1,19 @@
-//! The register of a dict's nested children, for removing a whole tree.
+//! The register of a dict's nested dicts: which children it has and what each is.
 //!
-//! A dict `NAME` with nested children keeps a register: itself a small persistent
-//! `UltraDict<String, String>` named `NAME~.register`, mapping each child's dict name to what
-//! it is (a struct field, or a map key). Removing `NAME` removes every registered child first
-//! (recursively: children have registers of their own), then every segment under the name.
-//! Children are named `NAME~field` (struct fields) or `NAME~.kHASH` (map keys), so the
-//! `ultradict.NAME~` prefix in /dev/shm finds them too, even if a register was lost.
+//! A dict `NAME` with nested dicts keeps a register, itself a small persistent dict named
+//! `NAME~.register` with the map schema, from each child's dict name to what it is (a struct
+//! field, or a map key). It sits below the handle layer, on the engine directly. Removal does
+//! not need it (children are named under `ultradict.NAME~`, so the prefix finds them even if a
+//! register was lost); `inspect` and the command-line tool show a dict's tree from it.
 
-use crate::error::Result;
-use crate::map::UltraDict;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::map::{Found, MapSchema, MapUpdate};
 use crate::naming;
 use crate::options::{Create, Lifetime, Options};
+use crate::storage::Storage;
 
-type Register = UltraDict<String, String>;
+type Register = Engine<MapSchema<String, String>>;
 
 fn open_register(dict: &str, create: Create) -> Result<Register> {
     let options = Options {
@@ -23,14 +24,33 @@ fn open_register(dict: &str, create: Create) -> Result<Register> {
         child: true,
         ..Options::default()
     };
-    UltraDict::open_with(&options, None)
+    Register::open(&options, None)
 }
 
-/// Records `child` (described by `what`) as a nested child of `dict`.
+/// Records `child` (described by `what`) as a nested dict of `dict`.
 pub(crate) fn register_child(dict: &str, child: &str, what: &str) -> Result<()> {
-    let register = open_register(dict, Create::OpenOrCreate)?;
-    if !register.contains_key(child)? {
-        register.insert(child.to_owned(), what.to_owned())?;
-    }
-    Ok(())
+    open_register(dict, Create::OpenOrCreate)?.write(|view| {
+        let known = !matches!(
+            MapSchema::find(view.dump(), &view.overlay, child),
+            Found::Missing(_)
+        );
+        let record = MapUpdate::Insert(child.to_owned(), what.to_owned());
+        Ok(((!known).then_some(record), ()))
+    })
+}
+
+/// The registered nested dicts of `dict` and what each is, sorted by name; none if it has no
+/// register.
+pub(crate) fn children(dict: &str) -> Result<Vec<(String, String)>> {
+    let register = match open_register(dict, Create::Open) {
+        Ok(register) => register,
+        Err(Error::NotFound { .. }) => return Ok(Vec::new()),
+        Err(err) => return Err(err),
+    };
+    let entries = register
+        .read(|view| MapSchema::materialize(view.dump(), &view.overlay))?
+        .map_err(|e| Error::corrupt(&naming::control(&naming::register(dict)), e.to_string()))?;
+    let mut children: Vec<_> = entries.into_iter().collect();
+    children.sort();
+    Ok(children)
 }

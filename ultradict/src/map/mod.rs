@@ -1,0 +1,438 @@
+//! `UltraDict<K, V>`: the HashMap-like public API of a dynamic-key dict. The schema (records,
+//! overlay, dump) is in `schema.rs`, the extra check of a mapped hash table in `table.rs`.
+
+mod schema;
+mod table;
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::marker::PhantomData;
+
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::handle::Dict;
+use crate::lock_guard::LockOptions;
+use crate::options::{Lifetime, Options};
+use crate::schema::{Data, Schema};
+use crate::storage::{Storage, View};
+
+#[cfg(feature = "fuzzing")]
+pub(crate) use schema::overlay_len;
+pub(crate) use schema::{Found, MapSchema, MapUpdate};
+
+/// A key type: storable, hashable, and comparable with its archived form (so lookups in a
+/// mapped dump need no deserialization). Implemented for every type that qualifies.
+pub trait Key: Data<Stored: PartialEq<Self>> + Hash + Eq + Clone {}
+impl<T> Key for T where T: Data<Stored: PartialEq<T>> + Hash + Eq + Clone {}
+
+/// A value type: storable and cloneable. Implemented for every type that qualifies.
+pub trait Value: Data + Clone {}
+impl<T: Data + Clone> Value for T {}
+
+/// The archived bytes of a key: the same in every process, so nested dicts get stable names.
+fn key_bytes<K: Key>(key: &K, name: &str) -> Result<Vec<u8>> {
+    crate::schema::archive_to_vec(256, |out| crate::schema::archive_into(key, out))
+        .map(|built| built.bytes().to_vec())
+        .map_err(|detail| crate::Error::Serialize {
+            name: name.to_owned(),
+            detail: format!("the key of a nested dict: {detail}"),
+        })
+}
+
+/// A dictionary shared by every process that opens the same name.
+///
+/// Reads are served from this process's view with no locking: when nothing changed since the
+/// last read, a read costs one atomic load and a hash lookup (in the records applied since
+/// the last full dump, then in place in the mapped dump). Writes take the cross-process lock,
+/// append one record to the shared stream and publish it.
+///
+/// A handle is `Send + Sync`: threads may share one (`Arc<UltraDict<..>>`) and exclude each
+/// other through its lock exactly as processes do.
+///
+/// ```
+/// # fn main() -> ultradict::Result<()> {
+/// use ultradict::UltraDict;
+///
+/// let jobs: UltraDict<String, u64> = UltraDict::builder().open()?; // a fresh, unique name
+/// jobs.insert("done".into(), 1)?;
+/// jobs.update("done", |n| n.unwrap_or(0) + 1)?; // atomic read-modify-write
+/// assert_eq!(jobs.get("done")?, Some(2));
+/// # Ok(()) }
+/// ```
+///
+/// Several operations in one critical section, and waiting for other processes' commits:
+///
+/// ```
+/// # fn main() -> ultradict::Result<()> {
+/// use std::time::Duration;
+/// let d: ultradict::UltraDict<u32, u64> = ultradict::UltraDict::builder().open()?;
+/// {
+///     let _guard = d.lock()?; // re-entrant; other processes and threads wait
+///     let v = d.get(&1)?.unwrap_or(0);
+///     d.insert(1, v + 1)?; // nobody wrote in between
+/// }
+/// assert!(d.try_lock().is_ok());
+/// // Nothing new since this handle last looked: times out.
+/// assert!(!d.wait_for_change(Duration::from_millis(10))?);
+/// # Ok(()) }
+/// ```
+pub struct UltraDict<K: Key, V: Value> {
+    dict: Dict<MapSchema<K, V>>,
+}
+
+impl<K: Key, V: Value> fmt::Debug for UltraDict<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UltraDict")
+            .field("name", &self.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Key, V: Value> UltraDict<K, V> {
+    crate::__handle_methods!(dict, K);
+
+    fn engine(&self) -> &Engine<MapSchema<K, V>> {
+        self.dict.engine()
+    }
+
+    /// Starts configuring a handle. Without `.name(..)` a unique name is chosen (find it with
+    /// [`name`](Self::name) to share it).
+    ///
+    /// Names are 1 to [`MAX_NAME_LEN`](crate::MAX_NAME_LEN) bytes of ASCII letters, digits,
+    /// `.`, `_` and `-`, not starting with `.`; anything else is [`Error::InvalidName`](crate::Error::InvalidName).
+    pub fn builder() -> Builder<K, V> {
+        Builder {
+            options: Options::default(),
+            _types: PhantomData,
+        }
+    }
+
+    /// Opens (or creates) the dict `name` with default options.
+    ///
+    /// # Errors
+    /// As [`Builder::open`].
+    pub fn open(name: &str) -> Result<Self> {
+        Self::builder().name(name).open()
+    }
+
+    /// Opens with `options`; a dict created here starts with `initial`.
+    pub(crate) fn open_with(options: &Options, initial: Option<Vec<(K, V)>>) -> Result<Self> {
+        let initial = initial
+            .filter(|entries| !entries.is_empty())
+            .map(MapUpdate::Extend);
+        Ok(UltraDict {
+            dict: Dict::open(options, initial.as_ref())?,
+        })
+    }
+
+    /// The nested dict registered under `key`, created empty if it does not exist yet: any
+    /// process that asks for the same key gets the same dict (UltraDict's `recurse=True`).
+    /// Removing this dict removes its nested dicts. The nested dict's handle keeps this dict
+    /// attached while it lives, so `UltraDict::open(n)?.nested(k)?` stays usable on its own.
+    ///
+    /// ```
+    /// # fn main() -> ultradict::Result<()> {
+    /// let root: ultradict::UltraDict<String, u64> = ultradict::UltraDict::builder().open()?;
+    /// let jobs = root.nested::<String, u64>("jobs")?;
+    /// jobs.update("count", |n| n.unwrap_or(0) + 1)?;
+    /// assert_eq!(root.nested::<String, u64>("jobs")?.get("count")?, Some(1));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::SchemaMismatch`](crate::Error::SchemaMismatch) if the nested dict under `key`
+    /// holds other types; [`Error::Removed`](crate::Error::Removed) if this dict was removed;
+    /// [`Error::Serialize`](crate::Error::Serialize) if the key cannot be serialized; the
+    /// errors of [`Builder::open`].
+    pub fn nested<K2: Key, V2: Value>(
+        &self,
+        key: &(impl ToOwned<Owned = K> + ?Sized),
+    ) -> Result<UltraDict<K2, V2>> {
+        let child =
+            crate::naming::key_child(self.name(), &key_bytes(&key.to_owned(), self.name())?);
+        let options = Options {
+            name: Some(child),
+            lifetime: Some(Lifetime::Persistent),
+            child: true,
+            ..Options::default()
+        };
+        Ok(UltraDict {
+            dict: self.dict.open_nested(&options, None, "nested map")?,
+        })
+    }
+
+    /// Opens the nested map field `field` of the derived state `parent` (registered there),
+    /// created from `initial` if it does not exist yet.
+    pub(crate) fn open_nested_in<S: Schema>(
+        parent: &Dict<S>,
+        options: &Options,
+        initial: Vec<(K, V)>,
+        field: &str,
+    ) -> Result<Self> {
+        let initial = (!initial.is_empty()).then_some(MapUpdate::Extend(initial));
+        let what = format!("nested map field {field}");
+        Ok(UltraDict {
+            dict: parent.open_nested(options, initial.as_ref(), &what)?,
+        })
+    }
+
+    /// Replaces the whole contents with `entries`, through one full dump.
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    pub fn replace_all(&self, entries: impl IntoIterator<Item = (K, V)>) -> Result<()> {
+        self.engine()
+            .write_via_dump(Some(&MapUpdate::Replace(entries.into_iter().collect())))
+    }
+
+    /// The value of `key`, if any.
+    ///
+    /// # Errors
+    /// Only if catching up with other processes' updates failed (corrupt shared memory).
+    pub fn get<Q>(&self, key: &Q) -> Result<Option<V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        K::Stored: PartialEq<Q>,
+    {
+        self.engine().read(|view| Self::value_in(view, key))?
+    }
+
+    fn value_in<Q>(view: &View<MapSchema<K, V>>, key: &Q) -> Result<Option<V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        K::Stored: PartialEq<Q>,
+    {
+        match MapSchema::find(view.dump(), &view.overlay, key) {
+            Found::Local(value) => Ok(Some(value.clone())),
+            Found::Mapped(stored) => crate::schema::deserialize(stored).map(Some).map_err(|e| {
+                crate::Error::corrupt("dump", format!("value failed to deserialize: {e}"))
+            }),
+            Found::Missing(_) => Ok(None),
+        }
+    }
+
+    /// Whether `key` has a value.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub fn contains_key<Q>(&self, key: &Q) -> Result<bool>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        K::Stored: PartialEq<Q>,
+    {
+        self.engine().read(|view| {
+            !matches!(
+                MapSchema::find(view.dump(), &view.overlay, key),
+                Found::Missing(_)
+            )
+        })
+    }
+
+    /// Sets `key` to `value` in every process; returns the previous value.
+    ///
+    /// # Errors
+    /// [`Error::OutOfSpace`](crate::Error::OutOfSpace) or
+    /// [`Error::DumpTooSmall`](crate::Error::DumpTooSmall) if the update forced a full dump that
+    /// could not be written; nothing changed then.
+    pub fn insert(&self, key: K, value: V) -> Result<Option<V>> {
+        self.engine().write(|view| {
+            let previous = Self::value_in(view, &key)?;
+            Ok((Some(MapUpdate::Insert(key, value)), previous))
+        })
+    }
+
+    /// Removes `key` in every process; returns its value.
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    pub fn remove<Q>(&self, key: &Q) -> Result<Option<V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        K::Stored: PartialEq<Q>,
+    {
+        self.engine().write(|view| {
+            let previous = Self::value_in(view, key)?;
+            let update = previous.as_ref().map(|_| MapUpdate::Remove(key.to_owned()));
+            Ok((update, previous))
+        })
+    }
+
+    /// Atomically replaces the value of `key` with `f(current value)` and returns the new
+    /// value. No other process or thread writes in between.
+    ///
+    /// ```
+    /// # fn main() -> ultradict::Result<()> {
+    /// let counters: ultradict::UltraDict<String, u64> = ultradict::UltraDict::builder().open()?;
+    /// counters.update("hits", |n| n.unwrap_or(0) + 1)?;
+    /// assert_eq!(counters.update("hits", |n| n.unwrap_or(0) + 1)?, 2);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    pub fn update<Q>(&self, key: &Q, f: impl FnOnce(Option<V>) -> V) -> Result<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        K::Stored: PartialEq<Q>,
+    {
+        // `f` runs under the cross-process lock but outside this handle's view lock, so it
+        // may itself read or write this dict (the lock is re-entrant).
+        let _guard = self.engine().lock(&LockOptions::default())?;
+        let new = f(self.get(key)?);
+        let value = new.clone();
+        self.engine()
+            .write(|_| Ok((Some(MapUpdate::Insert(key.to_owned(), value)), ())))?;
+        Ok(new)
+    }
+
+    /// The value of `key`; if there is none, inserts `f()` first. Atomic like
+    /// [`update`](Self::update).
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    pub fn get_or_insert_with(&self, key: K, f: impl FnOnce() -> V) -> Result<V> {
+        if let Some(value) = self.get(&key)? {
+            return Ok(value);
+        }
+        let _guard = self.engine().lock(&LockOptions::default())?;
+        if let Some(value) = self.get(&key)? {
+            return Ok(value);
+        }
+        let value = f();
+        let stored = value.clone();
+        self.engine()
+            .write(|_| Ok((Some(MapUpdate::Insert(key, stored)), ())))?;
+        Ok(value)
+    }
+
+    /// Inserts many entries as one record (or one full dump if they do not fit the stream),
+    /// not one record per entry.
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    pub fn extend(&self, entries: impl IntoIterator<Item = (K, V)>) -> Result<()> {
+        let pairs: Vec<(K, V)> = entries.into_iter().collect();
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        self.engine()
+            .write(|_| Ok((Some(MapUpdate::Extend(pairs)), ())))
+    }
+
+    /// Removes every entry, through a full dump of the empty map (so the memory of the old
+    /// dump is given back once every process has moved on).
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    pub fn clear(&self) -> Result<()> {
+        self.engine().write_via_dump(Some(&MapUpdate::Clear))
+    }
+
+    /// Number of entries.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub fn len(&self) -> Result<usize> {
+        self.engine().read(|view| view.overlay.len)
+    }
+
+    /// Whether the dict has no entries.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// A consistent snapshot of every entry.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub fn to_hashmap(&self) -> Result<HashMap<K, V>> {
+        let all = self
+            .engine()
+            .read(|view| MapSchema::materialize(view.dump(), &view.overlay))?;
+        let all = all.map_err(|e| crate::Error::corrupt("dump", format!("deserializing: {e}")))?;
+        Ok(all.into_iter().collect())
+    }
+
+    /// The entries of a consistent snapshot.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub fn iter(&self) -> Result<std::collections::hash_map::IntoIter<K, V>> {
+        Ok(self.to_hashmap()?.into_iter())
+    }
+
+    /// The keys of a consistent snapshot.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub fn keys(&self) -> Result<Vec<K>> {
+        Ok(self.to_hashmap()?.into_keys().collect())
+    }
+
+    /// The values of a consistent snapshot.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub fn values(&self) -> Result<Vec<V>> {
+        Ok(self.to_hashmap()?.into_values().collect())
+    }
+
+    /// Closes the handle and returns the final contents. Under `Lifetime::LastClose` the last
+    /// handle to close removes the dict. While handles of nested dicts opened through this one
+    /// live, they keep it attached: it is left when the last of them closes.
+    ///
+    /// # Errors
+    /// As [`to_hashmap`](Self::to_hashmap), or if removing the segments failed.
+    pub fn close(self) -> Result<HashMap<K, V>> {
+        let contents = self.to_hashmap()?;
+        self.dict.close()?;
+        Ok(contents)
+    }
+
+    /// Removes every segment of the dict `name` without opening it (for dicts whose
+    /// processes died, or persistent ones).
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`](crate::Error::InvalidName), or [`Error::Io`](crate::Error::Io) if a
+    /// segment could not be removed.
+    pub fn unlink_by_name(name: &str) -> Result<()> {
+        crate::naming::validate(name)?;
+        crate::removal::remove_by_name(name)
+    }
+}
+
+/// Configures and opens an [`UltraDict`].
+#[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until `.open()`"]
+pub struct Builder<K, V> {
+    options: Options,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K: Key, V: Value> Builder<K, V> {
+    crate::options::option_setters!();
+
+    /// Opens the dict.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`](crate::Error::InvalidName), [`Error::AlreadyExists`](crate::Error::AlreadyExists)
+    /// (`Create::New`), [`Error::NotFound`](crate::Error::NotFound) (`Create::Open`),
+    /// [`Error::SchemaMismatch`](crate::Error::SchemaMismatch) (other key or value types),
+    /// [`Error::ParameterMismatch`](crate::Error::ParameterMismatch),
+    /// [`Error::Foreign`](crate::Error::Foreign) (not an ultradict segment),
+    /// [`Error::NotReady`](crate::Error::NotReady), [`Error::OutOfSpace`](crate::Error::OutOfSpace),
+    /// [`Error::PermissionDenied`](crate::Error::PermissionDenied).
+    pub fn open(self) -> Result<UltraDict<K, V>> {
+        UltraDict::open_with(&self.options, None)
+    }
+}

@@ -1,0 +1,306 @@
+//! The map's schema: its records (`MapUpdate`), what a process holds on top of its dump
+//! (`MapOverlay`), lookups in the overlay then in place in the dump, and the full dump as an
+//! rkyv `ArchivedHashMap` written straight from the state's entries.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::marker::PhantomData;
+
+use rkyv::collections::swiss_table::{ArchivedHashMap, HashMapResolver};
+use rkyv::rancor::{self, Fallible, Source};
+use rkyv::ser::{Allocator, Writer};
+use rkyv::{Archive, Place, Serialize};
+
+use super::{Key, Value};
+use crate::schema::{self, Data, Fingerprint, Schema};
+
+/// Load factor of archived maps (rkyv's default for `HashMap`).
+const LOAD_FACTOR: (usize, usize) = (7, 8);
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// One record of a map's stream.
+#[derive(Archive, Serialize, rkyv::Deserialize, Debug)]
+pub(crate) enum MapUpdate<K, V> {
+    Insert(K, V),
+    Remove(K),
+    Extend(Vec<(K, V)>),
+    Clear,
+    /// Everything replaced by these entries.
+    Replace(Vec<(K, V)>),
+}
+
+impl<K: Clone, V> crate::watch::Touches<K> for MapUpdate<K, V> {
+    fn touched(&self, out: &mut Vec<K>) -> bool {
+        match self {
+            MapUpdate::Insert(key, _) | MapUpdate::Remove(key) => out.push(key.clone()),
+            MapUpdate::Extend(pairs) => out.extend(pairs.iter().map(|(key, _)| key.clone())),
+            MapUpdate::Clear | MapUpdate::Replace(_) => return false,
+        }
+        true
+    }
+}
+
+/// What a map process holds on top of its mapped dump.
+pub(crate) struct MapOverlay<K, V> {
+    /// Keys changed since the dump: `Some` value, or `None` if removed.
+    entries: FastMap<K, Option<V>>,
+    /// The dump no longer counts (a `Clear` was applied).
+    cleared: bool,
+    /// Number of live keys (dump and overlay together).
+    pub(super) len: usize,
+}
+
+/// The number of live keys an overlay (with no dump under it) holds.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn overlay_len<K, V>(overlay: &MapOverlay<K, V>) -> usize {
+    overlay.len
+}
+
+/// The schema of `UltraDict<K, V>`.
+pub(crate) struct MapSchema<K, V>(PhantomData<fn() -> (K, V)>);
+
+pub(super) type ArchivedMap<K, V> = ArchivedHashMap<<K as Data>::Stored, <V as Data>::Stored>;
+
+/// Where a key's current value lives.
+pub(crate) enum Found<'v, K: Data, V: Data> {
+    Local(&'v V),
+    Mapped(&'v V::Stored),
+    Missing(PhantomData<K>),
+}
+
+impl<K: Key, V: Value> MapSchema<K, V> {
+    pub(crate) fn find<'v, Q>(
+        dump: Option<&'v ArchivedMap<K, V>>,
+        overlay: &'v MapOverlay<K, V>,
+        key: &Q,
+    ) -> Found<'v, K, V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        K::Stored: PartialEq<Q>,
+    {
+        if !overlay.entries.is_empty() {
+            match overlay.entries.get(key) {
+                Some(Some(value)) => return Found::Local(value),
+                Some(None) => return Found::Missing(PhantomData),
+                None => {}
+            }
+        }
+        if overlay.cleared {
+            return Found::Missing(PhantomData);
+        }
+        match dump.and_then(|dump| dump.get_with(key, |q, stored: &K::Stored| stored == q)) {
+            Some(stored) => Found::Mapped(stored),
+            None => Found::Missing(PhantomData),
+        }
+    }
+
+    fn in_dump(dump: Option<&ArchivedMap<K, V>>, overlay: &MapOverlay<K, V>, key: &K) -> bool {
+        !overlay.cleared
+            && dump.is_some_and(|dump| {
+                dump.get_with(key, |q, stored: &K::Stored| stored == q)
+                    .is_some()
+            })
+    }
+
+    fn insert(dump: Option<&ArchivedMap<K, V>>, overlay: &mut MapOverlay<K, V>, key: K, value: V) {
+        let existed = match overlay.entries.get(&key) {
+            Some(entry) => entry.is_some(),
+            None => Self::in_dump(dump, overlay, &key),
+        };
+        overlay.entries.insert(key, Some(value));
+        if !existed {
+            overlay.len += 1;
+        }
+    }
+
+    fn remove(dump: Option<&ArchivedMap<K, V>>, overlay: &mut MapOverlay<K, V>, key: K) {
+        let shadows_dump = Self::in_dump(dump, overlay, &key);
+        let existed = match overlay.entries.get(&key) {
+            Some(entry) => entry.is_some(),
+            None => shadows_dump,
+        };
+        if shadows_dump {
+            overlay.entries.insert(key, None);
+        } else {
+            overlay.entries.remove(&key);
+        }
+        if existed {
+            overlay.len -= 1;
+        }
+    }
+
+    fn clear(overlay: &mut MapOverlay<K, V>) {
+        overlay.entries.clear();
+        overlay.cleared = true;
+        overlay.len = 0;
+    }
+
+    /// Every live entry, owned.
+    pub(crate) fn materialize(
+        dump: Option<&ArchivedMap<K, V>>,
+        overlay: &MapOverlay<K, V>,
+    ) -> std::result::Result<FastMap<K, V>, rancor::Error> {
+        let mut all = FastMap::with_capacity_and_hasher(overlay.len, Default::default());
+        if let (Some(dump), false) = (dump, overlay.cleared) {
+            for (stored_key, stored_value) in dump.iter() {
+                let key: K = schema::deserialize(stored_key)?;
+                if !overlay.entries.contains_key(&key) {
+                    all.insert(key, schema::deserialize(stored_value)?);
+                }
+            }
+        }
+        for (key, value) in &overlay.entries {
+            if let Some(value) = value {
+                all.insert(key.clone(), value.clone());
+            }
+        }
+        Ok(all)
+    }
+}
+
+impl<K: Key, V: Value> Schema for MapSchema<K, V> {
+    type Dump = ArchivedMap<K, V>;
+    type Update = MapUpdate<K, V>;
+    type Touched = K;
+    type Overlay = MapOverlay<K, V>;
+
+    fn overlay_for(dump: Option<&Self::Dump>) -> Self::Overlay {
+        MapOverlay {
+            entries: FastMap::default(),
+            cleared: false,
+            len: dump.map_or(0, ArchivedHashMap::len),
+        }
+    }
+
+    fn fingerprint() -> Fingerprint {
+        Fingerprint::new(
+            format!(
+                "UltraDict<{}, {}>",
+                std::any::type_name::<K>(),
+                std::any::type_name::<V>()
+            ),
+            &[Fingerprint::layout_of::<K>(), Fingerprint::layout_of::<V>()],
+        )
+    }
+
+    fn apply(dump: Option<&Self::Dump>, overlay: &mut Self::Overlay, update: Self::Update) {
+        match update {
+            MapUpdate::Insert(key, value) => Self::insert(dump, overlay, key, value),
+            MapUpdate::Remove(key) => Self::remove(dump, overlay, key),
+            MapUpdate::Extend(pairs) => {
+                for (key, value) in pairs {
+                    Self::insert(dump, overlay, key, value);
+                }
+            }
+            MapUpdate::Clear => Self::clear(overlay),
+            MapUpdate::Replace(pairs) => {
+                Self::clear(overlay);
+                for (key, value) in pairs {
+                    Self::insert(dump, overlay, key, value);
+                }
+            }
+        }
+    }
+
+    fn check_dump(dump: &Self::Dump, archive: &[u8]) -> std::result::Result<(), String> {
+        super::table::lookups_terminate(dump, archive)
+    }
+
+    type Snapshot = Vec<(K, V)>;
+
+    fn snapshot(
+        dump: Option<&Self::Dump>,
+        overlay: &Self::Overlay,
+        pending: Option<&Self::Update>,
+    ) -> std::result::Result<Vec<(K, V)>, rancor::Error> {
+        // What the pending update writes: it wins over the dump and the overlay. Later pairs
+        // of a batch win over earlier ones.
+        let mut written: FastMap<&K, Option<&V>> = FastMap::default();
+        let keep_old = match pending {
+            None => true,
+            Some(MapUpdate::Insert(key, value)) => {
+                written.insert(key, Some(value));
+                true
+            }
+            Some(MapUpdate::Remove(key)) => {
+                written.insert(key, None);
+                true
+            }
+            Some(MapUpdate::Extend(pairs)) => {
+                written.extend(pairs.iter().map(|(key, value)| (key, Some(value))));
+                true
+            }
+            Some(MapUpdate::Replace(pairs)) => {
+                written.extend(pairs.iter().map(|(key, value)| (key, Some(value))));
+                false
+            }
+            Some(MapUpdate::Clear) => false,
+        };
+        let mut entries = Vec::with_capacity(overlay.len + written.len());
+        if keep_old {
+            if let (Some(dump), false) = (dump, overlay.cleared) {
+                for (stored_key, stored_value) in dump.iter() {
+                    let key: K = schema::deserialize(stored_key)?;
+                    let shadowed = (!overlay.entries.is_empty()
+                        && overlay.entries.contains_key(&key))
+                        || (!written.is_empty() && written.contains_key(&key));
+                    if !shadowed {
+                        entries.push((key, schema::deserialize(stored_value)?));
+                    }
+                }
+            }
+            for (key, value) in &overlay.entries {
+                if let (Some(value), false) = (value, written.contains_key(key)) {
+                    entries.push((key.clone(), value.clone()));
+                }
+            }
+        }
+        entries.extend(
+            written
+                .into_iter()
+                .filter_map(|(key, value)| Some((key.clone(), value?.clone()))),
+        );
+        Ok(entries)
+    }
+
+    fn archive(
+        entries: &Vec<(K, V)>,
+        out: &mut [std::mem::MaybeUninit<u8>],
+    ) -> std::result::Result<usize, schema::Unwritten> {
+        schema::write_into(out, |writer| {
+            rkyv::api::high::to_bytes_in::<_, rancor::Error>(&DumpEntries(entries), writer)
+        })
+    }
+}
+
+/// Serializes distinct key-value pairs as rkyv's `ArchivedHashMap`, straight from the list the
+/// writer built (no `HashMap` in between: the archive hashes each key once).
+struct DumpEntries<'a, K, V>(&'a [(K, V)]);
+
+impl<K: Archive, V: Archive> Archive for DumpEntries<'_, K, V> {
+    type Archived = ArchivedHashMap<K::Archived, V::Archived>;
+    type Resolver = HashMapResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
+        ArchivedHashMap::resolve_from_len(self.0.len(), LOAD_FACTOR, resolver, out);
+    }
+}
+
+impl<K, V, S> Serialize<S> for DumpEntries<'_, K, V>
+where
+    K: Serialize<S> + Hash + Eq,
+    V: Serialize<S>,
+    S: Fallible + Writer + Allocator + ?Sized,
+    S::Error: Source,
+{
+    fn serialize(&self, serializer: &mut S) -> std::result::Result<Self::Resolver, S::Error> {
+        ArchivedHashMap::<K::Archived, V::Archived>::serialize_from_iter::<_, _, _, K, V, _>(
+            self.0.iter().map(|(key, value)| (key, value)),
+            LOAD_FACTOR,
+            serializer,
+        )
+    }
+}
