@@ -131,19 +131,13 @@ pub(crate) struct Counters {
     pub(crate) locked_catch_ups: AtomicU64,
 }
 
-/// Change notification: a futex word bumped after every publication.
+/// What tells other processes that something happened: publications, and removal.
 #[repr(C)]
 #[derive(Debug)]
 pub(crate) struct Changes {
     /// Publications so far (wrapping, 31 bits), plus [`SLEEPERS`] while a thread may sleep
     /// on it, so that writers make the wake-up call only when someone sleeps.
     pub(crate) sequence: AtomicU32,
-}
-
-/// The dict's life as a whole.
-#[repr(C)]
-#[derive(Debug)]
-pub(crate) struct Life {
     /// [`REMOVED`] once a removal began: no handle may attach any more, and handles still
     /// attached create no new object (they get `Error::Removed`).
     pub(crate) removed: AtomicU32,
@@ -203,11 +197,8 @@ pub(crate) struct Control {
     // ---- counters ----
     pub(crate) counters: Line<Counters>,
 
-    // ---- change notification ----
+    // ---- change notification and removal ----
     pub(crate) changes: Line<Changes>,
-
-    // ---- life ----
-    pub(crate) life: Line<Life>,
 
     // ---- attached handles ----
     pub(crate) processes: [ProcessSlot; PROCESS_SLOTS],
@@ -372,12 +363,12 @@ impl Control {
 
     /// Whether a removal of this dict has begun.
     pub(crate) fn is_removed(&self) -> bool {
-        self.life.removed.load(Ordering::SeqCst) == REMOVED
+        self.changes.removed.load(Ordering::SeqCst) == REMOVED
     }
 
     /// Marks the dict as being removed.
     pub(crate) fn mark_removed(&self) {
-        self.life.removed.store(REMOVED, Ordering::SeqCst);
+        self.changes.removed.store(REMOVED, Ordering::SeqCst);
     }
 
     /// Fills slot `slot` with the calling process's identity (the caller holds the slot).

@@ -152,13 +152,7 @@ impl<S: Schema> Storage for Engine<S> {
             let mut view = self.view.write();
             let current = self.control().state();
             let dump = self.map_dump(current.epoch)?;
-            view.overlay = S::overlay_for(dump.as_ref().map(Dump::root));
-            view.dump = dump;
-            view.position = StateWord {
-                epoch: current.epoch,
-                committed: 0,
-            }
-            .position();
+            start_epoch(&mut view, current.epoch, dump);
             return self.catch_up_locked(&mut view);
         }
         self.catch_up()
@@ -317,6 +311,17 @@ impl<S: Schema> Storage for Engine<S> {
     }
 }
 
+/// Resets `view` to the start of `epoch`, whose dump (none for epoch 0) is `dump`.
+fn start_epoch<S: Schema>(view: &mut View<S>, epoch: u32, dump: Option<Dump<S::Dump>>) {
+    view.overlay = S::overlay_for(dump.as_ref().map(Dump::root));
+    view.dump = dump;
+    view.position = StateWord {
+        epoch,
+        committed: 0,
+    }
+    .position();
+}
+
 /// The state word a view has reached.
 fn at<S: Schema>(view: &View<S>) -> StateWord {
     StateWord::of(view.position)
@@ -367,13 +372,7 @@ impl<S: Schema> Engine<S> {
         if target.epoch != at(view).epoch {
             match self.map_dump(target.epoch) {
                 Ok(dump) => {
-                    view.overlay = S::overlay_for(dump.as_ref().map(Dump::root));
-                    view.dump = dump;
-                    view.position = StateWord {
-                        epoch: target.epoch,
-                        committed: 0,
-                    }
-                    .position();
+                    start_epoch(view, target.epoch, dump);
                     return Ok(Progress::Retry);
                 }
                 // Superseded between our load and the open: look again.
@@ -495,13 +494,7 @@ impl<S: Schema> Engine<S> {
         if old_epoch > 0 {
             let _ = segment::unlink(&self.dump_object(old_epoch));
         }
-        view.overlay = S::overlay_for(Some(dump.root()));
-        view.dump = Some(dump);
-        view.position = StateWord {
-            epoch: next_epoch,
-            committed: 0,
-        }
-        .position();
+        start_epoch(view, next_epoch, Some(dump));
         Ok(())
     }
 

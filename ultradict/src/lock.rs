@@ -81,12 +81,7 @@ pub(crate) fn try_acquire(
 ) -> Result<Acquired, Busy> {
     let current = lock.word.load(Ordering::Acquire);
     if current == 0 {
-        if lock
-            .word
-            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-        {
-            mark_held(lock);
+        if take_free(lock, 0, me) {
             return Ok(Acquired::Free);
         }
     } else if let Some(acquired) = take_from_dead(lock, current, me, alive) {
@@ -105,12 +100,7 @@ pub(crate) fn acquire(
     alive: &dyn Fn(usize) -> bool,
 ) -> Result<Acquired, Busy> {
     for _ in 0..policy.spins {
-        if lock
-            .word
-            .compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-        {
-            mark_held(lock);
+        if take_free(lock, 0, me) {
             return Ok(Acquired::Free);
         }
         std::hint::spin_loop();
@@ -119,12 +109,7 @@ pub(crate) fn acquire(
         let current = lock.word.load(Ordering::Acquire);
         if current == 0 {
             // Others may still sleep: keep the bit so the next release wakes one of them.
-            if lock
-                .word
-                .compare_exchange(0, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-            {
-                mark_held(lock);
+            if take_free(lock, WAITERS, me) {
                 return Ok(Acquired::Free);
             }
             continue;
@@ -181,6 +166,18 @@ pub(crate) fn release(lock: &LockFields, me: u32) {
 /// The current holder's word (without [`WAITERS`]), 0 when free.
 pub(crate) fn holder(lock: &LockFields) -> u32 {
     lock.word.load(Ordering::Acquire) & !WAITERS
+}
+
+/// Takes a free word as `me`, with the `bits` (the waiters bit or none) set.
+fn take_free(lock: &LockFields, bits: u32, me: u32) -> bool {
+    let taken = lock
+        .word
+        .compare_exchange(0, me | bits, Ordering::Acquire, Ordering::Relaxed)
+        .is_ok();
+    if taken {
+        mark_held(lock);
+    }
+    taken
 }
 
 fn busy(lock: &LockFields) -> Busy {

@@ -28,16 +28,9 @@ pub struct SliceWriter<'b> {
     full: &'b Cell<bool>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("out of room")]
 struct Full;
-
-impl std::fmt::Display for Full {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("out of room")
-    }
-}
-
-impl std::error::Error for Full {}
 
 impl Positional for SliceWriter<'_> {
     fn pos(&self) -> usize {

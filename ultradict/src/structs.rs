@@ -92,16 +92,9 @@ impl<F: StructFields> Schema for StructSchema<F> {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("a struct dict has no dump to start from")]
 struct MissingInitialState;
-
-impl std::fmt::Display for MissingInitialState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a struct dict has no dump to start from")
-    }
-}
-
-impl std::error::Error for MissingInitialState {}
 
 /// The shared dict behind a derived handle. Used by generated code.
 #[doc(hidden)]

@@ -28,16 +28,9 @@ fn shm_path(object: &str) -> String {
 
 /// The error of opening something under a dict's name that is not a regular file (a symbolic
 /// link, a directory, a FIFO, ...). Carried inside an [`io::Error`] of kind `Other`.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("a symbolic link or another object that is not a regular file")]
 pub(crate) struct NotRegular;
-
-impl std::fmt::Display for NotRegular {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a symbolic link or another object that is not a regular file")
-    }
-}
-
-impl std::error::Error for NotRegular {}
 
 /// Whether `err` says the object is not a regular file.
 pub(crate) fn is_not_regular(err: &io::Error) -> bool {
