@@ -336,21 +336,18 @@ impl Control {
         self.bump_sequence();
     }
 
-    /// Advances the change sequence and clears [`SLEEPERS`]; wakes every sleeper if it was
-    /// set. The sleeper sets the bit with a compare-and-swap on the exact value it then sleeps
-    /// on, so either this sees the bit, or the sleeper's swap or sleep sees a new value.
+    /// Advances the change sequence; if [`SLEEPERS`] was set, clears it and wakes every
+    /// sleeper. One atomic add on the common path: a compare-and-swap loop would fetch the
+    /// line twice when writers in two processes take turns. A sleeper sets the bit with a
+    /// compare-and-swap on the exact value it then sleeps on, so either this add sees the bit,
+    /// or the sleeper's swap or sleep sees the new value; clearing the bit before the wake-up
+    /// can only send a sleeper that set it again back to look once more.
     fn bump_sequence(&self) {
         let sequence = &self.changes.sequence;
-        let mut current = sequence.load(Ordering::Relaxed);
-        loop {
-            let next = current.wrapping_add(1) & !SLEEPERS;
-            match sequence.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => break,
-                Err(now) => current = now,
-            }
-        }
-        if current & SLEEPERS != 0 {
+        // The count is 31 bits: a carry into the bit costs one needless wake-up, nothing more.
+        let previous = sequence.fetch_add(1, Ordering::AcqRel);
+        if previous & SLEEPERS != 0 {
+            sequence.fetch_and(!SLEEPERS, Ordering::AcqRel);
             crate::os::futex_wake(sequence, u32::MAX >> 1);
         }
     }

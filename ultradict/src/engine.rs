@@ -275,7 +275,7 @@ impl<S: Schema> Storage for Engine<S> {
             {
                 continue;
             }
-            crate::os::futex_wait(sequence, asleep, left);
+            let _ = crate::os::futex_wait(sequence, asleep, left);
         };
         if let Some(count) = counted {
             count.fetch_sub(1, Ordering::Relaxed);

@@ -53,10 +53,13 @@ impl Anchor {
         let (id, _gid) =
             os::object_id(fd.as_fd()).map_err(|e| Error::io("reading a segment's identity", e))?;
         let fd = fd.into_raw_fd();
+        // Registered (which installs the fork handler) before the generation is read: a fork
+        // from then on closes the descriptor in the child and tells it so.
+        let registration = os::close_in_children(fd);
         Ok(Anchor {
             fd,
             generation: os::fork_generation(),
-            registration: os::close_in_children(fd),
+            registration,
             id,
             own_slot: AtomicUsize::new(NO_SLOT),
         })

@@ -105,6 +105,10 @@ pub(crate) fn acquire(
         }
         std::hint::spin_loop();
     }
+    // The holder is asked after (a kernel call) when the lock is first found taken, and again
+    // after every sleep that ran out: a holder that dies never wakes anyone, so its death is
+    // noticed at most one sleep (`max_sleep`) late, and a busy lock costs no call per wake-up.
+    let mut ask_holder = true;
     loop {
         let current = lock.word.load(Ordering::Acquire);
         if current == 0 {
@@ -114,7 +118,7 @@ pub(crate) fn acquire(
             }
             continue;
         }
-        if let Some(acquired) = take_from_dead(lock, current, me, alive) {
+        if ask_holder && let Some(acquired) = take_from_dead(lock, current, me, alive) {
             return Ok(acquired);
         }
         let sleep = match deadline {
@@ -137,7 +141,7 @@ pub(crate) fn acquire(
         {
             continue;
         }
-        os::futex_wait(&lock.word, waiting, sleep);
+        ask_holder = os::futex_wait(&lock.word, waiting, sleep);
     }
 }
 

@@ -136,9 +136,9 @@ impl Reentrant {
     /// release. Does nothing unless the calling thread is the holder that took `key` (a guard
     /// copied into a forked child, or moved to another thread, releases nothing).
     pub(crate) fn leave(&self, key: u64) -> Option<u32> {
-        if self.owner.load(Ordering::Relaxed) != key
-            || owner_key(crate::os::current_thread()) != key
-        {
+        // A guard cannot move to another thread (it is not `Send`), so only a fork can put it
+        // in the hands of a thread other than the one that took it: compare generations.
+        if self.owner.load(Ordering::Relaxed) != key || key >> 32 != crate::os::fork_generation() {
             return None;
         }
         let depth = self.depth.load(Ordering::Relaxed) - 1;

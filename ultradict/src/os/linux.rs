@@ -199,16 +199,24 @@ fn byte_lock(
 
 // ------------------------------------------------------------------ futexes
 
-/// Sleeps while `word` holds `expected`, at most `timeout`. Spurious wake-ups are possible;
+/// Sleeps while `word` holds `expected`, at most `timeout`; returns whether the sleep ran out
+/// (rather than being woken or finding another value). Spurious wake-ups are possible;
 /// callers re-check their condition. The futex is shared (not `FUTEX_PRIVATE`) so that
 /// processes mapping the same page wake each other.
-pub(crate) fn futex_wait(word: &std::sync::atomic::AtomicU32, expected: u32, timeout: Duration) {
+pub(crate) fn futex_wait(
+    word: &std::sync::atomic::AtomicU32,
+    expected: u32,
+    timeout: Duration,
+) -> bool {
     let timeout = rustix::time::Timespec {
         tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
         tv_nsec: i64::from(timeout.subsec_nanos()),
     };
-    // EAGAIN (value changed), ETIMEDOUT and EINTR all mean "look again".
-    let _ = futex::wait(word, futex::Flags::empty(), expected, Some(&timeout));
+    // EAGAIN (value changed) and EINTR mean "look again", like a wake-up.
+    matches!(
+        futex::wait(word, futex::Flags::empty(), expected, Some(&timeout)),
+        Err(rustix::io::Errno::TIMEDOUT)
+    )
 }
 
 /// Wakes up to `count` waiters sleeping on `word`, in any process.
@@ -272,9 +280,10 @@ pub(crate) fn keep_in_children(registration: usize, fd: RawFd) {
 }
 
 /// The number of forks between the first process and this one (0 in a process that was not
-/// forked from one using ultradict).
+/// forked from one using ultradict). Counted from the first call of [`current_thread`] or
+/// [`close_in_children`], which install the fork handler: whatever was cached or registered
+/// before a fork is known stale after it.
 pub(crate) fn fork_generation() -> u64 {
-    install_fork_handler();
     FORK_GENERATION.load(Ordering::Relaxed)
 }
 
@@ -304,6 +313,9 @@ pub(crate) fn current_thread() -> ThreadId {
         if identity.generation == generation {
             return identity;
         }
+        // Before anything is cached, so that a fork after this marks the cache stale.
+        install_fork_handler();
+        let generation = fork_generation();
         let identity = ThreadId {
             generation,
             tid: rustix::thread::gettid()
@@ -331,6 +343,7 @@ pub(crate) fn current_pid() -> u32 {
 pub(crate) fn process_nonce() -> u64 {
     static NONCE: AtomicU64 = AtomicU64::new(0);
     static NONCE_GENERATION: AtomicU64 = AtomicU64::new(u64::MAX);
+    install_fork_handler();
     let generation = fork_generation();
     if NONCE_GENERATION.load(Ordering::Acquire) == generation {
         return NONCE.load(Ordering::Relaxed);
