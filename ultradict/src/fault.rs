@@ -17,9 +17,25 @@
 //! | `detach-released` | a closer gave its slot back, before deciding whether to remove the dict |
 //! | `removing` | a remover marked the dict removed and removed its nested dicts, not yet the rest |
 
-/// Crashes the process here if the environment asks for this point.
+/// Crashes the process here if the environment asks for this point. Unarmed (no
+/// `ULTRADICT_CRASH_AT`), a point costs one relaxed load, so that builds with the feature on
+/// (the workspace's tests and benches share their dependencies) measure what users run.
 #[cfg(feature = "fault-injection")]
+#[inline]
 pub(crate) fn point(name: &'static str) {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    const UNKNOWN: u8 = 0;
+    const UNARMED: u8 = 1;
+    static STATE: AtomicU8 = AtomicU8::new(UNKNOWN);
+    if STATE.load(Ordering::Relaxed) == UNARMED {
+        return;
+    }
+    armed_point(name, &STATE, UNARMED);
+}
+
+#[cfg(feature = "fault-injection")]
+#[cold]
+fn armed_point(name: &'static str, state: &std::sync::atomic::AtomicU8, unarmed: u8) {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
     static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
@@ -31,10 +47,11 @@ pub(crate) fn point(name: &'static str) {
             .and_then(|s| s.parse().ok());
         Some((point, skip.unwrap_or(0)))
     });
-    if let Some((point, skip)) = target
-        && point == name
-        && HITS.fetch_add(1, Ordering::Relaxed) >= *skip
-    {
+    let Some((point, skip)) = target else {
+        state.store(unarmed, Ordering::Relaxed);
+        return;
+    };
+    if point == name && HITS.fetch_add(1, Ordering::Relaxed) >= *skip {
         // SAFETY: sending a signal to ourselves has no memory-safety preconditions.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     }

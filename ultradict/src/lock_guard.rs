@@ -152,7 +152,8 @@ impl Reentrant {
 
     /// Whether the calling thread holds the lock through this handle.
     pub(crate) fn held_by_caller(&self) -> bool {
-        self.owner.load(Ordering::Relaxed) == owner_key(crate::os::current_thread())
+        let owner = self.owner.load(Ordering::Relaxed);
+        owner != 0 && owner == owner_key(crate::os::current_thread())
     }
 }
 

@@ -283,6 +283,7 @@ pub(crate) fn keep_in_children(registration: usize, fd: RawFd) {
 /// forked from one using ultradict). Counted from the first call of [`current_thread`] or
 /// [`close_in_children`], which install the fork handler: whatever was cached or registered
 /// before a fork is known stale after it.
+#[inline]
 pub(crate) fn fork_generation() -> u64 {
     FORK_GENERATION.load(Ordering::Relaxed)
 }
@@ -306,6 +307,7 @@ thread_local! {
 }
 
 /// The calling thread's ids, cached per thread and refreshed after `fork`.
+#[inline]
 pub(crate) fn current_thread() -> ThreadId {
     let generation = fork_generation();
     THIS_THREAD.with(|cached| {
