@@ -42,6 +42,7 @@ fn child_entry() {
             d.wait_for_change(Duration::from_secs(600)).unwrap();
         }
         "churn" => churn(&name),
+        "group_member" => group_member(&name),
         "fork_then_die" => fork_then_die(&name),
         other => panic!("unknown role {other}"),
     }
@@ -594,6 +595,159 @@ fn odd_objects_under_the_name_are_errors_not_hangs() {
     assert!(!ultradict::cleanup(false).unwrap().contains(&name));
     Dict::unlink_by_name(&name).unwrap();
     assert_no_segments(&name);
+}
+
+// ---------------------------------------------------------------- G. sharing with a group
+
+/// The group the users of the group test share, and its users (no entries in /etc/passwd
+/// needed: `setpriv` takes numbers).
+const GROUP: u32 = 61_000;
+
+/// Opens the dict in directory `DIR` (with mode `MODE` if given) and serves requests:
+/// `write`, `nest`, `read`, `close`.
+fn group_member(name: &str) {
+    let mut builder = Dict::builder()
+        .name(name)
+        .directory(arg("DIR"))
+        .buffer_size(1024);
+    if let Ok(mode) = std::env::var("ULTRADICT_TEST_MODE") {
+        builder = builder.mode(u32::from_str_radix(&mode, 8).unwrap());
+    }
+    let d = match builder.open() {
+        Ok(d) => d,
+        Err(err) => {
+            report(format!("refused {err:?}"));
+            return;
+        }
+    };
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    report(format!("attached uid {me}"));
+    let me = u64::from(me);
+    for line in std::io::stdin().lock().lines() {
+        match line.unwrap().as_str() {
+            "write" => {
+                // Enough records for several full dumps of a 1 KiB stream.
+                for key in 0..100 {
+                    d.insert(key, me).unwrap();
+                }
+                report("written");
+            }
+            "nest" => {
+                d.nested::<u32, u64>(&7).unwrap().insert(1, me).unwrap();
+                report("nested");
+            }
+            "read" => {
+                let values: std::collections::BTreeSet<u64> =
+                    d.values().unwrap().into_iter().collect();
+                report(format!("read {values:?}"));
+            }
+            "close" => break,
+            other => panic!("unknown request {other}"),
+        }
+    }
+    d.close().unwrap();
+    report("closed");
+}
+
+/// Starts `group_member` as user `uid` with primary group `gid` and supplementary `groups`,
+/// under umask 077.
+fn member(
+    name: &str,
+    dir: &str,
+    uid: u32,
+    gid: u32,
+    groups: &[u32],
+    mode: Option<&str>,
+) -> ultradict_test_kit::Running {
+    let groups = if groups.is_empty() {
+        "--clear-groups".to_owned()
+    } else {
+        format!(
+            "--groups={}",
+            groups
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    };
+    let script =
+        format!("umask 077 && exec setpriv --reuid={uid} --regid={gid} {groups} -- \"$@\"");
+    let mut spawn = Spawn::test_under(&["sh", "-c", &script, "sh"], "child_entry", "group_member")
+        .env("NAME", name)
+        .env("DIR", dir);
+    if let Some(mode) = mode {
+        spawn = spawn.env("MODE", mode);
+    }
+    spawn.start()
+}
+
+#[test]
+fn a_group_shares_a_dict_in_a_directory_of_its_own() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipped: needs root to start children as other users");
+        return;
+    }
+    // In /dev/shm (sticky: only an object's owner may remove it) a shared mode is refused.
+    let refused = Dict::builder()
+        .name(unique_name("group-sticky"))
+        .mode(0o660)
+        .open();
+    assert!(
+        matches!(&refused, Err(Error::InvalidOption { option: "mode", .. })),
+        "{refused:?}"
+    );
+    // The group's directory: setgid, writable by the group, not sticky.
+    let dir = format!("/dev/shm/ultradict-test-group-{}", std::process::id());
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(0), Some(GROUP)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o2770)).unwrap();
+    let name = unique_name("group");
+
+    // A creates it (its primary group is the group), B joins through its supplementary group.
+    let mut a = member(&name, &dir, 61_001, GROUP, &[GROUP], Some("660"));
+    a.wait_for_report("attached uid 61001", WATCHDOG);
+    a.request("write", WATCHDOG);
+    let mut b = member(&name, &dir, 61_002, 61_002, &[GROUP], None);
+    b.wait_for_report("attached uid 61002", WATCHDOG);
+    assert_eq!(b.request("read", WATCHDOG), "read {61001}");
+    b.request("write", WATCHDOG); // dumps owned by B, superseding A's
+    b.request("nest", WATCHDOG);
+    assert_eq!(a.request("read", WATCHDOG), "read {61002}");
+    // Every object, whoever created it, has the dict's mode (the umask of 077 did not narrow
+    // it) and the group's group.
+    let objects: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect();
+    assert!(
+        objects.len() >= 4,
+        "control, dump, nested dict, register: {objects:?}"
+    );
+    for object in &objects {
+        let meta = object.metadata().unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o660, "{:?}", object.file_name());
+        assert_eq!(meta.gid(), GROUP, "{:?}", object.file_name());
+    }
+    // Somebody outside the group may not attach, nor create the dict afresh.
+    let mut c = member(&name, &dir, 61_003, 61_003, &[], None);
+    let refusal = c.wait_for_report("refused", WATCHDOG);
+    assert!(refusal.contains("PermissionDenied"), "{refusal}");
+    c.wait(WATCHDOG);
+    // A leaves first; B, the last, removes every object, A's included.
+    a.request("close", WATCHDOG);
+    a.wait(WATCHDOG);
+    b.request("close", WATCHDOG);
+    b.wait(WATCHDOG);
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left in {dir}: {left:?}");
+    std::fs::remove_dir(&dir).unwrap();
 }
 
 // ---------------------------------------------------------------- F. errors that say what happened

@@ -19,8 +19,23 @@ use ultradict::{DictInfo, Error};
     about = "Inspect and manage ultradict shared dicts in /dev/shm"
 )]
 struct Cli {
+    /// The directory of the dicts' objects (a dict opened with `.directory(..)`).
+    #[arg(long, global = true, default_value = "/dev/shm")]
+    dir: std::path::PathBuf,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The directory the command works in (`--dir`).
+static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+fn dir() -> &'static std::path::Path {
+    DIR.get()
+        .map_or(std::path::Path::new("/dev/shm"), |dir| dir.as_path())
+}
+
+fn inspect(name: &str) -> ultradict::Result<DictInfo> {
+    ultradict::inspect_in(dir(), name)
 }
 
 #[derive(Subcommand)]
@@ -65,6 +80,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _ = DIR.set(cli.dir.clone());
     let result = match cli.command {
         Command::List { json } => list(json),
         Command::Status { name, json } => status(&name, json),
@@ -97,7 +113,7 @@ fn exit_code(err: &Error) -> u8 {
 }
 
 fn list(as_json: bool) -> ultradict::Result<()> {
-    let listed = ultradict::list()?;
+    let listed = ultradict::list_in(dir())?;
     if as_json {
         let entries: Vec<Value> = listed
             .iter()
@@ -133,7 +149,7 @@ fn list(as_json: bool) -> ultradict::Result<()> {
 }
 
 fn status(name: &str, as_json: bool) -> ultradict::Result<()> {
-    let info = ultradict::inspect(name)?;
+    let info = inspect(name)?;
     if as_json {
         println!("{}", info_json(&info));
     } else {
@@ -146,7 +162,10 @@ fn print_status(info: &DictInfo) {
     println!("dict              {}", info.name);
     println!("schema            {}", info.schema);
     for (object, len) in &info.segments {
-        println!("segment           /dev/shm/{object} ({len} bytes)");
+        println!(
+            "segment           {}/{object} ({len} bytes)",
+            info.directory
+        );
     }
     println!(
         "stream            {} of {} bytes used",
@@ -217,7 +236,7 @@ fn print_status(info: &DictInfo) {
 fn print_tree(info: &DictInfo, depth: usize) {
     for child in &info.nested {
         let what = child.what.as_deref().unwrap_or("not in the register");
-        let inner = ultradict::inspect(&child.name);
+        let inner = inspect(&child.name);
         let summary = match &inner {
             Ok(inner) => format!(
                 "epoch {}, {} live, {} bytes",
@@ -239,7 +258,7 @@ fn tree_json(info: &DictInfo) -> Vec<Value> {
     info.nested
         .iter()
         .map(|child| {
-            let inner = ultradict::inspect(&child.name).ok();
+            let inner = inspect(&child.name).ok();
             json!({
                 "name": child.name,
                 "what": child.what,
@@ -290,7 +309,7 @@ fn info_json(info: &DictInfo) -> Value {
 }
 
 fn watch(name: &str, interval: Duration, count: Option<u64>) -> ultradict::Result<()> {
-    let mut last = ultradict::inspect(name)?;
+    let mut last = inspect(name)?;
     let mut last_at = Instant::now();
     println!(
         "{:>8} {:>12} {:>8} {:>8} {:>10} {:>6} {:>10}",
@@ -300,7 +319,7 @@ fn watch(name: &str, interval: Duration, count: Option<u64>) -> ultradict::Resul
     let mut lines = 0;
     while count.is_none_or(|count| lines < count) {
         std::thread::sleep(interval);
-        let now = ultradict::inspect(name)?;
+        let now = inspect(name)?;
         let elapsed = last_at.elapsed().as_secs_f64().max(1e-9);
         let updates = (now.records + now.dumps).saturating_sub(last.records + last.dumps);
         println!(
@@ -325,7 +344,7 @@ fn watch(name: &str, interval: Duration, count: Option<u64>) -> ultradict::Resul
 fn unlink(name: &str) -> ultradict::Result<()> {
     // Refuse objects that are not ours; a dict whose control segment is gone but whose
     // dumps remain is still removed.
-    match ultradict::inspect(name) {
+    match inspect(name) {
         Ok(_) | Err(Error::NotReady { .. }) => {}
         Err(Error::NotFound { .. }) if !leftovers(name)? => {
             return Err(Error::NotFound {
@@ -335,17 +354,17 @@ fn unlink(name: &str) -> ultradict::Result<()> {
         Err(Error::NotFound { .. }) => {}
         Err(err) => return Err(err),
     }
-    ultradict::UltraDict::<u8, u8>::unlink_by_name(name)?;
+    ultradict::UltraDict::<u8, u8>::unlink_by_name_in(dir(), name)?;
     println!("removed {name}");
     Ok(())
 }
 
 fn leftovers(name: &str) -> ultradict::Result<bool> {
-    Ok(ultradict::list()?.iter().any(|l| l.name == name))
+    Ok(ultradict::list_in(dir())?.iter().any(|l| l.name == name))
 }
 
 fn cleanup(dry_run: bool) -> ultradict::Result<()> {
-    let removed = ultradict::cleanup(dry_run)?;
+    let removed = ultradict::cleanup_in(dir(), dry_run)?;
     let verb = if dry_run { "would remove" } else { "removed" };
     for name in &removed {
         println!("{verb} {name}");

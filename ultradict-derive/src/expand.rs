@@ -473,7 +473,7 @@ fn shared_dict_impl(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> T
             },
             _ => quote! {
                 let #name = {
-                    let __child = __options.child(__dict.name(), #key);
+                    let __child = __options.child(&__dict, #key);
                     let __handle = <#ty as #krate::SharedDict>::__open(&__child, #name)?;
                     __dict.register_child(__handle.name(), #what)?;
                     __handle

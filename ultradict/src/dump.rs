@@ -19,7 +19,7 @@ use rkyv::rancor;
 
 use crate::control::FORMAT_VERSION;
 use crate::error::{Error, Result};
-use crate::naming;
+use crate::naming::Place;
 use crate::schema::Validator;
 use crate::segment::{self, Segment};
 
@@ -95,7 +95,7 @@ where
     /// A missing segment (the dump was superseded and unlinked meanwhile) comes back as an
     /// [`Error::Io`] of kind `NotFound`; see [`segment::is_not_found`].
     pub(crate) fn open(id: DumpId<'_>, epoch: u32) -> Result<Self> {
-        let object = naming::dump(id.name, id.instance, epoch);
+        let object = id.place.dump(id.instance, epoch);
         let segment = Segment::open(&object, false)?;
         Self::validate(DumpBytes::Mapped(segment), id, epoch)
     }
@@ -124,7 +124,7 @@ where
     /// that died before publishing it (the caller holds the lock and `epoch` is not yet
     /// published), so it is replaced.
     pub(crate) fn create(id: DumpId<'_>, epoch: u32, archive: &[u8], mode: u32) -> Result<Self> {
-        let object = naming::dump(id.name, id.instance, epoch);
+        let object = id.place.dump(id.instance, epoch);
         let len = (DUMP_HEADER + archive.len()) as u64;
         let segment = match Segment::create(&object, len, mode) {
             Err(err) if segment::is_already_exists(&err) => {
@@ -219,10 +219,10 @@ where
     Ok(archive)
 }
 
-/// Which dict a dump belongs to: its name, instance and schema.
+/// Which dict a dump belongs to: its place, instance and schema.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct DumpId<'a> {
-    pub(crate) name: &'a str,
+    pub(crate) place: &'a Place,
     pub(crate) instance: u64,
     pub(crate) fingerprint: u64,
 }

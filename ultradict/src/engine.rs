@@ -16,7 +16,7 @@ use crate::dump::{AlignedBuf, Dump, DumpId};
 use crate::error::{Error, Result};
 use crate::liveness::Anchor;
 use crate::lock_guard::{LockGuard, LockOptions, Reentrant};
-use crate::naming;
+use crate::naming::Place;
 use crate::options::{Lifetime, Options};
 use crate::schema::{Fingerprint, Schema};
 use crate::segment::{self, Segment};
@@ -58,7 +58,8 @@ impl Membership {
 
 /// One open handle's engine.
 pub(crate) struct Engine<S: Schema> {
-    pub(crate) name: String,
+    /// The dict's name and directory.
+    pub(crate) place: Place,
     /// Control block followed by the stream.
     pub(crate) segment: Segment,
     pub(crate) stream_capacity: usize,
@@ -99,7 +100,7 @@ impl<S: Schema> Storage for Engine<S> {
     }
 
     fn name(&self) -> &str {
-        &self.name
+        self.place.name()
     }
 
     fn lifetime(&self) -> Lifetime {
@@ -199,7 +200,7 @@ impl<S: Schema> Storage for Engine<S> {
             Err(stream::AppendError::StreamFull) => self.switch_epoch(&mut view, Some(&update))?,
             Err(stream::AppendError::Failed(detail)) => {
                 return Err(Error::Serialize {
-                    name: self.name.clone(),
+                    name: self.place.name().to_owned(),
                     detail,
                 });
             }
@@ -331,7 +332,7 @@ impl<S: Schema> Engine<S> {
     /// Which dict this handle's dumps belong to.
     fn dump_id(&self) -> DumpId<'_> {
         DumpId {
-            name: &self.name,
+            place: &self.place,
             instance: self.instance,
             fingerprint: self.fingerprint.hash,
         }
@@ -339,7 +340,7 @@ impl<S: Schema> Engine<S> {
 
     /// The name of this dict's dump of `epoch`.
     pub(crate) fn dump_object(&self, epoch: u32) -> String {
-        naming::dump(&self.name, self.instance, epoch)
+        self.place.dump(self.instance, epoch)
     }
 
     pub(crate) fn control(&self) -> &Control {
@@ -516,23 +517,38 @@ impl<S: Schema> Engine<S> {
         let initial = (2 * (current + at(view).committed as usize)).max(64 << 10);
         let archive = crate::schema::archive_to_vec(initial, |out| S::archive(&snapshot, out))
             .map_err(|detail| Error::Serialize {
-                name: self.name.clone(),
+                name: self.place.name().to_owned(),
                 detail,
             })?;
         let fixed = usize::try_from(self.control().full_dump_size).unwrap_or(usize::MAX);
         if fixed > 0 && archive.bytes().len() > fixed.saturating_sub(crate::dump::DUMP_HEADER) {
             return Err(Error::DumpTooSmall {
-                name: self.name.clone(),
+                name: self.place.name().to_owned(),
                 capacity: fixed as u64,
             });
         }
         Ok(archive)
     }
 
+    /// The dict's name and directory.
+    pub(crate) fn place(&self) -> &Place {
+        &self.place
+    }
+
+    /// The options a nested dict of this one, named `name`, is opened with: this dict's
+    /// directory and permissions, and `options`' timeouts.
+    pub(crate) fn nested_options(&self, options: &Options, name: String) -> Options {
+        Options {
+            dir: Some(self.place.dir().as_ref().into()),
+            mode: Some(self.mode),
+            ..options.nested(name)
+        }
+    }
+
     /// The error of a handle whose dict was removed.
     pub(crate) fn removed(&self) -> Error {
         Error::Removed {
-            name: self.name.clone(),
+            name: self.place.name().to_owned(),
         }
     }
 }

@@ -6,6 +6,7 @@ use crate::control::HEADER_SIZE;
 use crate::dump::{self, AlignedBuf};
 use crate::error::Result;
 use crate::map::{MapSchema, MapUpdate};
+use crate::naming::Place;
 use crate::schema::Schema;
 use crate::stream;
 
@@ -59,9 +60,10 @@ pub fn load_dump(bytes: &[u8], epoch: u32) -> Result<usize> {
     let instance = bytes
         .get(32..40)
         .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+    let place = sample_place();
     let id = dump::DumpId {
         instance,
-        ..sample_id()
+        ..sample_id(&place)
     };
     let mut buf = AlignedBuf::with_capacity(bytes.len());
     buf.zeroed_mut(bytes.len()).copy_from_slice(bytes);
@@ -92,12 +94,17 @@ pub fn load_dump(bytes: &[u8], epoch: u32) -> Result<usize> {
 }
 
 /// The dict the sample dumps belong to (instance 0).
-fn sample_id() -> dump::DumpId<'static> {
+fn sample_id(place: &Place) -> dump::DumpId<'_> {
     dump::DumpId {
-        name: "fuzz",
+        place,
         instance: 0,
         fingerprint: Sample::fingerprint().hash,
     }
+}
+
+/// Where the sample dict would live (nothing is created there).
+fn sample_place() -> Place {
+    Place::in_shm("fuzz")
 }
 
 /// Where the stream starts in a control segment.
@@ -136,7 +143,8 @@ pub fn sample_dump() -> (Vec<u8>, u32) {
     let built = crate::schema::archive_to_vec(16 << 10, |out| Sample::archive(&snapshot, out))
         .expect("the sample serializes");
     let archive = built.bytes();
-    let mut segment = dump::header(sample_id(), EPOCH, archive.len()).to_vec();
+    let place = sample_place();
+    let mut segment = dump::header(sample_id(&place), EPOCH, archive.len()).to_vec();
     segment.extend_from_slice(archive);
     (segment, EPOCH)
 }

@@ -90,7 +90,8 @@ impl<S: Schema> Dict<S> {
     ) -> Result<Dict<C>> {
         self.engine().check_not_removed()?;
         let mut child = Dict::<C>::open(options, initial)?;
-        crate::register::register_child(self.name(), child.name(), what)?;
+        let engine = self.engine();
+        crate::register::register_child(engine.place(), engine.mode, child.name(), what)?;
         // A remover marks this dict before it lists the objects under its name: either it
         // listed the child, or this sees the mark and takes back the child if it created it.
         if let Err(removed) = self.engine().check_not_removed() {
@@ -107,9 +108,10 @@ impl<S: Schema> Dict<S> {
     /// [`Error::Removed`](crate::Error::Removed) if this dict was removed meanwhile. Used by
     /// generated code for nested struct fields.
     pub fn register_child(&self, child: &str, what: &str) -> Result<()> {
-        self.engine().check_not_removed()?;
-        crate::register::register_child(self.name(), child, what)?;
-        self.engine().check_not_removed()
+        let engine = self.engine();
+        engine.check_not_removed()?;
+        crate::register::register_child(engine.place(), engine.mode, child, what)?;
+        engine.check_not_removed()
     }
 
     /// The dict's name, as other processes open it.

@@ -6,12 +6,13 @@
 //! handle lives is the kernel's word (see `liveness`), valid across PID namespaces.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::Instant;
 
 use crate::control::Control;
 use crate::error::{Error, Result};
 use crate::liveness::Anchor;
-use crate::naming::{self, PREFIX, Part, SEPARATOR};
+use crate::naming::{self, PREFIX, Part, Place, SEPARATOR};
 use crate::options::Lifetime;
 use crate::removal;
 use crate::segment::{self, Segment};
@@ -51,7 +52,10 @@ pub struct DictInfo {
     pub name: String,
     /// What it stores, e.g. `UltraDict<alloc::string::String, u64>`.
     pub schema: String,
-    /// Every object of the dict in /dev/shm (nested dicts included) with its size in bytes.
+    /// The directory of the dict's objects (/dev/shm unless its creator chose another).
+    pub directory: String,
+    /// Every object of the dict (nested dicts included), as its name in
+    /// [`directory`](Self::directory), with its size in bytes.
     pub segments: Vec<(String, u64)>,
     /// Bytes of stream.
     pub buffer_size: u64,
@@ -118,35 +122,43 @@ impl DictInfo {
     }
 }
 
-/// Reads the control block of dict `name` (a root or nested dict name).
+/// Reads the control block of dict `name` (a root or nested dict name) in /dev/shm.
 ///
 /// # Errors
 /// [`Error::NotFound`], [`Error::Foreign`] (not an ultradict control segment, or one never
 /// finished), [`Error::VersionMismatch`], [`Error::PermissionDenied`].
 pub fn inspect(name: &str) -> Result<DictInfo> {
+    inspect_in(crate::os::SHM_DIR, name)
+}
+
+/// [`inspect`] for a dict whose objects live in directory `dir` (see
+/// [`Builder::directory`](crate::Builder::directory)).
+///
+/// # Errors
+/// As [`inspect`]; [`Error::InvalidOption`] if `dir` is not a directory.
+pub fn inspect_in(dir: impl AsRef<Path>, name: &str) -> Result<DictInfo> {
     if name.contains(SEPARATOR) {
         naming::validate_child(name)?;
     } else {
         naming::validate(name)?;
     }
-    let (segment, anchor) = open_control(name, false)?;
+    let place = place_in(dir.as_ref(), name)?;
+    let (segment, anchor) = open_control(&place, false)?;
     let control = Control::checked(&segment)?;
     let reading = Reading::of(control, &anchor);
     let mut segments = Vec::new();
-    for object in naming::objects_of(name)? {
-        let len = std::fs::metadata(format!("{}/{object}", crate::os::SHM_DIR))
-            .map(|m| m.len())
-            .unwrap_or(0);
-        segments.push((object, len));
+    for object in place.objects()? {
+        let len = std::fs::metadata(&object).map(|m| m.len()).unwrap_or(0);
+        segments.push((Place::file_name(&object).to_owned(), len));
     }
     let children: Vec<String> = segments
         .iter()
-        .filter_map(|(object, _)| match naming::classify(name, object) {
+        .filter_map(|(object, _)| match place.classify(object) {
             Part::Child(child) => Some(child),
             _ => None,
         })
         .collect();
-    let registered = crate::register::children(name).unwrap_or_default();
+    let registered = crate::register::children(&place).unwrap_or_default();
     let mut nested: Vec<Nested> = registered
         .into_iter()
         .map(|(name, what)| Nested {
@@ -166,6 +178,7 @@ pub fn inspect(name: &str) -> Result<DictInfo> {
     let state = reading.state;
     Ok(DictInfo {
         name: name.to_owned(),
+        directory: place.dir().to_string(),
         schema: control.schema_text(),
         segments,
         buffer_size: control.buffer_size,
@@ -189,12 +202,21 @@ pub fn inspect(name: &str) -> Result<DictInfo> {
     })
 }
 
-/// Opens dict `name`'s control segment with an anchor of its own.
-fn open_control(name: &str, writable: bool) -> Result<(Segment, Anchor)> {
-    let object = naming::control(name);
+/// Dict `name` in directory `dir` (checked as a dict's directory is).
+fn place_in(dir: &Path, name: &str) -> Result<Place> {
+    let options = crate::options::Options {
+        dir: Some(dir.to_path_buf()),
+        ..Default::default()
+    };
+    Ok(Place::new(options.effective_dir()?, name))
+}
+
+/// Opens the control segment of the dict at `place` with an anchor of its own.
+fn open_control(place: &Place, writable: bool) -> Result<(Segment, Anchor)> {
+    let object = place.control();
     match Segment::open_with_fd(&object, writable) {
         Err(err) if segment::is_not_found(&err) => Err(Error::NotFound {
-            name: name.to_owned(),
+            name: place.name().to_owned(),
         }),
         Err(err) => Err(err),
         Ok((segment, fd)) => Ok((segment, Anchor::new(fd)?)),
@@ -217,18 +239,29 @@ pub struct Listed {
 /// # Errors
 /// [`Error::Io`] if /dev/shm cannot be read.
 pub fn list() -> Result<Vec<Listed>> {
-    Ok(root_names()?
+    list_in(crate::os::SHM_DIR)
+}
+
+/// [`list`] for the dicts whose objects live in directory `dir`.
+///
+/// # Errors
+/// [`Error::Io`] if `dir` cannot be read; [`Error::InvalidOption`] if it is not a directory.
+pub fn list_in(dir: impl AsRef<Path>) -> Result<Vec<Listed>> {
+    let dir = dir.as_ref();
+    Ok(root_names(dir)?
         .into_iter()
         .map(|name| {
-            let info = inspect(&name);
+            let info = inspect_in(dir, &name);
             Listed { name, info }
         })
         .collect())
 }
 
-/// The names of every root dict that has an object in /dev/shm.
-fn root_names() -> Result<BTreeSet<String>> {
-    let objects = crate::os::list_objects(PREFIX).map_err(|e| Error::io("listing /dev/shm", e))?;
+/// The names of every root dict that has an object in `dir`.
+fn root_names(dir: &Path) -> Result<BTreeSet<String>> {
+    let place = place_in(dir, "x")?;
+    let objects = crate::os::list_objects(place.dir(), PREFIX)
+        .map_err(|e| Error::io(format!("listing {}", place.dir()), e))?;
     Ok(objects
         .iter()
         .map(|object| {
@@ -253,27 +286,36 @@ fn root_names() -> Result<BTreeSet<String>> {
 /// # Errors
 /// [`Error::Io`] if /dev/shm cannot be read or an object cannot be removed.
 pub fn cleanup(dry_run: bool) -> Result<Vec<String>> {
+    cleanup_in(crate::os::SHM_DIR, dry_run)
+}
+
+/// [`cleanup`] for the dicts whose objects live in directory `dir`.
+///
+/// # Errors
+/// As [`cleanup`]; [`Error::InvalidOption`] if `dir` is not a directory.
+pub fn cleanup_in(dir: impl AsRef<Path>, dry_run: bool) -> Result<Vec<String>> {
+    let dir = dir.as_ref();
     let mut removed = Vec::new();
-    for name in root_names()? {
-        if clean(&name, dry_run)? {
+    for name in root_names(dir)? {
+        if clean(&place_in(dir, &name)?, dry_run)? {
             removed.push(name);
         }
     }
     Ok(removed)
 }
 
-/// Removes dict `name` (or what is left under its name) if nobody will; returns whether it
-/// did (or, with `dry_run`, would).
-fn clean(name: &str, dry_run: bool) -> Result<bool> {
-    let (segment, anchor) = match open_control(name, true) {
+/// Removes the dict at `place` (or what is left under its name) if nobody will; returns
+/// whether it did (or, with `dry_run`, would).
+fn clean(place: &Place, dry_run: bool) -> Result<bool> {
+    let (segment, anchor) = match open_control(place, true) {
         Ok(opened) => opened,
         Err(Error::NotFound { .. }) => {
             // Objects without their control segment: leftovers, unless a creator is at work.
-            if naming::objects_of(name)?.is_empty() || removal::creation_under_way(name)? {
+            if place.objects()?.is_empty() || removal::creation_under_way(place)? {
                 return Ok(false);
             }
             if !dry_run {
-                removal::remove_by_name(name)?;
+                removal::remove_by_name(place)?;
             }
             return Ok(true);
         }
@@ -291,7 +333,7 @@ fn clean(name: &str, dry_run: bool) -> Result<bool> {
     let orphaned =
         control.is_removed() || (lifetime != Lifetime::Persistent && !anchor.others_alive());
     if orphaned && !dry_run {
-        removal::remove_held(name, &anchor, control)?;
+        removal::remove_held(place, &anchor, control)?;
     }
     drop(gate);
     Ok(orphaned)

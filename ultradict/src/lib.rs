@@ -101,11 +101,15 @@ mod structs;
 mod watch;
 
 pub use error::{Error, Result};
-pub use inspect::{Attached, DictInfo, Listed, Nested, cleanup, inspect, list};
+pub use inspect::{
+    Attached, DictInfo, Listed, Nested, cleanup, cleanup_in, inspect, inspect_in, list, list_in,
+};
 pub use lock_guard::{LockGuard, LockOptions};
 pub use map::{Builder, Key, UltraDict, Value};
 pub use naming::MAX_NAME_LEN;
-pub use options::{Create, DEFAULT_BUFFER_SIZE, Lifetime, MAX_BUFFER_SIZE, MIN_BUFFER_SIZE};
+pub use options::{
+    Create, DEFAULT_BUFFER_SIZE, DEFAULT_MODE, Lifetime, MAX_BUFFER_SIZE, MIN_BUFFER_SIZE,
+};
 pub use schema::{Data, Deserializer, Fingerprint, RecordSerializer, SliceWriter, Validator};
 pub use status::{LockHolder, Status};
 

@@ -256,11 +256,11 @@ impl<S: Schema> Engine<S> {
                 let holder_pid = busy.holder_slot.map_or(0, |slot| control.slot_pid(slot).0);
                 Err(match options.wait {
                     Wait::NonBlocking => Error::WouldBlock {
-                        name: self.name.clone(),
+                        name: self.place.name().to_owned(),
                         holder_pid,
                     },
                     _ => Error::LockTimeout {
-                        name: self.name.clone(),
+                        name: self.place.name().to_owned(),
                         holder_pid,
                         waited: started.map(|started| started.elapsed()).unwrap_or_default(),
                     },
@@ -288,7 +288,7 @@ impl<S: Schema> Engine<S> {
         });
         if ours {
             return Err(Error::LockedByOtherHandle {
-                name: self.name.clone(),
+                name: self.place.name().to_owned(),
             });
         }
         Ok(())

@@ -14,6 +14,12 @@
 //! `~` may not appear in a dict name, so no dict's object can be mistaken for another dict's,
 //! and every object of a dict is `ultradict.NAME` or starts with `ultradict.NAME~`. Tools
 //! recognize ultradict objects by the `ultradict.` prefix, then by the magic bytes.
+//!
+//! The objects live in /dev/shm unless the dict's creator chose another directory (for a dict
+//! shared by a group: /dev/shm has the sticky bit, so there only an object's owner could remove
+//! it). A [`Place`] is a dict's name in its directory: it builds every object path of the dict.
+
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::os;
@@ -97,7 +103,7 @@ pub(crate) fn validate_child(name: &str) -> Result<()> {
 
 /// The name of the nested child of `parent` registered under a map key (given as its archived
 /// bytes): a hash, so any key gives a valid, stable name.
-pub(crate) fn key_child(parent: &str, key: &[u8]) -> String {
+fn key_child(parent: &str, key: &[u8]) -> String {
     let hash = fnv1a(&[key]);
     format!("{parent}{SEPARATOR}.k{hash:016x}")
 }
@@ -116,19 +122,19 @@ pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
 }
 
 /// The control segment of dict `name`.
-pub(crate) fn control(name: &str) -> String {
+fn control(name: &str) -> String {
     format!("{PREFIX}{name}")
 }
 
 /// The private name under which the creator builds instance `instance` of dict `name`.
-pub(crate) fn pending(name: &str, instance: u64) -> String {
+fn pending(name: &str, instance: u64) -> String {
     format!("{PREFIX}{name}{SEPARATOR}.new.{:08x}", instance as u32)
 }
 
 /// The dump segment that starts `epoch` of the instance `instance` of dict `name`. The
 /// instance (random, chosen by the dict's creator) keeps a handle of a removed dict from ever
 /// writing over the dumps of a new dict of the same name.
-pub(crate) fn dump(name: &str, instance: u64, epoch: u32) -> String {
+fn dump(name: &str, instance: u64, epoch: u32) -> String {
     format!(
         "{PREFIX}{name}{SEPARATOR}dump.{:08x}.{epoch}",
         instance as u32
@@ -136,7 +142,7 @@ pub(crate) fn dump(name: &str, instance: u64, epoch: u32) -> String {
 }
 
 /// The register of dict `name`'s nested dicts.
-pub(crate) fn register(name: &str) -> String {
+fn register(name: &str) -> String {
     format!("{name}{SEPARATOR}.register")
 }
 
@@ -160,8 +166,108 @@ pub(crate) enum Part {
     Other,
 }
 
-/// Sorts an object of /dev/shm that belongs to dict `name` (see [`objects_of`]).
-pub(crate) fn classify(name: &str, object: &str) -> Part {
+/// A dict's name in the directory its objects live in: what every object path of the dict is
+/// built from. Object paths are strings (`DIR/ultradict.NAME...`): directories must be UTF-8.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Place {
+    dir: Arc<str>,
+    name: String,
+}
+
+impl Place {
+    pub(crate) fn new(dir: Arc<str>, name: impl Into<String>) -> Self {
+        Place {
+            dir,
+            name: name.into(),
+        }
+    }
+
+    /// Dict `name` in /dev/shm.
+    pub(crate) fn in_shm(name: impl Into<String>) -> Self {
+        Self::new(Arc::from(os::SHM_DIR), name)
+    }
+
+    /// The dict's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The directory of its objects.
+    pub(crate) fn dir(&self) -> &Arc<str> {
+        &self.dir
+    }
+
+    fn path(&self, file: &str) -> String {
+        format!("{}/{file}", self.dir)
+    }
+
+    /// The control segment.
+    pub(crate) fn control(&self) -> String {
+        self.path(&control(&self.name))
+    }
+
+    /// The file name of an object path of the dict (what it is called in its directory).
+    pub(crate) fn file_name(object: &str) -> &str {
+        object.rsplit('/').next().unwrap_or(object)
+    }
+
+    /// The private name under which the creator builds instance `instance`.
+    pub(crate) fn pending(&self, instance: u64) -> String {
+        self.path(&pending(&self.name, instance))
+    }
+
+    /// The dump that starts `epoch` of instance `instance`.
+    pub(crate) fn dump(&self, instance: u64, epoch: u32) -> String {
+        self.path(&dump(&self.name, instance, epoch))
+    }
+
+    /// The register of the dict's nested dicts.
+    pub(crate) fn register(&self) -> Place {
+        Place::new(self.dir.clone(), register(&self.name))
+    }
+
+    /// The nested dict of struct field `field`.
+    pub(crate) fn field_child(&self, field: &str) -> Place {
+        Place::new(self.dir.clone(), field_child(&self.name, field))
+    }
+
+    /// The nested dict of a map key, given as its archived bytes.
+    pub(crate) fn key_child(&self, key: &[u8]) -> Place {
+        Place::new(self.dir.clone(), key_child(&self.name, key))
+    }
+
+    /// Another dict of the same directory.
+    pub(crate) fn sibling(&self, name: &str) -> Place {
+        Place::new(self.dir.clone(), name)
+    }
+
+    /// Every object of the dict (its own and its descendants'), as paths.
+    pub(crate) fn objects(&self) -> Result<Vec<String>> {
+        let control = control(&self.name);
+        let all = os::list_objects(&self.dir, &control)
+            .map_err(|e| Error::io(format!("listing {}", self.dir), e))?;
+        Ok(all
+            .into_iter()
+            .filter(|object| {
+                let rest = &object[control.len()..];
+                rest.is_empty() || rest.starts_with(SEPARATOR)
+            })
+            .map(|object| self.path(&object))
+            .collect())
+    }
+
+    /// What the object at path `object` (one of [`objects`](Self::objects)) is.
+    pub(crate) fn classify(&self, object: &str) -> Part {
+        let file = object
+            .strip_prefix(&*self.dir)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .unwrap_or(object);
+        classify(&self.name, file)
+    }
+}
+
+/// Sorts an object of a directory that belongs to dict `name` (by its file name).
+fn classify(name: &str, object: &str) -> Part {
     let Some(rest) = object
         .strip_prefix(PREFIX)
         .and_then(|rest| rest.strip_prefix(name))
@@ -199,19 +305,6 @@ pub(crate) fn classify(name: &str, object: &str) -> Part {
         return Part::Child(child.to_owned());
     }
     Part::Other
-}
-
-/// Every object in /dev/shm that belongs to dict `name`: its own and its descendants'.
-pub(crate) fn objects_of(name: &str) -> Result<Vec<String>> {
-    let control = control(name);
-    let all = os::list_objects(&control).map_err(|e| Error::io("listing /dev/shm", e))?;
-    Ok(all
-        .into_iter()
-        .filter(|object| {
-            let rest = &object[control.len()..];
-            rest.is_empty() || rest.starts_with(SEPARATOR)
-        })
-        .collect())
 }
 
 /// A name no other dict has: process id, time and a counter.

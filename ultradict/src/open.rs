@@ -21,15 +21,12 @@ use crate::engine::{Engine, Membership};
 use crate::error::{Error, Result};
 use crate::liveness::Anchor;
 use crate::lock_guard::Reentrant;
-use crate::naming;
+use crate::naming::{self, Place};
 use crate::options::{Create, Lifetime, Options};
 use crate::removal;
 use crate::schema::{Fingerprint, Schema};
 use crate::segment::{self, Segment};
 use crate::storage::{Departure, Storage, View};
-
-/// Permission bits of every object of a dict: its creator's user only.
-pub(crate) const MODE: u32 = 0o600;
 
 /// Why one open attempt did not produce an engine.
 enum Opening {
@@ -59,16 +56,18 @@ impl<S: Schema> Engine<S> {
         } else {
             naming::validate(&name)?;
         }
+        let place = Place::new(options.effective_dir()?, name);
+        let name = place.name();
         let fingerprint = S::fingerprint();
         let deadline = Instant::now() + options.open_timeout;
         loop {
             let attempt = match options.create {
-                Create::New => Self::create(&name, options, &fingerprint, initial),
-                Create::Open => Self::attach(&name, options, &fingerprint, deadline),
+                Create::New => Self::create(&place, options, &fingerprint, initial),
+                Create::Open => Self::attach(&place, options, &fingerprint, deadline),
                 Create::OpenOrCreate => {
-                    match Self::attach(&name, options, &fingerprint, deadline) {
+                    match Self::attach(&place, options, &fingerprint, deadline) {
                         Err(Failed(Error::NotFound { .. })) => {
-                            match Self::create(&name, options, &fingerprint, initial) {
+                            match Self::create(&place, options, &fingerprint, initial) {
                                 // Another process created it first: attach to theirs.
                                 Err(Failed(Error::AlreadyExists { .. })) => Err(Retry),
                                 other => other,
@@ -86,7 +85,7 @@ impl<S: Schema> Engine<S> {
                 }
                 Err(Retry) => {
                     return Err(Error::NotReady {
-                        name,
+                        name: name.to_owned(),
                         waited: options.open_timeout,
                     });
                 }
@@ -95,7 +94,7 @@ impl<S: Schema> Engine<S> {
     }
 
     fn create(
-        name: &str,
+        place: &Place,
         options: &Options,
         fingerprint: &Fingerprint,
         initial: Option<&S::Update>,
@@ -103,7 +102,9 @@ impl<S: Schema> Engine<S> {
         let buffer_size = options.effective_buffer_size()?;
         let full_dump_size = options.effective_full_dump_size()?;
         let lifetime = options.lifetime.unwrap_or_default();
-        let object = naming::control(name);
+        let mode = options.effective_mode(place.dir())?;
+        let name = place.name();
+        let object = place.control();
         if segment::exists(&object)? {
             // A symbolic link or another odd object is not a dict that exists: say what it is.
             if let Err(err @ Error::Foreign { .. }) = segment::open_fd(&object, false) {
@@ -114,11 +115,11 @@ impl<S: Schema> Engine<S> {
             }
             .into());
         }
-        removal::sweep_dead_creations(name)?;
+        removal::sweep_dead_creations(place)?;
         let instance = crate::os::random_u64();
-        let pending = naming::pending(name, instance);
+        let pending = place.pending(instance);
         let (segment, fd) =
-            match Segment::create_with_fd(&pending, (HEADER_SIZE + buffer_size) as u64, MODE) {
+            match Segment::create_with_fd(&pending, (HEADER_SIZE + buffer_size) as u64, mode) {
                 // Another creator drew the same instance number: draw again.
                 Err(err) if segment::is_already_exists(&err) => return Err(Retry),
                 other => other?,
@@ -136,7 +137,7 @@ impl<S: Schema> Engine<S> {
                     fingerprint: fingerprint.hash,
                     schema_text: &fingerprint.description,
                     instance,
-                    mode: MODE,
+                    mode,
                 },
             );
         }
@@ -144,12 +145,12 @@ impl<S: Schema> Engine<S> {
         let control = unsafe { Control::from_segment(&segment) };
         let slot = anchor.claim_slot(control, name)?;
         crate::fault::point("create-pending");
-        let mut engine = Self::assemble(name, segment, fingerprint, anchor, slot, true, options);
+        let mut engine = Self::assemble(place, segment, fingerprint, anchor, slot, true, options);
         // Until it has the dict's name, nothing of this instance counts: a failure takes back
         // every object it made.
         let discard = |engine: &Self| {
             engine.detached.store(true, Ordering::Relaxed);
-            removal::discard_instance(name, instance);
+            removal::discard_instance(place, instance);
         };
         if let Some(initial) = initial {
             // Nobody else can see the dict yet, so no lock is needed.
@@ -183,12 +184,13 @@ impl<S: Schema> Engine<S> {
     }
 
     fn attach(
-        name: &str,
+        place: &Place,
         options: &Options,
         fingerprint: &Fingerprint,
         deadline: Instant,
     ) -> Result<Self, Opening> {
-        let object = naming::control(name);
+        let name = place.name();
+        let object = place.control();
         let (segment, fd) = match Segment::open_with_fd(&object, true) {
             Err(err) if segment::is_not_found(&err) => {
                 return Err(Error::NotFound {
@@ -215,21 +217,21 @@ impl<S: Schema> Engine<S> {
         if control.is_removed() {
             // We hold the gate, so whoever began removing it died (or just finished): finish
             // the work, then look again.
-            removal::remove_held(name, &anchor, control)?;
+            removal::remove_held(place, &anchor, control)?;
             drop(gate);
             return Err(Retry);
         }
         let slot = anchor.claim_slot(control, name)?;
         crate::fault::point("attach-claimed");
         drop(gate);
-        let engine = Self::assemble(name, segment, fingerprint, anchor, slot, false, options);
+        let engine = Self::assemble(place, segment, fingerprint, anchor, slot, false, options);
         engine.recover_lock_of(slot);
         engine.catch_up()?;
         Ok(engine)
     }
 
     fn assemble(
-        name: &str,
+        place: &Place,
         segment: Segment,
         fingerprint: &Fingerprint,
         anchor: Anchor,
@@ -243,7 +245,7 @@ impl<S: Schema> Engine<S> {
         let (instance, mode) = (control.instance, control.mode);
         let lifetime = Lifetime::from_raw(control.lifetime).unwrap_or_default();
         Engine {
-            name: name.to_owned(),
+            place: place.clone(),
             stream_capacity: segment.len() - HEADER_SIZE,
             segment,
             fingerprint: fingerprint.clone(),
@@ -269,7 +271,7 @@ impl<S: Schema> Engine<S> {
             .anchor
             .try_write_for(self.patience)
             .ok_or_else(|| Error::NotReady {
-                name: self.name.clone(),
+                name: self.place.name().to_owned(),
                 waited: self.patience,
             })?;
         if let Some(slot) = self.membership.slot_in(generation) {
@@ -278,7 +280,7 @@ impl<S: Schema> Engine<S> {
         if self.detached.load(Ordering::Acquire) {
             return Err(self.removed());
         }
-        let object = naming::control(&self.name);
+        let object = self.place.control();
         let fresh = match segment::open_fd(&object, true) {
             Ok(fd) => Anchor::new(fd)?,
             Err(err) if segment::is_not_found(&err) => return Err(self.removed()),
@@ -290,14 +292,14 @@ impl<S: Schema> Engine<S> {
         let control = self.control();
         let Some(gate) = fresh.gate(Instant::now() + self.patience)? else {
             return Err(Error::NotReady {
-                name: self.name.clone(),
+                name: self.place.name().to_owned(),
                 waited: self.patience,
             });
         };
         if control.is_removed() {
             return Err(self.removed());
         }
-        let slot = fresh.claim_slot(control, &self.name)?;
+        let slot = fresh.claim_slot(control, self.place.name())?;
         drop(gate);
         *anchor = fresh;
         self.membership
@@ -334,7 +336,7 @@ impl<S: Schema> Engine<S> {
             creator: self.creator == Some(generation),
         };
         let removed = if remove(&departure) {
-            removal::remove_held(&self.name, &anchor, control)
+            removal::remove_held(&self.place, &anchor, control)
         } else {
             Ok(())
         };
@@ -353,7 +355,7 @@ impl<S: Schema> Engine<S> {
             };
         }
         let anchor = self.membership.anchor.read();
-        removal::remove(&self.name, &anchor, self.control(), self.patience)
+        removal::remove(&self.place, &anchor, self.control(), self.patience)
     }
 }
 
@@ -385,8 +387,14 @@ fn check_parameters(name: &str, options: &Options, control: &Control) -> Result<
             .transpose()?,
         control.full_dump_size,
     )?;
+    check_parameter(
+        name,
+        "mode",
+        options.mode.map(u64::from),
+        u64::from(control.mode),
+    )?;
     let lifetime = Lifetime::from_raw(control.lifetime)
-        .ok_or_else(|| Error::corrupt(&naming::control(name), "unknown lifetime"))?;
+        .ok_or_else(|| Error::corrupt(name, "unknown lifetime"))?;
     if let Some(requested) = options.lifetime
         && requested != lifetime
     {

@@ -1,5 +1,7 @@
 //! How a dict is opened: create or attach, sizes, lifetime. Shared by every builder.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -49,6 +51,9 @@ impl Lifetime {
     }
 }
 
+/// Permission bits of a dict's objects unless its creator chose others: its user only.
+pub const DEFAULT_MODE: u32 = 0o600;
+
 /// The stream size used when none is given: 1 MiB, about 20,000 small updates between two
 /// full dumps, for 1 MiB of shared memory per dict.
 pub const DEFAULT_BUFFER_SIZE: usize = 1 << 20;
@@ -71,6 +76,10 @@ pub(crate) struct Options {
     pub(crate) open_timeout: Duration,
     /// A nested child of another dict: its name is derived (and may hold `~`).
     pub(crate) child: bool,
+    /// The directory of the dict's objects; `None`: /dev/shm.
+    pub(crate) dir: Option<PathBuf>,
+    /// Permission bits of the dict's objects; `None`: the creator's choice, or 0o600.
+    pub(crate) mode: Option<u32>,
 }
 
 impl Default for Options {
@@ -83,23 +92,72 @@ impl Default for Options {
             lifetime: None,
             open_timeout: Duration::from_secs(2),
             child: false,
+            dir: None,
+            mode: None,
         }
     }
 }
 
 impl Options {
-    /// The options of the nested child `field` of a dict opened with `self`: same create
-    /// mode and timeouts, default sizes, and persistent (the root's removal removes it).
-    pub(crate) fn child(&self, parent: &str, field: &str) -> Options {
+    /// The options of the nested child named `name` of a dict opened with `self`: same
+    /// directory, permissions and timeouts, default sizes, persistent.
+    pub(crate) fn nested(&self, name: String) -> Options {
         Options {
-            name: Some(crate::naming::field_child(parent, field)),
+            name: Some(name),
             create: Create::OpenOrCreate,
             buffer_size: None,
             full_dump_size: None,
             lifetime: Some(Lifetime::Persistent),
             open_timeout: self.open_timeout,
             child: true,
+            dir: self.dir.clone(),
+            mode: self.mode,
         }
+    }
+
+    /// The directory of the dict's objects, checked: an existing directory with a UTF-8 path.
+    pub(crate) fn effective_dir(&self) -> Result<Arc<str>> {
+        let Some(dir) = &self.dir else {
+            return Ok(Arc::from(crate::os::SHM_DIR));
+        };
+        let invalid = |reason: String| Error::InvalidOption {
+            option: "directory",
+            reason,
+        };
+        let text = dir
+            .to_str()
+            .ok_or_else(|| invalid(format!("{} is not UTF-8", dir.display())))?;
+        if !dir.is_dir() {
+            return Err(invalid(format!("{text} is not a directory")));
+        }
+        Ok(Arc::from(text.trim_end_matches('/')))
+    }
+
+    /// The permission bits a dict created in `dir` gets, checked: read and write for the
+    /// owner, nothing but read and write bits, and no bits for others than the owner in a
+    /// sticky directory such as /dev/shm, where only an object's owner may remove it.
+    pub(crate) fn effective_mode(&self, dir: &str) -> Result<u32> {
+        let Some(mode) = self.mode else {
+            return Ok(DEFAULT_MODE);
+        };
+        let invalid = |reason: String| Error::InvalidOption {
+            option: "mode",
+            reason,
+        };
+        if mode & 0o600 != 0o600 || mode & !0o666 != 0 {
+            return Err(invalid(format!(
+                "{mode:#o}: the owner needs read and write, and only read and write bits are allowed"
+            )));
+        }
+        let sticky = crate::os::is_sticky(dir).map_err(|e| Error::io(format!("stat {dir}"), e))?;
+        if mode != DEFAULT_MODE && sticky {
+            return Err(invalid(format!(
+                "{mode:#o} in {dir}: it has the sticky bit, so other users could never remove \
+                 the objects they share; give the dict a directory of its own that the group may \
+                 write (e.g. `install -d -m 2770 -g GROUP /dev/shm/APP`) with .directory(..)"
+            )));
+        }
+        Ok(mode)
     }
 
     pub(crate) fn effective_buffer_size(&self) -> Result<usize> {
@@ -166,9 +224,29 @@ macro_rules! option_setters {
             self
         }
 
-        /// How long to wait for a dict that another process is still creating (default 2 s).
+        /// How long to wait for a dict that other processes keep busy (default 2 s).
         pub fn open_timeout(mut self, timeout: ::std::time::Duration) -> Self {
             self.options.open_timeout = timeout;
+            self
+        }
+
+        /// The directory the dict's objects live in (default /dev/shm): any directory on a
+        /// memory file system (tmpfs). Every process opens the dict with the same directory;
+        /// nested dicts live beside their root.
+        pub fn directory(mut self, dir: impl Into<::std::path::PathBuf>) -> Self {
+            self.options.dir = Some(dir.into());
+            self
+        }
+
+        /// Permission bits of every object of the dict, nested dicts and later dumps included
+        /// (default [`DEFAULT_MODE`](crate::DEFAULT_MODE), 0o600); the umask does not narrow
+        /// them. To share a dict with a group, e.g. `0o660`, give it a directory of its own
+        /// that the group may write and that is setgid to the group
+        /// ([`directory`](Self::directory)): in /dev/shm, which has the sticky bit, only an
+        /// object's owner may remove it, so other modes are refused there. The creator's choice
+        /// wins; asking an existing dict for another mode is an error.
+        pub fn mode(mut self, mode: u32) -> Self {
+            self.options.mode = Some(mode);
             self
         }
     };

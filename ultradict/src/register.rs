@@ -9,27 +9,32 @@
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::map::{Found, MapSchema, MapUpdate};
-use crate::naming;
+use crate::naming::Place;
 use crate::options::{Create, Lifetime, Options};
 use crate::storage::Storage;
 
 type Register = Engine<MapSchema<String, String>>;
 
-fn open_register(dict: &str, create: Create) -> Result<Register> {
+/// Opens the register of the dict at `dict`, whose objects have permissions `mode`.
+fn open_register(dict: &Place, mode: Option<u32>, create: Create) -> Result<Register> {
+    let register = dict.register();
     let options = Options {
-        name: Some(naming::register(dict)),
+        name: Some(register.name().to_owned()),
         create,
         lifetime: Some(Lifetime::Persistent),
         buffer_size: Some(16 << 10),
         child: true,
+        dir: Some(register.dir().as_ref().into()),
+        mode,
         ..Options::default()
     };
     Register::open(&options, None)
 }
 
-/// Records `child` (described by `what`) as a nested dict of `dict`.
-pub(crate) fn register_child(dict: &str, child: &str, what: &str) -> Result<()> {
-    open_register(dict, Create::OpenOrCreate)?.write(|view| {
+/// Records `child` (described by `what`) as a nested dict of the dict at `dict`, whose objects
+/// have permissions `mode`.
+pub(crate) fn register_child(dict: &Place, mode: u32, child: &str, what: &str) -> Result<()> {
+    open_register(dict, Some(mode), Create::OpenOrCreate)?.write(|view| {
         let known = !matches!(
             MapSchema::find(view.dump(), &view.overlay, child),
             Found::Missing(_)
@@ -39,17 +44,17 @@ pub(crate) fn register_child(dict: &str, child: &str, what: &str) -> Result<()> 
     })
 }
 
-/// The registered nested dicts of `dict` and what each is, sorted by name; none if it has no
-/// register.
-pub(crate) fn children(dict: &str) -> Result<Vec<(String, String)>> {
-    let register = match open_register(dict, Create::Open) {
+/// The registered nested dicts of the dict at `dict` and what each is, sorted by name; none if
+/// it has no register.
+pub(crate) fn children(dict: &Place) -> Result<Vec<(String, String)>> {
+    let register = match open_register(dict, None, Create::Open) {
         Ok(register) => register,
         Err(Error::NotFound { .. }) => return Ok(Vec::new()),
         Err(err) => return Err(err),
     };
     let entries = register
         .read(|view| MapSchema::materialize(view.dump(), &view.overlay))?
-        .map_err(|e| Error::corrupt(&naming::control(&naming::register(dict)), e.to_string()))?;
+        .map_err(|e| Error::corrupt(&dict.register().control(), e.to_string()))?;
     let mut children: Vec<_> = entries.into_iter().collect();
     children.sort();
     Ok(children)

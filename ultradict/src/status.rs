@@ -9,7 +9,7 @@ use crate::control::{Control, PROCESS_SLOTS, SLEEPERS, StateWord};
 use crate::engine::Engine;
 use crate::inspect::Attached;
 use crate::liveness::Anchor;
-use crate::naming;
+use crate::naming::Place;
 use crate::options::Lifetime;
 use crate::schema::Schema;
 
@@ -45,9 +45,11 @@ pub struct Status {
     pub name: String,
     /// What the dict stores, e.g. `UltraDict<alloc::string::String, u64>`.
     pub schema: String,
-    /// The control segment (control block and stream) in /dev/shm.
+    /// The directory of the dict's objects (/dev/shm unless its creator chose another).
+    pub directory: String,
+    /// The control segment (control block and stream): its name in [`directory`](Self::directory).
     pub control_segment: String,
-    /// The current full dump's segment, if the dict has had a dump.
+    /// The current full dump's segment, if the dict has had a dump: its name in the directory.
     pub dump_segment: Option<String>,
     /// Bytes of stream.
     pub buffer_size: usize,
@@ -91,11 +93,12 @@ impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "dict              {}", self.name)?;
         writeln!(f, "schema            {}", self.schema)?;
-        writeln!(f, "control segment   /dev/shm/{}", self.control_segment)?;
+        let dir = &self.directory;
+        writeln!(f, "control segment   {dir}/{}", self.control_segment)?;
         match &self.dump_segment {
             Some(dump) => writeln!(
                 f,
-                "dump segment      /dev/shm/{dump} ({} bytes)",
+                "dump segment      {dir}/{dump} ({} bytes)",
                 self.dump_bytes
             )?,
             None => writeln!(f, "dump segment      none yet")?,
@@ -225,10 +228,12 @@ impl<S: Schema> Engine<S> {
         let reading = Reading::of(control, &anchor);
         let state = reading.state;
         Status {
-            name: self.name.clone(),
+            name: self.place.name().to_owned(),
             schema: control.schema_text(),
-            control_segment: naming::control(&self.name),
-            dump_segment: (state.epoch > 0).then(|| self.dump_object(state.epoch)),
+            directory: self.place.dir().to_string(),
+            control_segment: Place::file_name(&self.place.control()).to_owned(),
+            dump_segment: (state.epoch > 0)
+                .then(|| Place::file_name(&self.dump_object(state.epoch)).to_owned()),
             buffer_size: self.stream_capacity,
             buffer_used: state.committed as usize,
             full_dump_size: (control.full_dump_size != 0).then_some(control.full_dump_size),
@@ -245,7 +250,7 @@ impl<S: Schema> Engine<S> {
             last_dead_holder: reading.last_dead_holder,
             locked_catch_ups: reading.locked_catch_ups,
             catch_ups: self.catch_ups.load(Ordering::Relaxed),
-            removed: reading.removing || !anchor.is_named(&naming::control(&self.name)),
+            removed: reading.removing || !anchor.is_named(&self.place.control()),
         }
     }
 }

@@ -138,8 +138,10 @@ pub struct OpenOptions(pub(crate) Options);
 
 impl OpenOptions {
     /// The options of the nested child stored under `key` of the dict called `parent`.
-    pub fn child(&self, parent: &str, key: &str) -> OpenOptions {
-        OpenOptions(self.0.child(parent, key))
+    pub fn child(&self, parent: &Dict<impl Schema>, key: &str) -> OpenOptions {
+        let engine = parent.engine();
+        let name = engine.place().field_child(key).name().to_owned();
+        OpenOptions(engine.nested_options(&self.0, name))
     }
 
     /// Opens the nested map child stored under `key` of `parent`, registering it.
@@ -149,7 +151,7 @@ impl OpenOptions {
         key: &str,
         initial: impl IntoIterator<Item = (K, V)>,
     ) -> Result<crate::UltraDict<K, V>> {
-        let options = self.0.child(parent.name(), key);
+        let options = self.child(parent, key).0;
         crate::UltraDict::open_nested_in(parent, &options, initial.into_iter().collect(), key)
     }
 }

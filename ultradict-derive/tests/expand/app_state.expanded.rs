@@ -328,7 +328,7 @@ impl ::ultradict::SharedDict for AppState {
             },
         )?;
         let stats = {
-            let __child = __options.child(__dict.name(), "stats");
+            let __child = __options.child(&__dict, "stats");
             let __handle = <Stats as ::ultradict::SharedDict>::__open(&__child, stats)?;
             __dict.register_child(__handle.name(), "nested field stats of AppState")?;
             __handle

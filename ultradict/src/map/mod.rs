@@ -14,7 +14,7 @@ use crate::engine::Engine;
 use crate::error::Result;
 use crate::handle::Dict;
 use crate::lock_guard::LockOptions;
-use crate::options::{Lifetime, Options};
+use crate::options::Options;
 use crate::schema::{Data, Schema};
 use crate::storage::{Storage, View};
 
@@ -150,14 +150,11 @@ impl<K: Key, V: Value> UltraDict<K, V> {
         &self,
         key: &(impl ToOwned<Owned = K> + ?Sized),
     ) -> Result<UltraDict<K2, V2>> {
-        let child =
-            crate::naming::key_child(self.name(), &key_bytes(&key.to_owned(), self.name())?);
-        let options = Options {
-            name: Some(child),
-            lifetime: Some(Lifetime::Persistent),
-            child: true,
-            ..Options::default()
-        };
+        let engine = self.engine();
+        let child = engine
+            .place()
+            .key_child(&key_bytes(&key.to_owned(), self.name())?);
+        let options = engine.nested_options(&Options::default(), child.name().to_owned());
         Ok(UltraDict {
             dict: self.dict.open_nested(&options, None, "nested map")?,
         })
@@ -407,7 +404,23 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     /// segment could not be removed.
     pub fn unlink_by_name(name: &str) -> Result<()> {
         crate::naming::validate(name)?;
-        crate::removal::remove_by_name(name)
+        crate::removal::remove_by_name(&crate::naming::Place::in_shm(name))
+    }
+
+    /// [`unlink_by_name`](Self::unlink_by_name) for a dict whose objects live in directory
+    /// `dir` (see [`Builder::directory`]).
+    ///
+    /// # Errors
+    /// As [`unlink_by_name`](Self::unlink_by_name); [`Error::InvalidOption`](crate::Error::InvalidOption)
+    /// if `dir` is not a directory.
+    pub fn unlink_by_name_in(dir: impl AsRef<std::path::Path>, name: &str) -> Result<()> {
+        crate::naming::validate(name)?;
+        let options = Options {
+            dir: Some(dir.as_ref().to_path_buf()),
+            ..Options::default()
+        };
+        let place = crate::naming::Place::new(options.effective_dir()?, name);
+        crate::removal::remove_by_name(&place)
     }
 }
 

@@ -22,10 +22,6 @@ pub(crate) const SHM_DIR: &str = "/dev/shm";
 /// The longest file name the kernel accepts in /dev/shm.
 pub(crate) const MAX_OBJECT_NAME: usize = 255;
 
-fn shm_path(object: &str) -> String {
-    format!("{SHM_DIR}/{object}")
-}
-
 /// The error of opening something under a dict's name that is not a regular file (a symbolic
 /// link, a directory, a FIFO, ...). Carried inside an [`io::Error`] of kind `Other`.
 #[derive(Debug, thiserror::Error)]
@@ -37,20 +33,20 @@ pub(crate) fn is_not_regular(err: &io::Error) -> bool {
     err.get_ref().is_some_and(|inner| inner.is::<NotRegular>())
 }
 
-/// Creates `object` exclusively with permissions `mode` (the umask does not narrow them) and
-/// `len` bytes reserved. A full /dev/shm fails here with `ENOSPC` instead of a SIGBUS on first
-/// touch.
+/// Creates the object at path `object` exclusively with permissions `mode` (the umask does
+/// not narrow them) and `len` bytes reserved. A full /dev/shm fails here with `ENOSPC` instead
+/// of a SIGBUS on first touch.
 pub(crate) fn create_object(object: &str, len: u64, mode: u32) -> io::Result<OwnedFd> {
-    let path = shm_path(object);
+    let path = object;
     let fd = rustix::fs::open(
-        path.as_str(),
+        path,
         OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
         Mode::from_raw_mode(0o600),
     )?;
     let reserved = rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o777))
         .and_then(|()| rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, len));
     if let Err(err) = reserved {
-        let _ = rustix::fs::unlink(path.as_str());
+        let _ = rustix::fs::unlink(path);
         return Err(err.into());
     }
     Ok(fd)
@@ -65,7 +61,7 @@ pub(crate) fn open_object(object: &str, writable: bool) -> io::Result<OwnedFd> {
         OFlags::RDONLY
     };
     let fd = rustix::fs::open(
-        shm_path(object).as_str(),
+        object,
         access | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK,
         Mode::empty(),
     )
@@ -77,6 +73,13 @@ pub(crate) fn open_object(object: &str, writable: bool) -> io::Result<OwnedFd> {
         return Err(io::Error::other(NotRegular));
     }
     Ok(fd)
+}
+
+/// Whether `dir` has the sticky bit (as /dev/shm has): then only an object's owner may remove
+/// it.
+pub(crate) fn is_sticky(dir: &str) -> io::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    Ok(fs::metadata(dir)?.permissions().mode() & 0o1000 != 0)
 }
 
 /// The size of an open object in bytes.
@@ -105,9 +108,9 @@ pub(crate) fn object_id(fd: BorrowedFd<'_>) -> io::Result<(ObjectId, u32)> {
     ))
 }
 
-/// The identity of the object now named `object`, without opening it.
+/// The identity of the object now at path `object`, without opening it.
 pub(crate) fn named_object_id(object: &str) -> io::Result<ObjectId> {
-    let meta = fs::symlink_metadata(shm_path(object))?;
+    let meta = fs::symlink_metadata(object)?;
     Ok(ObjectId {
         dev: meta.dev(),
         ino: meta.ino(),
@@ -119,22 +122,22 @@ pub(crate) fn named_object_id(object: &str) -> io::Result<ObjectId> {
 pub(crate) fn rename_object_noreplace(from: &str, to: &str) -> io::Result<()> {
     Ok(rustix::fs::renameat_with(
         CWD,
-        shm_path(from).as_str(),
+        from,
         CWD,
-        shm_path(to).as_str(),
+        to,
         RenameFlags::NOREPLACE,
     )?)
 }
 
 /// Removes the name of an object; mappings that exist stay valid.
 pub(crate) fn unlink_object(object: &str) -> io::Result<()> {
-    Ok(rustix::fs::unlink(shm_path(object).as_str())?)
+    Ok(rustix::fs::unlink(object)?)
 }
 
-/// The names of every object in /dev/shm whose name starts with `prefix`.
-pub(crate) fn list_objects(prefix: &str) -> io::Result<Vec<String>> {
+/// The names of every object in directory `dir` whose name starts with `prefix`.
+pub(crate) fn list_objects(dir: &str, prefix: &str) -> io::Result<Vec<String>> {
     let mut names = Vec::new();
-    for entry in fs::read_dir(SHM_DIR)? {
+    for entry in fs::read_dir(dir)? {
         let entry = entry?;
         if let Some(name) = entry.file_name().to_str()
             && name.starts_with(prefix)
