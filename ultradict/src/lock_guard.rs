@@ -77,7 +77,9 @@ impl LockOptions {
     }
 
     /// Compare-and-swap attempts before the first sleep (default 100). Spinning wins when
-    /// critical sections are a few hundred nanoseconds; 0 sleeps at once.
+    /// critical sections are a few hundred nanoseconds. After them, and before every sleep, a
+    /// waiter backs off for up to 20 us without touching the lock, so that a holder in another
+    /// process runs its next critical sections undisturbed; 0 sleeps at once, without either.
     pub fn spin(mut self, attempts: u32) -> Self {
         self.spins = attempts;
         self
