@@ -353,12 +353,16 @@ fn churn(name: &str) {
     let stop = arg("STOP");
     let mut round = 0u64;
     while !std::path::Path::new(&stop).exists() {
-        let d: Dict = UltraDict::builder()
+        let opened = UltraDict::builder()
             .name(name)
             .buffer_size(1024)
             .open_timeout(Duration::from_secs(20))
-            .open()
-            .unwrap();
+            .open();
+        // Said on stdout too, which the parent shows when this child fails.
+        let d: Dict = opened.unwrap_or_else(|err| {
+            report(format!("open failed in round {round}: {err:?}"));
+            panic!("open failed: {err:?}")
+        });
         d.update(&0, |n| n.unwrap_or(0) + 1).unwrap();
         d.insert((round % 50) as u32 + 1, round).unwrap();
         if round.is_multiple_of(3) {
