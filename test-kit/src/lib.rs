@@ -5,6 +5,8 @@
 //! Not published (a dev-dependency of the workspace's tests and of the CLI's); the library itself
 //! is the `ultradict` crate.
 
+pub mod linearizability;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -298,6 +300,21 @@ impl Running {
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Sends SIGKILL, reaps the child, and returns the reports it made before it died.
+    pub fn kill_and_collect(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.output.push_str(&line);
+            self.output.push('\n');
+        }
+        self.output
+            .lines()
+            .filter_map(report_in)
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Waits for the child under a watchdog and returns all its reports.
