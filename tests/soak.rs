@@ -23,6 +23,10 @@ fn five_second_soak_loses_nothing() {
     assert!(output.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("lost 0"), "{stdout}");
     assert!(
+        stdout.contains("dicts left after the last close 0"),
+        "{stdout}"
+    );
+    assert!(
         !stdout.contains(" 0 SIGKILLs"),
         "the soak should have killed workers: {stdout}"
     );
