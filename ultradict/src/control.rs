@@ -22,7 +22,9 @@
 //!   sequence (writers and sleepers), the removal mark (removers), the process table (each
 //!   slot by the handle that holds it).
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 use crate::segment::Segment;
@@ -204,7 +206,82 @@ pub(crate) struct Control {
     pub(crate) processes: [ProcessSlot; PROCESS_SLOTS],
 }
 
+// Under loom the atomics are models, larger than the real ones; no control block is mapped then.
+#[cfg(not(loom))]
 const _: () = assert!(std::mem::size_of::<Control>() <= HEADER_SIZE);
+
+/// The published state of a dict: the state word and the change sequence that every
+/// publication bumps. Writers publish; readers compare; sleepers wait for a change. (A view of
+/// two fields of the control block, so that the model checks can run it on its own.)
+#[derive(Clone, Copy)]
+pub(crate) struct Published<'a> {
+    pub(crate) state: &'a AtomicU64,
+    pub(crate) changes: &'a Changes,
+}
+
+impl Published<'_> {
+    /// The published state word (Acquire: the records and dump it names are visible).
+    pub(crate) fn state(&self) -> StateWord {
+        StateWord::unpack(self.state.load(Ordering::Acquire))
+    }
+
+    /// Publishes a new state word (Release: after the bytes it names), then wakes whoever
+    /// sleeps waiting for a change.
+    pub(crate) fn publish(&self, state: StateWord) {
+        #[cfg(not(ultradict_loom_broken))]
+        self.state.store(state.pack(), Ordering::Release);
+        // The model checks' deliberately broken build: readers may then see the new offset
+        // before the record's bytes (`models.rs` shows that a model catches it).
+        #[cfg(ultradict_loom_broken)]
+        self.state.store(state.pack(), Ordering::Relaxed);
+        // Stream bytes written after this (a new epoch's records) stay after it, so a reader
+        // that copies them and then sees the old epoch again knows its copy is stale.
+        crate::sync::fence(Ordering::Release);
+        self.bump_sequence();
+    }
+
+    /// Advances the change sequence; if [`SLEEPERS`] was set, clears it and wakes every
+    /// sleeper. One atomic add on the common path: a compare-and-swap loop would fetch the
+    /// line twice when writers in two processes take turns. A sleeper sets the bit with a
+    /// compare-and-swap on the exact value it then sleeps on, so either this add sees the bit,
+    /// or the sleeper's swap or sleep sees the new value; clearing the bit before the wake-up
+    /// can only send a sleeper that set it again back to look once more.
+    fn bump_sequence(&self) {
+        let sequence = &self.changes.sequence;
+        // The count is 31 bits: a carry into the bit costs one needless wake-up, nothing more.
+        let previous = sequence.fetch_add(1, Ordering::AcqRel);
+        if previous & SLEEPERS != 0 {
+            sequence.fetch_and(!SLEEPERS, Ordering::AcqRel);
+            crate::sync::futex_wake(sequence, u32::MAX >> 1);
+        }
+    }
+
+    /// Sleeps until the published state differs from `seen` or `timeout` passes; returns
+    /// whether it changed.
+    pub(crate) fn wait_for_change(&self, seen: StateWord, timeout: Duration) -> bool {
+        let sequence = &self.changes.sequence;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen_sequence = sequence.load(Ordering::Acquire);
+            if self.state() != seen {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let asleep = seen_sequence | SLEEPERS;
+            if seen_sequence != asleep
+                && sequence
+                    .compare_exchange(seen_sequence, asleep, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+            {
+                continue;
+            }
+            let _ = crate::sync::futex_wait(sequence, asleep, left);
+        }
+    }
+}
 
 /// What the creator writes into the identity fields.
 pub(crate) struct Identity<'a> {
@@ -324,32 +401,20 @@ impl Control {
     }
 
     pub(crate) fn state(&self) -> StateWord {
-        StateWord::unpack(self.state.load(Ordering::Acquire))
+        self.published().state()
+    }
+
+    /// The state word and the change sequence, as the protocol uses them.
+    pub(crate) fn published(&self) -> Published<'_> {
+        Published {
+            state: &self.state,
+            changes: &self.changes,
+        }
     }
 
     /// Publishes a new state word, then wakes whoever sleeps waiting for a change.
     pub(crate) fn publish(&self, state: StateWord) {
-        self.state.0.store(state.pack(), Ordering::Release);
-        // Stream bytes written after this (a new epoch's records) stay after it, so a reader
-        // that copies them and then sees the old epoch again knows its copy is stale.
-        std::sync::atomic::fence(Ordering::Release);
-        self.bump_sequence();
-    }
-
-    /// Advances the change sequence; if [`SLEEPERS`] was set, clears it and wakes every
-    /// sleeper. One atomic add on the common path: a compare-and-swap loop would fetch the
-    /// line twice when writers in two processes take turns. A sleeper sets the bit with a
-    /// compare-and-swap on the exact value it then sleeps on, so either this add sees the bit,
-    /// or the sleeper's swap or sleep sees the new value; clearing the bit before the wake-up
-    /// can only send a sleeper that set it again back to look once more.
-    fn bump_sequence(&self) {
-        let sequence = &self.changes.sequence;
-        // The count is 31 bits: a carry into the bit costs one needless wake-up, nothing more.
-        let previous = sequence.fetch_add(1, Ordering::AcqRel);
-        if previous & SLEEPERS != 0 {
-            sequence.fetch_and(!SLEEPERS, Ordering::AcqRel);
-            crate::os::futex_wake(sequence, u32::MAX >> 1);
-        }
+        self.published().publish(state);
     }
 
     /// The schema text, as far as it is UTF-8.

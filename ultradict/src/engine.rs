@@ -7,7 +7,7 @@
 //! dump, lock) each live in one function, so that another backend can take them over.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::RwLock;
 
@@ -248,8 +248,6 @@ impl<S: Schema> Storage for Engine<S> {
     fn wait_for_change(&self, seen: Position, timeout: Duration) -> bool {
         let seen = StateWord::of(seen);
         let control = self.control();
-        let sequence = &control.changes.sequence;
-        let deadline = Instant::now() + timeout;
         // Counted in this handle's own slot, so a sleeper killed in its sleep stops counting
         // when its slot dies.
         let counted = self
@@ -259,25 +257,7 @@ impl<S: Schema> Storage for Engine<S> {
         if let Some(count) = counted {
             count.fetch_add(1, Ordering::Relaxed);
         }
-        let changed = loop {
-            let seen_sequence = sequence.load(Ordering::Acquire);
-            if control.state() != seen {
-                break true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break false;
-            }
-            let asleep = seen_sequence | crate::control::SLEEPERS;
-            if seen_sequence != asleep
-                && sequence
-                    .compare_exchange(seen_sequence, asleep, Ordering::AcqRel, Ordering::Acquire)
-                    .is_err()
-            {
-                continue;
-            }
-            let _ = crate::os::futex_wait(sequence, asleep, left);
-        };
+        let changed = control.published().wait_for_change(seen, timeout);
         if let Some(count) = counted {
             count.fetch_sub(1, Ordering::Relaxed);
         }

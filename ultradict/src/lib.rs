@@ -86,6 +86,8 @@ mod liveness;
 mod lock;
 mod lock_guard;
 mod map;
+#[cfg(all(test, loom))]
+mod models;
 mod naming;
 mod open;
 mod options;
@@ -98,6 +100,7 @@ mod status;
 mod storage;
 mod stream;
 mod structs;
+mod sync;
 mod watch;
 
 pub use error::{Error, Result};

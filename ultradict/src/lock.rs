@@ -12,11 +12,10 @@
 //! half wrote is simply never published. The thread id only tells apart the threads of one
 //! handle, which share its slot; it is never looked up.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::control::{LockFields, PROCESS_SLOTS};
-use crate::os;
+use crate::sync::{self, Ordering};
 
 /// Set in the lock word while at least one thread may be sleeping on it.
 pub(crate) const WAITERS: u32 = 1 << 31;
@@ -103,7 +102,7 @@ pub(crate) fn acquire(
         if take_free(lock, 0, me) {
             return Ok(Acquired::Free);
         }
-        std::hint::spin_loop();
+        sync::spin_loop();
     }
     // The holder is asked after (a kernel call) when the lock is first found taken, and again
     // after every sleep that ran out: a holder that dies never wakes anyone, so its death is
@@ -150,7 +149,7 @@ pub(crate) fn acquire(
         {
             continue;
         }
-        ask_holder = os::futex_wait(&lock.word, waiting, sleep);
+        ask_holder = sync::futex_wait(&lock.word, waiting, sleep);
     }
 }
 
@@ -172,7 +171,7 @@ pub(crate) fn release(lock: &LockFields, me: u32) {
         }
     }
     if current & WAITERS != 0 {
-        os::futex_wake(&lock.word, 1);
+        sync::futex_wake(&lock.word, 1);
     }
 }
 
@@ -184,6 +183,11 @@ pub(crate) fn holder(lock: &LockFields) -> u32 {
 /// Pauses the calling thread for [`BACKOFF`] (at most `at_most`) without touching shared memory (the time is
 /// measured: a pause instruction takes from a few to over a hundred cycles across CPUs).
 fn backoff(at_most: Duration) {
+    // Time does not pass in a model: a back-off there is one yield.
+    if cfg!(loom) {
+        sync::spin_loop();
+        return;
+    }
     let until = Instant::now() + BACKOFF.min(at_most);
     while Instant::now() < until {
         for _ in 0..16 {
@@ -226,7 +230,7 @@ pub(crate) fn note_holder_seen(lock: &LockFields) {
     if lock.held_since_ns.load(Ordering::Relaxed) == 0 {
         let _ = lock.held_since_ns.compare_exchange(
             0,
-            os::unix_time_ns(),
+            crate::os::unix_time_ns(),
             Ordering::Relaxed,
             Ordering::Relaxed,
         );

@@ -206,6 +206,10 @@ fn byte_lock(
 /// (rather than being woken or finding another value). Spurious wake-ups are possible;
 /// callers re-check their condition. The futex is shared (not `FUTEX_PRIVATE`) so that
 /// processes mapping the same page wake each other.
+#[cfg_attr(
+    loom,
+    allow(dead_code, reason = "the model checks use a modelled futex")
+)]
 pub(crate) fn futex_wait(
     word: &std::sync::atomic::AtomicU32,
     expected: u32,
@@ -223,6 +227,10 @@ pub(crate) fn futex_wait(
 }
 
 /// Wakes up to `count` waiters sleeping on `word`, in any process.
+#[cfg_attr(
+    loom,
+    allow(dead_code, reason = "the model checks use a modelled futex")
+)]
 pub(crate) fn futex_wake(word: &std::sync::atomic::AtomicU32, count: u32) {
     let _ = futex::wake(word, futex::Flags::empty(), count);
 }

@@ -1,0 +1,219 @@
+//! Model checks of the concurrency protocol with loom, on the real code (`lock.rs`, the
+//! state word and change sequence of `control.rs`, the reader's stream copy), built over
+//! modelled atomics and a modelled futex (`sync.rs`). Each model explores every interleaving
+//! of its threads (within a preemption bound, so that CI runs them in seconds) and the weak
+//! memory orderings the atomics allow.
+//!
+//! ```text
+//! RUSTFLAGS="--cfg loom" cargo test -p ultradict --lib --release models
+//! ```
+//!
+//! Built with `--cfg ultradict_loom_broken` as well, the state word is published with a
+//! Relaxed store instead of Release: `publish_then_catch_up_never_sees_torn_records` must then
+//! fail (a reader sees the new offset before the record's bytes).
+
+use loom::cell::UnsafeCell;
+use loom::sync::Arc;
+use loom::thread;
+
+use crate::control::{Changes, LockFields, Published, StateWord};
+use crate::lock::{self, Acquired, WaitPolicy};
+use crate::sync::{AtomicU32, AtomicU64, Ordering, fence};
+
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(3);
+    builder.check(f);
+}
+
+fn lock_fields() -> LockFields {
+    LockFields {
+        word: AtomicU32::new(0),
+        _reserved: 0,
+        held_since_ns: AtomicU64::new(0),
+        recoveries: AtomicU64::new(0),
+        last_dead_pid: AtomicU32::new(0),
+        _reserved2: 0,
+    }
+}
+
+fn changes() -> Changes {
+    Changes {
+        sequence: AtomicU32::new(0),
+        removed: AtomicU32::new(0),
+    }
+}
+
+/// A state word and change sequence, with a stream of `WORDS` 8-byte words.
+struct Shared {
+    state: AtomicU64,
+    changes: Changes,
+    stream: Vec<AtomicU64>,
+}
+
+const WORDS: usize = 2;
+
+impl Shared {
+    fn new() -> Self {
+        Shared {
+            state: AtomicU64::new(0),
+            changes: changes(),
+            stream: (0..WORDS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn published(&self) -> Published<'_> {
+        Published {
+            state: &self.state,
+            changes: &self.changes,
+        }
+    }
+}
+
+/// What record `i` of epoch `epoch` holds.
+fn record(epoch: u32, i: usize) -> u64 {
+    (u64::from(epoch) << 32) | (i as u64 + 1)
+}
+
+/// A writer appends two records (their bytes, then the new committed offset), then starts a
+/// new epoch and writes its first record over the old bytes. A reader catches up as the
+/// engine does: load the state word, copy the committed range with atomic loads, fence, and
+/// keep the copy only if the epoch did not change meanwhile. Whatever it keeps must be whole
+/// records of that epoch.
+#[test]
+fn publish_then_catch_up_never_sees_torn_records() {
+    model(|| {
+        let shared = Arc::new(Shared::new());
+        let writer = {
+            let shared = Arc::clone(&shared);
+            thread::spawn(move || {
+                let published = shared.published();
+                for i in 0..WORDS {
+                    shared.stream[i].store(record(0, i), Ordering::Relaxed);
+                    published.publish(StateWord {
+                        epoch: 0,
+                        committed: (8 * (i + 1)) as u32,
+                    });
+                }
+                // A full dump starts epoch 1 (offset 0), then its first record.
+                published.publish(StateWord {
+                    epoch: 1,
+                    committed: 0,
+                });
+                shared.stream[0].store(record(1, 0), Ordering::Relaxed);
+                published.publish(StateWord {
+                    epoch: 1,
+                    committed: 8,
+                });
+            })
+        };
+        let published = shared.published();
+        let target = published.state();
+        let words = target.committed as usize / 8;
+        let copy: Vec<u64> = (0..words)
+            .map(|i| shared.stream[i].load(Ordering::Relaxed))
+            .collect();
+        fence(Ordering::Acquire);
+        if published.state().epoch == target.epoch {
+            for (i, &word) in copy.iter().enumerate() {
+                assert_eq!(word, record(target.epoch, i), "a torn or stale record");
+            }
+        }
+        writer.join().unwrap();
+    });
+}
+
+/// Two threads take the lock word in turn; each increments a plain (non-atomic) cell inside:
+/// loom reports any access the lock does not order as a data race.
+#[test]
+fn the_lock_word_excludes() {
+    model(|| {
+        let lock = Arc::new(lock_fields());
+        let counter = Arc::new(UnsafeCell::new(0u32));
+        let policy = WaitPolicy {
+            spins: 1,
+            max_sleep: std::time::Duration::from_secs(3600),
+        };
+        let threads: Vec<_> = (0..2)
+            .map(|slot| {
+                let (lock, counter) = (Arc::clone(&lock), Arc::clone(&counter));
+                thread::spawn(move || {
+                    let me = lock::holder_word(slot, 100 + slot as u32);
+                    let acquired = lock::acquire(&lock, me, policy, None, &|_| true);
+                    assert_eq!(acquired, Ok(Acquired::Free));
+                    // SAFETY: loom's cell; the lock is what this model checks makes it exclusive.
+                    counter.with_mut(|n| unsafe { *n += 1 });
+                    lock::release(&lock, me);
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        // SAFETY: both writers were joined.
+        assert_eq!(counter.with(|n| unsafe { *n }), 2);
+        assert_eq!(lock.word.load(Ordering::Relaxed), 0);
+    });
+}
+
+/// A holder died with the lock: two waiters find it dead, exactly one takes it over, and the
+/// other gets it after that one releases. Neither frees a hold that is not its own.
+#[test]
+fn a_dead_holder_is_taken_over_once() {
+    model(|| {
+        const DEAD_SLOT: usize = 7;
+        let lock = Arc::new(lock_fields());
+        lock.word
+            .store(lock::holder_word(DEAD_SLOT, 42), Ordering::Relaxed);
+        let policy = WaitPolicy {
+            spins: 1,
+            max_sleep: std::time::Duration::from_secs(3600),
+        };
+        let threads: Vec<_> = (0..2)
+            .map(|slot| {
+                let lock = Arc::clone(&lock);
+                thread::spawn(move || {
+                    let me = lock::holder_word(slot, 100 + slot as u32);
+                    let alive = |slot: usize| slot != DEAD_SLOT;
+                    let acquired = lock::acquire(&lock, me, policy, None, &alive).unwrap();
+                    lock::release(&lock, me);
+                    matches!(acquired, Acquired::FromDead { .. })
+                })
+            })
+            .collect();
+        let takeovers = threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .filter(|&took_over| took_over)
+            .count();
+        assert_eq!(takeovers, 1);
+        assert_eq!(lock.recoveries.load(Ordering::Relaxed), 1);
+        assert_eq!(lock.word.load(Ordering::Relaxed), 0);
+    });
+}
+
+/// A sleeper in `wait_for_change` and a writer that publishes once: the sleeper always wakes
+/// (a lost wake-up would leave it blocked on the modelled futex: loom reports a deadlock).
+#[test]
+fn a_sleeper_always_sees_the_change() {
+    model(|| {
+        let shared = Arc::new(Shared::new());
+        let sleeper = {
+            let shared = Arc::clone(&shared);
+            thread::spawn(move || {
+                let seen = StateWord {
+                    epoch: 0,
+                    committed: 0,
+                };
+                shared
+                    .published()
+                    .wait_for_change(seen, std::time::Duration::from_secs(3600))
+            })
+        };
+        shared.published().publish(StateWord {
+            epoch: 0,
+            committed: 16,
+        });
+        assert!(sleeper.join().unwrap(), "the sleeper saw the change");
+    });
+}
