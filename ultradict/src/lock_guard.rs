@@ -1,8 +1,8 @@
 //! The cross-process lock as a handle holds it: how to wait for it, the re-entrant hold of one
 //! thread, and the guard that releases it. The lock word itself is in `lock.rs`.
 
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use std::time::Instant;

@@ -18,6 +18,8 @@ use loom::thread;
 
 use crate::control::{Changes, LockFields, Published, StateWord};
 use crate::lock::{self, Acquired, WaitPolicy};
+use crate::lock_guard::Reentrant;
+use crate::os::ThreadId;
 use crate::sync::{AtomicU32, AtomicU64, Ordering, fence};
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
@@ -151,6 +153,51 @@ fn the_lock_word_excludes() {
             thread.join().unwrap();
         }
         // SAFETY: both writers were joined.
+        assert_eq!(counter.with(|n| unsafe { *n }), 2);
+        assert_eq!(lock.word.load(Ordering::Relaxed), 0);
+    });
+}
+
+/// Two threads of one handle share its re-entrant hold: each takes the lock, enters it again,
+/// leaves twice; only the second leave releases the word, and the other thread never passes
+/// for the holder. (Thread ids are given explicitly: loom runs its threads on one OS thread.)
+#[test]
+fn the_reentrant_hold_of_one_handle_excludes_its_threads() {
+    model(|| {
+        let lock = Arc::new(lock_fields());
+        let hold = Arc::new(Reentrant::default());
+        let counter = Arc::new(UnsafeCell::new(0u32));
+        let policy = WaitPolicy {
+            spins: 1,
+            max_sleep: std::time::Duration::from_secs(3600),
+        };
+        let threads: Vec<_> = (0..2u32)
+            .map(|i| {
+                let (lock, hold, counter) =
+                    (Arc::clone(&lock), Arc::clone(&hold), Arc::clone(&counter));
+                thread::spawn(move || {
+                    let me = ThreadId {
+                        generation: crate::os::fork_generation(),
+                        tid: 100 + i,
+                        pid: 1,
+                    };
+                    assert_eq!(hold.reenter(me), None, "not held by this thread yet");
+                    let word = lock::holder_word(0, me.tid);
+                    lock::acquire(&lock, word, policy, None, &|_| true).unwrap();
+                    let outer = hold.enter(me, word);
+                    let inner = hold.reenter(me).expect("re-entered");
+                    // SAFETY: loom's cell; the lock is what this model checks makes it exclusive.
+                    counter.with_mut(|n| unsafe { *n += 1 });
+                    assert_eq!(hold.leave(inner), None, "the inner leave keeps the lock");
+                    let released = hold.leave(outer).expect("the outer leave releases");
+                    lock::release(&lock, released);
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        // SAFETY: both threads were joined.
         assert_eq!(counter.with(|n| unsafe { *n }), 2);
         assert_eq!(lock.word.load(Ordering::Relaxed), 0);
     });
