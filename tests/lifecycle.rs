@@ -328,6 +328,53 @@ fn a_remover_killed_half_way_is_finished_by_the_next_opener() {
 }
 
 #[test]
+fn a_process_stopped_holding_the_gate_delays_others_but_never_hangs_them() {
+    let name = unique_name("stop-gate");
+    let d = open(&name);
+    d.insert(1, 1).unwrap();
+    // A child that stops (SIGSTOP) right after taking its slot, with the gate held.
+    let mut child = Spawn::test("child_entry", "open_close")
+        .env("NAME", &name)
+        .raw_env("ULTRADICT_CRASH_AT", "attach-claimed")
+        .raw_env("ULTRADICT_CRASH_SIGNAL", "STOP")
+        .start();
+    let pid = child.pid() as libc::pid_t;
+    assert!(
+        wait_until(|| stopped(pid)),
+        "the child stopped at its point"
+    );
+    // Opening waits for the gate only as long as its open_timeout, then says so.
+    let busy = Dict::builder()
+        .name(&name)
+        .open_timeout(Duration::from_millis(300))
+        .open();
+    assert!(matches!(busy, Err(Error::NotReady { .. })), "{busy:?}");
+    // Reads and writes through a handle already open do not need the gate.
+    d.insert(2, 2).unwrap();
+    assert_eq!(d.get(&1).unwrap(), Some(1));
+    // Once the child runs again, it finishes attaching, writes and closes; so do we, and the
+    // last close removes everything.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    child.wait_for_report("closed", WATCHDOG);
+    child.wait(WATCHDOG);
+    assert_eq!(d.get(&7).unwrap(), Some(7), "the child's write");
+    drop(d);
+    assert_no_segments(&name);
+}
+
+/// Whether process `pid` is stopped (state `T` in /proc).
+fn stopped(pid: libc::pid_t) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rfind(')')
+                .map(|at| stat[at + 1..].trim_start().starts_with('T'))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
 fn a_sleeper_killed_in_its_sleep_stops_counting() {
     let name = unique_name("kill-wait");
     let d = open(&name);

@@ -3,7 +3,9 @@
 //! A process started with `ULTRADICT_CRASH_AT=<point>` kills itself with SIGKILL when it
 //! reaches that point (after skipping `ULTRADICT_CRASH_SKIP` earlier hits, default 0): a crash
 //! with no unwinding, no destructors and no chance to tidy up, at an exact place in the write,
-//! dump, attach, detach, creation and removal paths. The points:
+//! dump, attach, detach, creation and removal paths. With `ULTRADICT_CRASH_SIGNAL=STOP` it
+//! stops itself there instead (SIGSTOP: a process that hangs holding whatever it holds, until
+//! SIGCONT). The points:
 //!
 //! | point | where |
 //! |---|---|
@@ -52,8 +54,12 @@ fn armed_point(name: &'static str, state: &std::sync::atomic::AtomicU8, unarmed:
         return;
     };
     if point == name && HITS.fetch_add(1, Ordering::Relaxed) >= *skip {
+        let signal = match std::env::var("ULTRADICT_CRASH_SIGNAL").as_deref() {
+            Ok("STOP") => libc::SIGSTOP,
+            _ => libc::SIGKILL,
+        };
         // SAFETY: sending a signal to ourselves has no memory-safety preconditions.
-        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        unsafe { libc::kill(libc::getpid(), signal) };
     }
 }
 
