@@ -6,6 +6,7 @@
 //! Storage steps (append a record, publish, read records since an offset, write and read a
 //! dump, lock) each live in one function, so that another backend can take them over.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::time::Duration;
 
@@ -60,8 +61,8 @@ impl Membership {
 pub(crate) struct Engine<S: Schema> {
     /// The dict's name and directory.
     pub(crate) place: Place,
-    /// Control block followed by the stream.
-    pub(crate) segment: Segment,
+    /// Control block followed by the stream (shared with the async bridge, if any).
+    pub(crate) segment: Arc<Segment>,
     pub(crate) stream_capacity: usize,
     pub(crate) fingerprint: Fingerprint,
     /// This instance of the dict (see `naming::dump`).
@@ -84,6 +85,9 @@ pub(crate) struct Engine<S: Schema> {
     pub(crate) detached: AtomicBool,
     /// Catch-ups this handle did (reads that found news, and `apply_update` calls).
     pub(crate) catch_ups: AtomicU64,
+    /// The helper thread of async waits, started by the first.
+    #[cfg(feature = "tokio")]
+    pub(crate) bridge: std::sync::OnceLock<crate::bridge::Bridge>,
 }
 
 // The engine owns a mapping and process-local state behind locks.
@@ -289,6 +293,13 @@ impl<S: Schema> Storage for Engine<S> {
 
     fn unlink(&self) -> Result<()> {
         self.remove()
+    }
+
+    #[cfg(feature = "tokio")]
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<Position> {
+        self.bridge
+            .get_or_init(|| crate::bridge::Bridge::start(Arc::clone(&self.segment)))
+            .subscribe()
     }
 }
 

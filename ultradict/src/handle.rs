@@ -136,6 +136,35 @@ impl<S: Schema> Dict<S> {
         Ok(engine.wait_for_change(engine.position(), timeout))
     }
 
+    /// Waits (awaiting, not blocking a thread) until some process commits an update this
+    /// handle has not seen, or `timeout` passes; returns whether there is news. Needs a tokio
+    /// runtime with its time driver (`enable_time`, or `enable_all`).
+    ///
+    /// # Errors
+    /// None today; the `Result` leaves room for backends whose waits can fail.
+    #[cfg(feature = "tokio")]
+    pub async fn wait_for_change_async(&self, timeout: Duration) -> Result<bool> {
+        let engine = self.engine();
+        // Subscribed before looking, so that a publication in between is not missed.
+        let mut published = engine.subscribe();
+        let seen = engine.position();
+        if engine.published() != seen {
+            return Ok(true);
+        }
+        let changed = async {
+            loop {
+                if published.changed().await.is_err() {
+                    // The helper is gone (it could not start): wait out the timeout.
+                    std::future::pending::<()>().await;
+                }
+                if *published.borrow_and_update() != seen {
+                    return;
+                }
+            }
+        };
+        Ok(tokio::time::timeout(timeout, changed).await.is_ok())
+    }
+
     /// A watcher of the keys (or fields) this dict's records touch.
     pub fn watch(&self) -> Watcher<'_, S::Touched> {
         Watcher::new(self.engine())
@@ -189,6 +218,37 @@ impl<S: Schema> Dict<S> {
             None => Ok(()),
         }
     }
+}
+
+/// The async methods every handle type has with the `tokio` feature (none without it): see
+/// [`__handle_methods`].
+#[cfg(feature = "tokio")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __handle_async_methods {
+    ($dict:ident) => {
+        /// Waits (awaiting, not blocking a thread) until some process commits an update this
+        /// handle has not seen, or `timeout` passes; returns whether there is news. One helper
+        /// thread per handle bridges the shared futex to the runtime; needs a tokio runtime
+        /// with its time driver. Cancelling the future (dropping it) is safe.
+        ///
+        /// # Errors
+        /// None today; the `Result` leaves room for backends whose waits can fail.
+        pub async fn wait_for_change_async(
+            &self,
+            timeout: ::core::time::Duration,
+        ) -> $crate::Result<bool> {
+            self.$dict.wait_for_change_async(timeout).await
+        }
+    };
+}
+
+/// Without the `tokio` feature, handles have no async methods.
+#[cfg(not(feature = "tokio"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __handle_async_methods {
+    ($dict:ident) => {};
 }
 
 /// The methods every handle type has, as one-line delegations to its [`Dict`] field: the
@@ -308,5 +368,7 @@ macro_rules! __handle_methods {
         pub fn unlink(&self) -> $crate::Result<()> {
             self.$dict.unlink()
         }
+
+        $crate::__handle_async_methods!($dict);
     };
 }

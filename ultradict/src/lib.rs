@@ -72,6 +72,8 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "tokio")]
+mod bridge;
 mod control;
 mod dump;
 mod engine;

@@ -10,6 +10,7 @@
 //! - **Detach**: under the gate, give the slot back and, if the lifetime says so, remove the
 //!   dict (see `removal`).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -165,7 +166,9 @@ impl<S: Schema> Engine<S> {
         crate::fault::point("create-ready");
         match crate::os::rename_object_noreplace(&pending, &object) {
             Ok(()) => {
-                engine.segment.renamed(&object);
+                if let Some(segment) = Arc::get_mut(&mut engine.segment) {
+                    segment.renamed(&object);
+                }
                 Ok(engine)
             }
             Err(err) => {
@@ -247,7 +250,7 @@ impl<S: Schema> Engine<S> {
         Engine {
             place: place.clone(),
             stream_capacity: segment.len() - HEADER_SIZE,
-            segment,
+            segment: Arc::new(segment),
             fingerprint: fingerprint.clone(),
             instance,
             view: RwLock::new(View::empty()),
@@ -260,6 +263,8 @@ impl<S: Schema> Engine<S> {
             patience: options.open_timeout,
             detached: AtomicBool::new(false),
             catch_ups: AtomicU64::new(0),
+            #[cfg(feature = "tokio")]
+            bridge: std::sync::OnceLock::new(),
         }
     }
 

@@ -130,4 +130,8 @@ pub(crate) trait Storage: Send + Sync + Sized {
 
     /// Removes the dict (if its name still names it) and its nested dicts.
     fn unlink(&self) -> Result<()>;
+
+    /// Every published position from now on, for async waiters.
+    #[cfg(feature = "tokio")]
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<Position>;
 }

@@ -34,6 +34,8 @@ pub(crate) trait WatchSource<T>: Sync {
     fn published(&self) -> Position;
     fn changes_since(&self, position: Position) -> Result<(Option<Change<T>>, Position)>;
     fn wait_since(&self, position: Position, timeout: Duration) -> bool;
+    #[cfg(feature = "tokio")]
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<Position>;
 }
 
 impl<E: Storage> WatchSource<<E::Schema as Schema>::Touched> for E {
@@ -69,6 +71,11 @@ impl<E: Storage> WatchSource<<E::Schema as Schema>::Touched> for E {
 
     fn wait_since(&self, position: Position, timeout: Duration) -> bool {
         self.wait_for_change(position, timeout)
+    }
+
+    #[cfg(feature = "tokio")]
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<Position> {
+        Storage::subscribe(self)
     }
 }
 
@@ -120,6 +127,27 @@ impl<'a, T> Watcher<'a, T> {
         let (change, position) = self.source.changes_since(self.position)?;
         self.position = position;
         Ok(change)
+    }
+
+    /// Awaits the next change (any process's commit this watcher has not reported yet) and
+    /// says what changed. One helper thread per handle bridges the shared futex to the
+    /// runtime; cancelling the future (dropping it) is safe and loses nothing: the next call
+    /// reports what happened meanwhile.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`](crate::Error::Corrupt) if a record fails validation.
+    #[cfg(feature = "tokio")]
+    pub async fn changed(&mut self) -> Result<Change<T>> {
+        let mut published = self.source.subscribe();
+        loop {
+            if let Some(change) = self.poll()? {
+                return Ok(change);
+            }
+            if published.changed().await.is_err() {
+                // The helper is gone (it could not start): nothing more will come.
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Waits (sleeping, not spinning) until some process commits, at most `timeout`, and
