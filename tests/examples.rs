@@ -68,3 +68,15 @@ fn shared_config_reaches_every_reader() {
         "{out}"
     );
 }
+
+#[test]
+fn config_reload_reaches_every_async_worker() {
+    let out = run_example("config_reload", &[]);
+    assert_eq!(
+        out.matches("applied v3: log level warn, rate limit 50/s")
+            .count(),
+        3,
+        "{out}"
+    );
+    assert!(out.contains("published v3"), "{out}");
+}
