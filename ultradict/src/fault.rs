@@ -58,8 +58,11 @@ fn armed_point(name: &'static str, state: &std::sync::atomic::AtomicU8, unarmed:
             Ok("STOP") => libc::SIGSTOP,
             _ => libc::SIGKILL,
         };
-        // SAFETY: sending a signal to ourselves has no memory-safety preconditions.
-        unsafe { libc::kill(libc::getpid(), signal) };
+        // To this thread, not the process: a process-directed SIGSTOP may be taken by another
+        // thread, and this one runs on (here: dropped the gate it was to hold) before the group
+        // stop reaches it. A thread-directed one is acted on before `raise` returns.
+        // SAFETY: sending a signal to the calling thread has no memory-safety preconditions.
+        unsafe { libc::raise(signal) };
     }
 }
 
