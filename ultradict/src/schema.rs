@@ -11,7 +11,7 @@ use std::mem::MaybeUninit;
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor::{self, Source};
-use rkyv::ser::allocator::ArenaHandle;
+use rkyv::ser::allocator::{Arena, ArenaHandle};
 use rkyv::ser::{Positional, Writer};
 use rkyv::{Archive, Deserialize, Portable, Serialize};
 
@@ -85,9 +85,36 @@ pub(crate) fn archive_into<T>(value: &T, out: &mut [MaybeUninit<u8>]) -> Result<
 where
     T: for<'a, 'b> Serialize<RecordSerializer<'a, 'b>>,
 {
-    write_into(out, |writer| {
-        rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, writer)
+    with_arena(|arena| {
+        write_into(out, |writer| {
+            rkyv::api::high::to_bytes_in_with_alloc::<_, _, rancor::Error>(
+                value,
+                writer,
+                arena.acquire(),
+            )
+        })
     })
+}
+
+thread_local! {
+    /// The scratch space serializers allocate from (vectors, strings), kept per thread.
+    static ARENA: Cell<Option<Arena>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with this thread's arena. rkyv's own `with_arena` shrinks the arena twice on
+/// every call and compares capacities; a profile of a hot `u64` insert put that at a tenth of
+/// the insert. A serialization that re-enters (archiving from inside `Serialize`) finds the
+/// slot empty and gets a fresh arena, as does a thread whose thread-locals are gone.
+fn with_arena<T>(f: impl FnOnce(&mut Arena) -> T) -> T {
+    let mut arena = ARENA
+        .try_with(Cell::take)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let out = f(&mut arena);
+    // Fails only while the thread is torn down; the arena is then freed here.
+    let _ = ARENA.try_with(|slot| slot.set(Some(arena)));
+    out
 }
 
 /// Archives `value` into a new aligned buffer as large as it needs (the bytes that name a

@@ -270,9 +270,7 @@ impl<K: Key, V: Value> Schema for MapSchema<K, V> {
         entries: &Vec<(K, V)>,
         out: &mut [std::mem::MaybeUninit<u8>],
     ) -> std::result::Result<usize, schema::Unwritten> {
-        schema::write_into(out, |writer| {
-            rkyv::api::high::to_bytes_in::<_, rancor::Error>(&DumpEntries(entries), writer)
-        })
+        schema::archive_into(&DumpEntries(entries), out)
     }
 }
 
