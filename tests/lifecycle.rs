@@ -8,12 +8,22 @@ use std::time::Duration;
 
 use ultradict::{Create, Error, Lifetime, UltraDict};
 use ultradict_test_kit::{
-    Spawn, arg, assert_no_segments, fork, report, role, shm_objects, unique_name, wait_forked,
+    Running, Spawn, arg, assert_no_segments, fork, report, role, shm_objects, unique_name,
+    wait_forked,
 };
 
 const WATCHDOG: Duration = Duration::from_secs(60);
 
 type Dict = UltraDict<u32, u64>;
+
+/// A child in a PID namespace of its own, running `role` on dict `name`, once it attached.
+fn attached_in_pid_namespace(role: &str, name: &str) -> Running {
+    let mut child = Spawn::test_in_pid_namespace("child_entry", role)
+        .env("NAME", name)
+        .start();
+    child.wait_for_report("attached", WATCHDOG);
+    child
+}
 
 fn open(name: &str) -> Dict {
     UltraDict::open(name).unwrap()
@@ -113,10 +123,7 @@ fn closing_in_either_pid_namespace_leaves_the_dict_to_the_other() {
     // The child in its namespace outlives this process's handle...
     let name = unique_name("ns-close");
     let d = open(&name);
-    let mut child = Spawn::test_in_pid_namespace("child_entry", "serve")
-        .env("NAME", &name)
-        .start();
-    child.wait_for_report("attached", WATCHDOG);
+    let mut child = attached_in_pid_namespace("serve", &name);
     child.request("write", WATCHDOG);
     assert_eq!(d.status().attached_pids.len(), 2);
     d.close().unwrap();
@@ -127,10 +134,7 @@ fn closing_in_either_pid_namespace_leaves_the_dict_to_the_other() {
 
     // ...and this process outlives the child's.
     let name = unique_name("ns-close");
-    let mut child = Spawn::test_in_pid_namespace("child_entry", "serve")
-        .env("NAME", &name)
-        .start();
-    child.wait_for_report("attached", WATCHDOG);
+    let mut child = attached_in_pid_namespace("serve", &name);
     let d = open(&name);
     child.request("close", WATCHDOG);
     child.wait(WATCHDOG);
@@ -144,10 +148,7 @@ fn closing_in_either_pid_namespace_leaves_the_dict_to_the_other() {
 fn every_lifetime_holds_across_pid_namespaces() {
     // Creator: the creator's close removes it, whoever else is attached.
     let name = unique_name("ns-creator");
-    let mut creator = Spawn::test_in_pid_namespace("child_entry", "serve_creator")
-        .env("NAME", &name)
-        .start();
-    creator.wait_for_report("attached", WATCHDOG);
+    let mut creator = attached_in_pid_namespace("serve_creator", &name);
     let other = open(&name);
     creator.request("close", WATCHDOG);
     creator.wait(WATCHDOG);
@@ -158,10 +159,7 @@ fn every_lifetime_holds_across_pid_namespaces() {
 
     // Persistent: stays after its creator in another namespace closed.
     let name = unique_name("ns-persistent");
-    let mut creator = Spawn::test_in_pid_namespace("child_entry", "serve_persistent")
-        .env("NAME", &name)
-        .start();
-    creator.wait_for_report("attached", WATCHDOG);
+    let mut creator = attached_in_pid_namespace("serve_persistent", &name);
     creator.request("write", WATCHDOG);
     creator.request("close", WATCHDOG);
     creator.wait(WATCHDOG);
@@ -175,10 +173,7 @@ fn every_lifetime_holds_across_pid_namespaces() {
 #[test]
 fn cleanup_leaves_dicts_in_use_in_other_pid_namespaces_alone() {
     let name = unique_name("ns-cleanup");
-    let mut child = Spawn::test_in_pid_namespace("child_entry", "serve")
-        .env("NAME", &name)
-        .start();
-    child.wait_for_report("attached", WATCHDOG);
+    let child = attached_in_pid_namespace("serve", &name);
     let info = ultradict::inspect(&name).unwrap();
     assert_eq!(info.attached_count, 1);
     assert!(!info.orphaned(), "{info:?}");
