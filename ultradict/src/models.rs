@@ -39,6 +39,28 @@ fn lock_fields() -> LockFields {
     }
 }
 
+/// How the models' lock waiters wait: one attempt, then sleep (loom runs no clock, so the
+/// sleep's length never matters).
+const POLICY: WaitPolicy = WaitPolicy {
+    spins: 1,
+    max_sleep: std::time::Duration::from_secs(3600),
+};
+
+/// Joins two threads that each added one to `counter` under `lock`, and checks that both
+/// increments are there and that the lock ended free.
+fn both_counted_and_released(
+    threads: Vec<thread::JoinHandle<()>>,
+    counter: &UnsafeCell<u32>,
+    lock: &LockFields,
+) {
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    // SAFETY: both threads were joined: nothing else touches the cell.
+    assert_eq!(counter.with(|n| unsafe { *n }), 2);
+    assert_eq!(lock.word.load(Ordering::Relaxed), 0);
+}
+
 fn changes() -> Changes {
     Changes {
         sequence: AtomicU32::new(0),
@@ -132,16 +154,12 @@ fn the_lock_word_excludes() {
     model(|| {
         let lock = Arc::new(lock_fields());
         let counter = Arc::new(UnsafeCell::new(0u32));
-        let policy = WaitPolicy {
-            spins: 1,
-            max_sleep: std::time::Duration::from_secs(3600),
-        };
         let threads: Vec<_> = (0..2)
             .map(|slot| {
                 let (lock, counter) = (Arc::clone(&lock), Arc::clone(&counter));
                 thread::spawn(move || {
                     let me = lock::holder_word(slot, 100 + slot as u32);
-                    let acquired = lock::acquire(&lock, me, policy, None, &|_| true);
+                    let acquired = lock::acquire(&lock, me, POLICY, None, &|_| true);
                     assert_eq!(acquired, Ok(Acquired::Free));
                     // SAFETY: loom's cell; the lock is what this model checks makes it exclusive.
                     counter.with_mut(|n| unsafe { *n += 1 });
@@ -149,12 +167,7 @@ fn the_lock_word_excludes() {
                 })
             })
             .collect();
-        for thread in threads {
-            thread.join().unwrap();
-        }
-        // SAFETY: both writers were joined.
-        assert_eq!(counter.with(|n| unsafe { *n }), 2);
-        assert_eq!(lock.word.load(Ordering::Relaxed), 0);
+        both_counted_and_released(threads, &counter, &lock);
     });
 }
 
@@ -167,10 +180,6 @@ fn the_reentrant_hold_of_one_handle_excludes_its_threads() {
         let lock = Arc::new(lock_fields());
         let hold = Arc::new(Reentrant::default());
         let counter = Arc::new(UnsafeCell::new(0u32));
-        let policy = WaitPolicy {
-            spins: 1,
-            max_sleep: std::time::Duration::from_secs(3600),
-        };
         let threads: Vec<_> = (0..2u32)
             .map(|i| {
                 let (lock, hold, counter) =
@@ -183,7 +192,7 @@ fn the_reentrant_hold_of_one_handle_excludes_its_threads() {
                     };
                     assert_eq!(hold.reenter(me), None, "not held by this thread yet");
                     let word = lock::holder_word(0, me.tid);
-                    lock::acquire(&lock, word, policy, None, &|_| true).unwrap();
+                    lock::acquire(&lock, word, POLICY, None, &|_| true).unwrap();
                     let outer = hold.enter(me, word);
                     let inner = hold.reenter(me).expect("re-entered");
                     // SAFETY: loom's cell; the lock is what this model checks makes it exclusive.
@@ -194,12 +203,7 @@ fn the_reentrant_hold_of_one_handle_excludes_its_threads() {
                 })
             })
             .collect();
-        for thread in threads {
-            thread.join().unwrap();
-        }
-        // SAFETY: both threads were joined.
-        assert_eq!(counter.with(|n| unsafe { *n }), 2);
-        assert_eq!(lock.word.load(Ordering::Relaxed), 0);
+        both_counted_and_released(threads, &counter, &lock);
     });
 }
 
@@ -212,17 +216,13 @@ fn a_dead_holder_is_taken_over_once() {
         let lock = Arc::new(lock_fields());
         lock.word
             .store(lock::holder_word(DEAD_SLOT, 42), Ordering::Relaxed);
-        let policy = WaitPolicy {
-            spins: 1,
-            max_sleep: std::time::Duration::from_secs(3600),
-        };
         let threads: Vec<_> = (0..2)
             .map(|slot| {
                 let lock = Arc::clone(&lock);
                 thread::spawn(move || {
                     let me = lock::holder_word(slot, 100 + slot as u32);
                     let alive = |slot: usize| slot != DEAD_SLOT;
-                    let acquired = lock::acquire(&lock, me, policy, None, &alive).unwrap();
+                    let acquired = lock::acquire(&lock, me, POLICY, None, &alive).unwrap();
                     lock::release(&lock, me);
                     matches!(acquired, Acquired::FromDead { .. })
                 })
