@@ -152,3 +152,39 @@ fn a_derived_state_is_awaited_too() {
     drop(config);
     assert_no_segments(&name);
 }
+
+#[test]
+fn a_forked_child_awaits_with_a_helper_of_its_own() {
+    let name = unique_name("async-fork");
+    let handle: Dict = UltraDict::builder().name(&name).open().unwrap();
+    // The parent's first async wait starts its helper thread, which a forked child lacks.
+    let rt = runtime();
+    assert!(
+        !rt.block_on(handle.wait_for_change_async(Duration::from_millis(10)))
+            .unwrap()
+    );
+    drop(rt);
+    let d = &handle;
+    let child = ultradict_test_kit::fork(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let woke = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                d.insert(1, 1).unwrap();
+            });
+            // The wait's own timeout is longer than this one: only a wake-up ends it in time.
+            rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), d.wait_for_change_async(WATCHDOG))
+                    .await
+            })
+        });
+        i32::from(!matches!(woke, Ok(Ok(true))))
+    });
+    assert_eq!(ultradict_test_kit::wait_forked(child, WATCHDOG), 0);
+    assert_eq!(handle.get(&1).unwrap(), Some(1));
+    drop(handle);
+    assert_no_segments(&name);
+}

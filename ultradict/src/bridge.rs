@@ -24,6 +24,9 @@ const POLL: Duration = Duration::from_millis(100);
 pub(crate) struct Bridge {
     published: Arc<watch::Sender<Position>>,
     stop: Arc<AtomicBool>,
+    /// The process the thread runs in (a forked child has the struct but not the thread),
+    /// or `None` if it could not be started.
+    generation: Option<u64>,
 }
 
 impl Bridge {
@@ -53,12 +56,26 @@ impl Bridge {
                     control.published().wait_for_change(sent, POLL);
                 }
             });
-        if spawned.is_err() {
-            // No thread: async waits then only see what their own polling finds (they wait
-            // for their timeout); nothing is lost, and nothing hangs.
-            stop.store(true, Ordering::Release);
+        let generation = match spawned {
+            Ok(_) => Some(crate::os::fork_generation()),
+            Err(_) => {
+                // No thread: the waits of this call see nothing new until their timeout; the
+                // next async wait tries again (see `runs_here`).
+                stop.store(true, Ordering::Release);
+                None
+            }
+        };
+        Bridge {
+            published,
+            stop,
+            generation,
         }
-        Bridge { published, stop }
+    }
+
+    /// Whether the helper thread runs in this process: false in a forked child (threads do
+    /// not survive `fork`) and when it could not be started. The handle then starts another.
+    pub(crate) fn runs_here(&self) -> bool {
+        self.generation == Some(crate::os::fork_generation())
     }
 
     /// A receiver of every published position from now on.

@@ -85,9 +85,9 @@ pub(crate) struct Engine<S: Schema> {
     pub(crate) detached: AtomicBool,
     /// Catch-ups this handle did (reads that found news, and `apply_update` calls).
     pub(crate) catch_ups: AtomicU64,
-    /// The helper thread of async waits, started by the first.
+    /// The helper thread of async waits, started by the first (again in a forked child).
     #[cfg(feature = "tokio")]
-    pub(crate) bridge: std::sync::OnceLock<crate::bridge::Bridge>,
+    pub(crate) bridge: parking_lot::Mutex<Option<crate::bridge::Bridge>>,
 }
 
 // The engine owns a mapping and process-local state behind locks.
@@ -297,9 +297,12 @@ impl<S: Schema> Storage for Engine<S> {
 
     #[cfg(feature = "tokio")]
     fn subscribe(&self) -> tokio::sync::watch::Receiver<Position> {
-        self.bridge
-            .get_or_init(|| crate::bridge::Bridge::start(Arc::clone(&self.segment)))
-            .subscribe()
+        match &mut *self.bridge.lock() {
+            Some(bridge) if bridge.runs_here() => bridge.subscribe(),
+            slot => slot
+                .insert(crate::bridge::Bridge::start(Arc::clone(&self.segment)))
+                .subscribe(),
+        }
     }
 }
 

@@ -264,7 +264,7 @@ impl<S: Schema> Engine<S> {
             detached: AtomicBool::new(false),
             catch_ups: AtomicU64::new(0),
             #[cfg(feature = "tokio")]
-            bridge: std::sync::OnceLock::new(),
+            bridge: parking_lot::Mutex::new(None),
         }
     }
 
