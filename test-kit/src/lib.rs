@@ -6,6 +6,7 @@
 //! is the `ultradict` crate.
 
 pub mod linearizability;
+pub mod redis;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -163,17 +163,21 @@ impl<S: Schema> Storage for Engine<S> {
         self.catch_up()
     }
 
-    /// Commits an update: under the lock, catch up, let `make` look at the caught-up view and
-    /// decide the update (or none) and a result, append the record (or, if it does not fit,
+    /// Commits an update: under the lock, catch up, let `decide` look at the caught-up view
+    /// and say whether to commit and what to return, append the record (or, if it does not fit,
     /// write a full dump that includes it), publish, apply locally.
-    fn write<R>(&self, make: impl FnOnce(&View<S>) -> Result<(Option<S::Update>, R)>) -> Result<R> {
+    fn write<R>(
+        &self,
+        update: S::Update,
+        mut decide: impl FnMut(&View<S>, &S::Update) -> Result<(bool, R)>,
+    ) -> Result<R> {
         let _guard = self.lock(&LockOptions::default())?;
         let mut view = self.view.write();
         self.catch_up_locked(&mut view)?;
-        let (update, result) = make(&view)?;
-        let Some(update) = update else {
+        let (commit, result) = decide(&view, &update)?;
+        if !commit {
             return Ok(result);
-        };
+        }
         let control = self.control();
         let state = at(&view);
         let offset = state.committed as usize;

@@ -149,23 +149,32 @@ pub enum Error {
     },
 
     /// The lock is held by another thread or process and a non-blocking attempt was made.
-    #[error("the lock of dict {name:?} is held by process {holder_pid}")]
+    #[error(
+        "the lock of dict {name:?} is held by process {holder_pid}{}",
+        on_host(holder_host)
+    )]
     WouldBlock {
         /// The dict's name.
         name: String,
         /// The holder's process id.
         holder_pid: u32,
+        /// The holder's machine, for a dict on a server (none for shared memory).
+        holder_host: Option<String>,
     },
 
     /// The lock was not acquired within the timeout.
     #[error(
-        "timed out after {waited:?} waiting for the lock of dict {name:?}, held by process {holder_pid}"
+        "timed out after {waited:?} waiting for the lock of dict {name:?}, held by process \
+         {holder_pid}{}",
+        on_host(holder_host)
     )]
     LockTimeout {
         /// The dict's name.
         name: String,
         /// The holder's process id when the wait ended.
         holder_pid: u32,
+        /// The holder's machine, for a dict on a server (none for shared memory).
+        holder_host: Option<String>,
         /// How long this thread waited.
         waited: Duration,
     },
@@ -196,6 +205,30 @@ pub enum Error {
         segment: String,
     },
 
+    /// The server a dict lives on could not be reached, or failed, while doing something.
+    /// Nothing was changed unless the server applied it before the reply was lost; the handle
+    /// connects again on its next call.
+    #[error("Redis server {address} failed while {doing}: {detail}")]
+    Backend {
+        /// The server's address (or a Cluster's seed nodes).
+        address: String,
+        /// What was being done.
+        doing: String,
+        /// What the client library reported.
+        detail: String,
+    },
+
+    /// This thread held the lock of a dict on a server, but its lease ran out (the process
+    /// stalled past it) and the lock was lost: the write was refused, nothing was written.
+    #[error(
+        "the lock of dict {name:?} was lost (its lease ran out while held); the write was \
+         refused and nothing was written"
+    )]
+    LockLost {
+        /// The dict's name.
+        name: String,
+    },
+
     /// Another operating-system error.
     #[error("{context}: {source}")]
     Io {
@@ -205,6 +238,13 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+/// " on host H" for a lock holder on another machine.
+fn on_host(host: &Option<String>) -> String {
+    host.as_ref()
+        .map(|host| format!(" on host {host}"))
+        .unwrap_or_default()
 }
 
 /// `Result` with [`Error`].

@@ -11,7 +11,7 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::engine::Engine;
+use crate::backend::Backend;
 use crate::error::Result;
 use crate::lock_guard::{LockGuard, LockOptions};
 use crate::options::{Lifetime, Options};
@@ -32,7 +32,7 @@ pub struct Dict<S: Schema> {
 
 /// An engine attached to its dict; leaving it applies the lifetime policy.
 struct Attached<S: Schema> {
-    engine: Engine<S>,
+    engine: Backend<S>,
 }
 
 impl<S: Schema> Attached<S> {
@@ -64,14 +64,14 @@ impl<S: Schema> Dict<S> {
     pub(crate) fn open(options: &Options, initial: Option<&S::Update>) -> Result<Self> {
         Ok(Dict {
             attached: Arc::new(Attached {
-                engine: Engine::open(options, initial)?,
+                engine: Backend::open(options, initial)?,
             }),
             _parent: None,
         })
     }
 
     /// The engine below.
-    pub(crate) fn engine(&self) -> &Engine<S> {
+    pub(crate) fn engine(&self) -> &Backend<S> {
         &self.attached.engine
     }
 
@@ -90,8 +90,7 @@ impl<S: Schema> Dict<S> {
     ) -> Result<Dict<C>> {
         self.engine().check_not_removed()?;
         let mut child = Dict::<C>::open(options, initial)?;
-        let engine = self.engine();
-        crate::register::register_child(engine.place(), engine.mode, child.name(), what)?;
+        self.engine().register_child(child.name(), what)?;
         // A remover marks this dict before it lists the objects under its name: either it
         // listed the child, or this sees the mark and takes back the child if it created it.
         if let Err(removed) = self.engine().check_not_removed() {
@@ -110,7 +109,7 @@ impl<S: Schema> Dict<S> {
     pub fn register_child(&self, child: &str, what: &str) -> Result<()> {
         let engine = self.engine();
         engine.check_not_removed()?;
-        crate::register::register_child(engine.place(), engine.mode, child, what)?;
+        engine.register_child(child, what)?;
         engine.check_not_removed()
     }
 
@@ -176,6 +175,15 @@ impl<S: Schema> Dict<S> {
     /// See the handle's `dump`.
     pub fn dump(&self) -> Result<()> {
         self.engine().write_via_dump(None)
+    }
+
+    /// Brings this handle's view to the state the backend holds now, so that the reads after
+    /// it are linearizable (see the handle's `sync`).
+    ///
+    /// # Errors
+    /// See the handle's `sync`.
+    pub fn sync(&self) -> Result<()> {
+        self.engine().sync()
     }
 
     /// Catches up; with `force`, rebuilds the view from the dump and stream.
@@ -343,6 +351,18 @@ macro_rules! __handle_methods {
         /// [`Error::Corrupt`]($crate::Error::Corrupt) if shared memory fails validation.
         pub fn load(&self, force: bool) -> $crate::Result<()> {
             self.$dict.load(force)
+        }
+
+        /// Brings this handle to the state its backend holds now: the reads that follow see
+        /// every write acknowledged to any process before this call. On shared memory every
+        /// read already does; on a server, reads serve what the handle's subscription has
+        /// delivered (a round trip's delay behind), and this asks the server once.
+        ///
+        /// # Errors
+        /// [`Error::Backend`]($crate::Error::Backend) if the server cannot be reached;
+        /// [`Error::Corrupt`]($crate::Error::Corrupt) if what it holds fails validation.
+        pub fn sync(&self) -> $crate::Result<()> {
+            self.$dict.sync()
         }
 
         /// Applies the updates other processes committed since this handle last looked.

@@ -72,6 +72,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod backend;
 #[cfg(feature = "tokio")]
 mod bridge;
 mod control;
@@ -96,6 +97,8 @@ mod open;
 mod options;
 mod os;
 mod register;
+#[cfg(feature = "redis")]
+mod remote;
 mod removal;
 mod schema;
 mod segment;

@@ -260,10 +260,12 @@ impl<S: Schema> Engine<S> {
                     Wait::NonBlocking => Error::WouldBlock {
                         name: self.place.name().to_owned(),
                         holder_pid,
+                        holder_host: None,
                     },
                     _ => Error::LockTimeout {
                         name: self.place.name().to_owned(),
                         holder_pid,
+                        holder_host: None,
                         waited: started.map(|started| started.elapsed()).unwrap_or_default(),
                     },
                 })

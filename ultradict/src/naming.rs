@@ -103,7 +103,7 @@ pub(crate) fn validate_child(name: &str) -> Result<()> {
 
 /// The name of the nested child of `parent` registered under a map key (given as its archived
 /// bytes): a hash, so any key gives a valid, stable name.
-fn key_child(parent: &str, key: &[u8]) -> String {
+pub(crate) fn key_child(parent: &str, key: &[u8]) -> String {
     let hash = fnv1a(&[key]);
     format!("{parent}{SEPARATOR}.k{hash:016x}")
 }
@@ -224,16 +224,6 @@ impl Place {
     /// The register of the dict's nested dicts.
     pub(crate) fn register(&self) -> Place {
         Place::new(self.dir.clone(), register(&self.name))
-    }
-
-    /// The nested dict of struct field `field`.
-    pub(crate) fn field_child(&self, field: &str) -> Place {
-        Place::new(self.dir.clone(), field_child(&self.name, field))
-    }
-
-    /// The nested dict of a map key, given as its archived bytes.
-    pub(crate) fn key_child(&self, key: &[u8]) -> Place {
-        Place::new(self.dir.clone(), key_child(&self.name, key))
     }
 
     /// Another dict of the same directory.

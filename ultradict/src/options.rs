@@ -80,6 +80,9 @@ pub(crate) struct Options {
     pub(crate) dir: Option<PathBuf>,
     /// Permission bits of the dict's objects; `None`: the creator's choice, or 0o600.
     pub(crate) mode: Option<u32>,
+    /// The Redis server the dict lives on; `None`: shared memory.
+    #[cfg(feature = "redis")]
+    pub(crate) remote: Option<crate::remote::Target>,
 }
 
 impl Default for Options {
@@ -94,6 +97,8 @@ impl Default for Options {
             child: false,
             dir: None,
             mode: None,
+            #[cfg(feature = "redis")]
+            remote: None,
         }
     }
 }
@@ -112,6 +117,8 @@ impl Options {
             child: true,
             dir: self.dir.clone(),
             mode: self.mode,
+            #[cfg(feature = "redis")]
+            remote: self.remote.clone(),
         }
     }
 
@@ -247,6 +254,58 @@ macro_rules! option_setters {
         /// wins; asking an existing dict for another mode is an error.
         pub fn mode(mut self, mode: u32) -> Self {
             self.options.mode = Some(mode);
+            self
+        }
+
+        /// Puts the dict on the Redis (or Valkey) server at `url`, e.g.
+        /// `redis://10.0.0.5:6379/0`, instead of in shared memory: every process on any
+        /// machine that opens the same name on the same server shares it. Nothing else
+        /// changes: the same types, records, dumps, lock, watch and lifetimes. See the
+        /// README's "Redis" section for what each operation costs there.
+        #[cfg(feature = "redis")]
+        #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+        pub fn redis(mut self, url: impl Into<String>) -> Self {
+            self.options.remote = Some($crate::remote::Target::single(url.into()));
+            self
+        }
+
+        /// Puts the dict on the Redis Cluster that `nodes` (URLs of some of its masters)
+        /// belong to. A dict and its nested dicts share one hash slot.
+        #[cfg(feature = "redis")]
+        #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+        pub fn redis_cluster<U: Into<String>>(
+            mut self,
+            nodes: impl IntoIterator<Item = U>,
+        ) -> Self {
+            self.options.remote = Some($crate::remote::Target::cluster(
+                nodes.into_iter().map(Into::into).collect(),
+            ));
+            self
+        }
+
+        /// How long a dict on a server waits to connect and for each reply (default 2 s);
+        /// past it, the call fails with [`Error::Backend`](crate::Error::Backend). Set after
+        /// [`redis`](Self::redis) or [`redis_cluster`](Self::redis_cluster).
+        #[cfg(feature = "redis")]
+        #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+        pub fn redis_timeout(mut self, timeout: ::std::time::Duration) -> Self {
+            if let Some(target) = &mut self.options.remote {
+                target.timeout = timeout;
+            }
+            self
+        }
+
+        /// The lease of a handle's attachment and of the lock on a server (default 3 s, at
+        /// least 300 ms), renewed every third of it while the process runs. A process that
+        /// stops (crashed, or stalled past the lease) stops counting as attached, and loses
+        /// the lock: its writes under that lock are then refused with
+        /// [`Error::LockLost`](crate::Error::LockLost). Set after [`redis`](Self::redis).
+        #[cfg(feature = "redis")]
+        #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+        pub fn redis_lease(mut self, lease: ::std::time::Duration) -> Self {
+            if let Some(target) = &mut self.options.remote {
+                target.lease = lease;
+            }
             self
         }
     };

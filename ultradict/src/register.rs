@@ -34,13 +34,13 @@ fn open_register(dict: &Place, mode: Option<u32>, create: Create) -> Result<Regi
 /// Records `child` (described by `what`) as a nested dict of the dict at `dict`, whose objects
 /// have permissions `mode`.
 pub(crate) fn register_child(dict: &Place, mode: u32, child: &str, what: &str) -> Result<()> {
-    open_register(dict, Some(mode), Create::OpenOrCreate)?.write(|view| {
+    let record = MapUpdate::Insert(child.to_owned(), what.to_owned());
+    open_register(dict, Some(mode), Create::OpenOrCreate)?.write(record, |view, _| {
         let known = !matches!(
             MapSchema::find(view.dump(), &view.overlay, child),
             Found::Missing(_)
         );
-        let record = MapUpdate::Insert(child.to_owned(), what.to_owned());
-        Ok(((!known).then_some(record), ()))
+        Ok((!known, ()))
     })
 }
 

@@ -25,11 +25,16 @@ pub struct LockHolder {
     /// for a lock held long, close to when it was taken. Taking the lock reads no clock, which
     /// keeps an uncontended acquire at a few nanoseconds.
     pub since: Option<SystemTime>,
+    /// The holder's machine, for a dict on a server (none for shared memory).
+    pub host: Option<String>,
 }
 
 impl fmt::Display for LockHolder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "pid {}", self.pid)?;
+        if let Some(host) = &self.host {
+            write!(f, " on {host}")?;
+        }
         if !self.same_pid_namespace {
             f.write_str(" (of another PID namespace)")?;
         }
@@ -72,6 +77,9 @@ pub struct Status {
     /// Process ids of the live attached handles (one entry per handle), each as its own PID
     /// namespace numbers it.
     pub attached_pids: Vec<u32>,
+    /// The live attached handles as `HOST pid PID`, for a dict on a server (empty for
+    /// shared memory, where they are all on this machine).
+    pub attached: Vec<String>,
     /// Threads of live handles sleeping in `wait_for_change` (a sleeper killed in its sleep
     /// stops counting with its handle).
     pub sleepers: u32,
@@ -87,6 +95,8 @@ pub struct Status {
     pub catch_ups: u64,
     /// Whether this handle's dict was removed (it then creates nothing more in /dev/shm).
     pub removed: bool,
+    /// Why the dict's server could not be asked (the rest is then this handle's own view).
+    pub unreachable: Option<String>,
 }
 
 impl fmt::Display for Status {
@@ -182,6 +192,7 @@ impl Reading {
                 pid,
                 same_pid_namespace,
                 since: (since != 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_nanos(since)),
+                host: None,
             }
         });
         let attached = (0..PROCESS_SLOTS)
@@ -244,6 +255,7 @@ impl<S: Schema> Engine<S> {
             dump_bytes: reading.dump_bytes,
             lifetime: reading.lifetime,
             attached_pids: reading.live().map(|a| a.pid).collect(),
+            attached: Vec::new(),
             sleepers: reading.live().map(|a| a.sleepers).sum(),
             lock_holder: reading.lock_holder,
             lock_recoveries: reading.lock_recoveries,
@@ -251,6 +263,7 @@ impl<S: Schema> Engine<S> {
             locked_catch_ups: reading.locked_catch_ups,
             catch_ups: self.catch_ups.load(Ordering::Relaxed),
             removed: reading.removing || !anchor.is_named(&self.place.control()),
+            unreachable: None,
         }
     }
 }

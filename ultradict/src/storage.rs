@@ -83,18 +83,28 @@ pub(crate) trait Storage: Send + Sync + Sized {
     /// must cost next to nothing.
     fn read<R>(&self, f: impl FnOnce(&View<Self::Schema>) -> R) -> Result<R>;
 
-    /// Brings this handle's view up to the published state.
+    /// Brings this handle's view up to the published state as far as this handle knows it
+    /// (on a remote backend, what its subscription has delivered: no round trip).
     fn catch_up(&self) -> Result<()>;
+
+    /// Brings this handle's view up to the state the backend holds now: a read after this is
+    /// linearizable. The shared-memory backend's catch-up already is.
+    fn sync(&self) -> Result<()> {
+        self.catch_up()
+    }
 
     /// Catches up; with `force`, rebuilds the view from the current dump and records.
     fn reload(&self, force: bool) -> Result<()>;
 
-    /// Commits one record, compare-and-append: `make` sees the view caught up with every
-    /// committed record and decides the record (or none) and a result; nothing is committed
-    /// in between. A record that does not fit starts a new epoch with a full dump.
+    /// Commits `update` as one record, compare-and-append: `decide` sees the view caught up
+    /// with every committed record and says whether to commit the update and what to return;
+    /// nothing is committed in between. A backend whose append can lose a race (another
+    /// writer got there first) catches up and calls `decide` again, so it must not have side
+    /// effects. A record that does not fit starts a new epoch with a full dump.
     fn write<R>(
         &self,
-        make: impl FnOnce(&View<Self::Schema>) -> Result<(Option<<Self::Schema as Schema>::Update>, R)>,
+        update: <Self::Schema as Schema>::Update,
+        decide: impl FnMut(&View<Self::Schema>, &<Self::Schema as Schema>::Update) -> Result<(bool, R)>,
     ) -> Result<R>;
 
     /// Starts a new epoch with a full dump of the state plus `update`, all or nothing.

@@ -120,7 +120,7 @@ impl<F: StructFields> Dict<StructSchema<F>> {
 
     /// Commits one update.
     pub fn write(&self, update: F::Update) -> Result<()> {
-        self.engine().write(|_| Ok((Some(update), ())))
+        self.engine().write(update, |_, _| Ok((true, ())))
     }
 
     /// The current fields, owned.
@@ -139,9 +139,8 @@ pub struct OpenOptions(pub(crate) Options);
 impl OpenOptions {
     /// The options of the nested child stored under `key` of the dict called `parent`.
     pub fn child(&self, parent: &Dict<impl Schema>, key: &str) -> OpenOptions {
-        let engine = parent.engine();
-        let name = engine.place().field_child(key).name().to_owned();
-        OpenOptions(engine.nested_options(&self.0, name))
+        let name = crate::naming::field_child(parent.name(), key);
+        OpenOptions(parent.engine().nested_options(&self.0, name))
     }
 
     /// Opens the nested map child stored under `key` of `parent`, registering it.

@@ -10,7 +10,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::marker::PhantomData;
 
-use crate::engine::Engine;
+use crate::backend::Backend;
 use crate::error::Result;
 use crate::handle::Dict;
 use crate::lock_guard::LockOptions;
@@ -93,7 +93,7 @@ impl<K: Key, V: Value> fmt::Debug for UltraDict<K, V> {
 impl<K: Key, V: Value> UltraDict<K, V> {
     crate::__handle_methods!(dict, K);
 
-    fn engine(&self) -> &Engine<MapSchema<K, V>> {
+    fn engine(&self) -> &Backend<MapSchema<K, V>> {
         self.dict.engine()
     }
 
@@ -150,11 +150,9 @@ impl<K: Key, V: Value> UltraDict<K, V> {
         &self,
         key: &(impl ToOwned<Owned = K> + ?Sized),
     ) -> Result<UltraDict<K2, V2>> {
-        let engine = self.engine();
-        let child = engine
-            .place()
-            .key_child(&key_bytes(&key.to_owned(), self.name())?);
-        let options = engine.nested_options(&Options::default(), child.name().to_owned());
+        let child =
+            crate::naming::key_child(self.name(), &key_bytes(&key.to_owned(), self.name())?);
+        let options = self.engine().nested_options(&Options::default(), child);
         Ok(UltraDict {
             dict: self.dict.open_nested(&options, None, "nested map")?,
         })
@@ -237,10 +235,13 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     /// [`Error::DumpTooSmall`](crate::Error::DumpTooSmall) if the update forced a full dump that
     /// could not be written; nothing changed then.
     pub fn insert(&self, key: K, value: V) -> Result<Option<V>> {
-        self.engine().write(|view| {
-            let previous = Self::value_in(view, &key)?;
-            Ok((Some(MapUpdate::Insert(key, value)), previous))
-        })
+        self.engine()
+            .write(MapUpdate::Insert(key, value), |view, update| {
+                let MapUpdate::Insert(key, _) = update else {
+                    return Ok((true, None));
+                };
+                Ok((true, Self::value_in(view, key)?))
+            })
     }
 
     /// Removes `key` in every process; returns its value.
@@ -253,11 +254,11 @@ impl<K: Key, V: Value> UltraDict<K, V> {
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
         K::Stored: PartialEq<Q>,
     {
-        self.engine().write(|view| {
-            let previous = Self::value_in(view, key)?;
-            let update = previous.as_ref().map(|_| MapUpdate::Remove(key.to_owned()));
-            Ok((update, previous))
-        })
+        self.engine()
+            .write(MapUpdate::Remove(key.to_owned()), |view, _| {
+                let previous = Self::value_in(view, key)?;
+                Ok((previous.is_some(), previous))
+            })
     }
 
     /// Atomically replaces the value of `key` with `f(current value)` and returns the new
@@ -285,7 +286,9 @@ impl<K: Key, V: Value> UltraDict<K, V> {
         let new = f(self.get(key)?);
         let value = new.clone();
         self.engine()
-            .write(|_| Ok((Some(MapUpdate::Insert(key.to_owned(), value)), ())))?;
+            .write(MapUpdate::Insert(key.to_owned(), value), |_, _| {
+                Ok((true, ()))
+            })?;
         Ok(new)
     }
 
@@ -305,7 +308,7 @@ impl<K: Key, V: Value> UltraDict<K, V> {
         let value = f();
         let stored = value.clone();
         self.engine()
-            .write(|_| Ok((Some(MapUpdate::Insert(key, stored)), ())))?;
+            .write(MapUpdate::Insert(key, stored), |_, _| Ok((true, ())))?;
         Ok(value)
     }
 
@@ -320,7 +323,7 @@ impl<K: Key, V: Value> UltraDict<K, V> {
             return Ok(());
         }
         self.engine()
-            .write(|_| Ok((Some(MapUpdate::Extend(pairs)), ())))
+            .write(MapUpdate::Extend(pairs), |_, _| Ok((true, ())))
     }
 
     /// Removes every entry, through a full dump of the empty map (so the memory of the old
