@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use ultradict::{Change, Create, Error, Lifetime, SharedDict, UltraDict};
-use ultradict_test_kit::redis::{BACKEND_VAR, Backend, OnBackend, leftovers};
-use ultradict_test_kit::{Spawn, arg, report, role, run_all, unique_name};
+use ultradict_test_kit::redis::{Backend, OnBackend, leftovers};
+use ultradict_test_kit::{arg, report, role, run_all, unique_name};
 
 const WATCHDOG: Duration = Duration::from_secs(120);
 
@@ -51,13 +51,6 @@ macro_rules! conformance {
     };
 }
 
-/// A child of this binary playing `role` on `backend` with the dict `name`.
-fn child(backend: &Backend, role: &str, name: &str) -> Spawn {
-    Spawn::test("child_entry", role)
-        .raw_env(BACKEND_VAR, backend.to_env())
-        .env("NAME", name)
-}
-
 fn map<K: ultradict::Key, V: ultradict::Value>(backend: &Backend, name: &str) -> UltraDict<K, V> {
     UltraDict::builder().name(name).on(backend).open().unwrap()
 }
@@ -68,6 +61,19 @@ fn assert_removed(backend: &Backend, name: &str) {
     assert!(left.is_empty(), "{name} left {left:?}");
 }
 
+/// The dict `name` on `backend`, which must exist.
+fn existing<K: ultradict::Key, V: ultradict::Value>(
+    backend: &Backend,
+    name: &str,
+) -> UltraDict<K, V> {
+    UltraDict::builder()
+        .name(name)
+        .create(Create::Open)
+        .on(backend)
+        .open()
+        .unwrap()
+}
+
 #[test]
 fn child_entry() {
     let Some(role) = role() else { return };
@@ -75,12 +81,7 @@ fn child_entry() {
     let name = arg("NAME");
     match role.as_str() {
         "count" => {
-            let d: UltraDict<String, u64> = UltraDict::builder()
-                .name(&name)
-                .create(Create::Open)
-                .on(&backend)
-                .open()
-                .unwrap();
+            let d: UltraDict<String, u64> = existing(&backend, &name);
             let me: u64 = arg("ME").parse().unwrap();
             let rounds: u64 = arg("ROUNDS").parse().unwrap();
             for i in 0..rounds {
@@ -105,12 +106,7 @@ fn child_entry() {
             report("done");
         }
         "hold_lock" => {
-            let d: UltraDict<String, u64> = UltraDict::builder()
-                .name(&name)
-                .create(Create::Open)
-                .on(&backend)
-                .open()
-                .unwrap();
+            let d: UltraDict<String, u64> = existing(&backend, &name);
             let guard = d.lock().unwrap();
             report(format!("locked {}", std::process::id()));
             let mut line = String::new();
@@ -121,12 +117,7 @@ fn child_entry() {
             std::io::stdin().read_line(&mut line).unwrap();
         }
         "write_later" => {
-            let d: UltraDict<String, u64> = UltraDict::builder()
-                .name(&name)
-                .create(Create::Open)
-                .on(&backend)
-                .open()
-                .unwrap();
+            let d: UltraDict<String, u64> = existing(&backend, &name);
             report("ready");
             let mut line = String::new();
             std::io::stdin().read_line(&mut line).unwrap();
@@ -134,12 +125,7 @@ fn child_entry() {
             report("written");
         }
         "nested" => {
-            let root: UltraDict<String, u64> = UltraDict::builder()
-                .name(&name)
-                .create(Create::Open)
-                .on(&backend)
-                .open()
-                .unwrap();
+            let root: UltraDict<String, u64> = existing(&backend, &name);
             let jobs = root.nested::<String, String>("jobs").unwrap();
             jobs.insert(format!("from {}", std::process::id()), "child".into())
                 .unwrap();
@@ -221,7 +207,7 @@ conformance! {
         let d: UltraDict<String, u64> = map(backend, &name);
         let rounds = 100;
         let children = (0..3).map(|me| {
-            child(backend, "count", &name)
+            backend.spawn("count", &name)
                 .env("ME", me)
                 .env("ROUNDS", rounds)
         });
@@ -242,7 +228,7 @@ conformance! {
         let name = unique_name("conf-state");
         let state = AppState::builder().name(&name).on(backend).open().unwrap();
         state.set_label("shared".into()).unwrap();
-        let children = (0..2).map(|me| child(backend, "bump_state", &name).env("ME", me));
+        let children = (0..2).map(|me| backend.spawn("bump_state", &name).env("ME", me));
         for reports in run_all(children, WATCHDOG) {
             assert_eq!(reports, ["done"]);
         }
@@ -271,7 +257,7 @@ conformance! {
             .unwrap();
         let jobs = root.nested::<String, String>("jobs").unwrap();
         jobs.insert("from parent".into(), "parent".into()).unwrap();
-        assert_eq!(run_all([child(backend, "nested", &name)], WATCHDOG), [["done"]]);
+        assert_eq!(run_all([backend.spawn("nested", &name)], WATCHDOG), [["done"]]);
         jobs.sync().unwrap();
         assert_eq!(jobs.len().unwrap(), 2);
         let child_name = jobs.name().to_owned();
@@ -285,7 +271,7 @@ conformance! {
     fn the_lock_excludes_other_processes(backend: &Backend) {
         let name = unique_name("conf-lock");
         let d: UltraDict<String, u64> = map(backend, &name);
-        let mut holder = child(backend, "hold_lock", &name).start();
+        let mut holder = backend.spawn("hold_lock", &name).start();
         let line = holder.wait_for_report("locked", WATCHDOG);
         let pid: u32 = line.trim_start_matches("locked ").parse().unwrap();
         match d.try_lock() {
@@ -313,7 +299,7 @@ conformance! {
         let name = unique_name("conf-watch");
         let d: UltraDict<String, u64> = map(backend, &name);
         let mut watcher = d.watch();
-        let mut writer = child(backend, "write_later", &name).start();
+        let mut writer = backend.spawn("write_later", &name).start();
         writer.wait_for_report("ready", WATCHDOG);
         assert!(!d.wait_for_change(Duration::from_millis(50)).unwrap());
         writer.send("go");

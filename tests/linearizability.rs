@@ -6,7 +6,8 @@
 //! lincheck` runs a longer one.
 
 use ultradict_test_kit::linearizability::{self, Op};
-use ultradict_test_kit::{Spawn, arg, assert_no_segments, role, unique_name};
+use ultradict_test_kit::redis::{BACKEND_VAR, Backend, leftovers};
+use ultradict_test_kit::{Spawn, arg, role, unique_name};
 
 const OPS: u64 = 300;
 
@@ -18,14 +19,16 @@ fn child_entry() {
             &arg("NAME"),
             arg("SEED").parse().unwrap(),
             arg("OPS").parse().unwrap(),
+            &Backend::from_env(),
         ),
         other => panic!("unknown role {other}"),
     }
 }
 
-fn record(name: &str) -> linearizability::Recorded {
-    linearizability::record(name, OPS, 1, |seed, ops| {
+fn record(name: &str, backend: &Backend) -> linearizability::Recorded {
+    linearizability::record(name, OPS, 1, backend, |seed, ops| {
         Spawn::test("child_entry", "worker")
+            .raw_env(BACKEND_VAR, backend.to_env())
             .env("NAME", name)
             .env("SEED", seed)
             .env("OPS", ops)
@@ -35,8 +38,18 @@ fn record(name: &str) -> linearizability::Recorded {
 
 #[test]
 fn histories_from_several_processes_with_a_kill_are_linearizable() {
+    linearizable_on(&Backend::Shm);
+}
+
+#[test]
+fn histories_on_redis_with_a_kill_are_linearizable() {
+    // Gets are `sync()` then `get()` there (see `linearizability::worker`).
+    linearizable_on(&Backend::redis());
+}
+
+fn linearizable_on(backend: &Backend) {
     let name = unique_name("linearizable");
-    let recorded = record(&name);
+    let recorded = record(&name, backend);
     let answered = recorded
         .history
         .iter()
@@ -47,7 +60,9 @@ fn histories_from_several_processes_with_a_kill_are_linearizable() {
     if let Err(why) = linearizability::check(&recorded.history) {
         panic!("not linearizable: {why}");
     }
-    assert_no_segments(&name);
+    if !backend.is_remote() {
+        assert_eq!(leftovers(backend, &name), Vec::<String>::new());
+    }
 }
 
 #[test]
@@ -56,7 +71,7 @@ fn a_wrong_answer_in_a_real_history_is_caught() {
     // increment that answers a value no order of the operations could give (as a lost or
     // doubled update would).
     let name = unique_name("linearizable-broken");
-    let mut history = record(&name).history;
+    let mut history = record(&name, &Backend::Shm).history;
     assert!(linearizability::check(&history).is_ok());
     let add = history
         .iter()
@@ -64,5 +79,5 @@ fn a_wrong_answer_in_a_real_history_is_caught() {
         .expect("some increment answered");
     history[add].answer = Some(Some(u64::MAX / 2));
     assert!(linearizability::check(&history).is_err());
-    assert_no_segments(&name);
+    assert_eq!(leftovers(&Backend::Shm, &name), Vec::<String>::new());
 }

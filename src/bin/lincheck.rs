@@ -2,11 +2,13 @@
 //! keys of one dict with a 2 KiB stream, some SIGKILLed half way through their work, the whole
 //! history checked against a register per key. Prints the figures the README quotes.
 //!
-//! `cargo run --release --bin lincheck -- [OPS_PER_PROCESS] [KILLS]` (default 50000 and 10).
+//! `cargo run --release --bin lincheck -- [OPS_PER_PROCESS] [KILLS] [redis://HOST:PORT/]` (default
+//! 50000 and 10, on shared memory; with a URL, on that Redis server).
 
 use std::time::Instant;
 
 use ultradict_test_kit::linearizability;
+use ultradict_test_kit::redis::{BACKEND_VAR, Backend};
 use ultradict_test_kit::{Spawn, arg, role};
 
 fn main() {
@@ -15,6 +17,7 @@ fn main() {
             &arg("NAME"),
             arg("SEED").parse().expect("seed"),
             arg("OPS").parse().expect("ops"),
+            &Backend::from_env(),
         );
         return;
     }
@@ -23,10 +26,12 @@ fn main() {
         .next()
         .map_or(50_000, |a| a.parse().expect("OPS_PER_PROCESS"));
     let kills: u64 = args.next().map_or(10, |a| a.parse().expect("KILLS"));
+    let backend = args.next().map_or(Backend::Shm, Backend::Redis);
     let name = format!("lincheck-{}", std::process::id());
     let started = Instant::now();
-    let recorded = linearizability::record(&name, ops, kills, |seed, ops| {
+    let recorded = linearizability::record(&name, ops, kills, &backend, |seed, ops| {
         Spawn::current("worker")
+            .raw_env(BACKEND_VAR, backend.to_env())
             .env("NAME", &name)
             .env("SEED", seed)
             .env("OPS", ops)

@@ -13,6 +13,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use crate::redis::{Backend, OnBackend};
+
 /// What an operation does to its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
@@ -343,16 +345,19 @@ pub fn record_answer(value: Option<u64>) {
 /// Keys the scenario's workers use: few, so that they contend.
 pub const KEYS: u32 = 3;
 
-/// A worker of the scenario: opens the dict `name` (a 2 KiB stream, so that epochs switch
-/// often) and runs `ops` random operations on [`KEYS`] keys, reporting each call and answer.
+/// A worker of the scenario: opens the dict `name` on `backend` (a 2 KiB stream, so that
+/// epochs switch often) and runs `ops` random operations on [`KEYS`] keys, reporting each call
+/// and answer. On a server, a get is `sync()` then `get()`: the documented linearizable read
+/// (a plain get serves what the handle's subscription delivered, a round trip behind).
 ///
 /// # Panics
 /// If an operation fails.
-pub fn worker(name: &str, seed: u64, ops: u64) {
+pub fn worker(name: &str, seed: u64, ops: u64, backend: &Backend) {
     use ultradict::UltraDict;
     let d: UltraDict<u32, u64> = UltraDict::builder()
         .name(name)
         .buffer_size(2048)
+        .on(backend)
         .open()
         .expect("open");
     let mut state = seed | 1;
@@ -372,6 +377,7 @@ pub fn worker(name: &str, seed: u64, ops: u64) {
         };
         record_call(key, op);
         let answer = match op {
+            Op::Get if backend.is_remote() => d.sync().and_then(|()| d.get(&key)),
             Op::Get => d.get(&key),
             Op::Insert(value) => d.insert(key, value),
             Op::Remove => d.remove(&key),
@@ -393,7 +399,7 @@ pub struct Recorded {
     pub epochs: u32,
 }
 
-/// Runs the scenario: four workers of `ops` operations each on dict `name`; `kills` times, the
+/// Runs the scenario: four workers of `ops` operations each on dict `name` on `backend`; `kills` times, the
 /// oldest worker is SIGKILLed after a third of its operations and a new one takes its place.
 /// This process keeps the dict open throughout, so that a worker finishing first does not
 /// remove it. `spawn(seed, ops)` starts a worker (a re-executed binary calling [`worker`]).
@@ -404,6 +410,7 @@ pub fn record(
     name: &str,
     ops: u64,
     kills: u64,
+    backend: &Backend,
     spawn: impl Fn(u64, u64) -> crate::Running,
 ) -> Recorded {
     use std::time::Duration;
@@ -411,6 +418,7 @@ pub fn record(
     let keeper: ultradict::UltraDict<u32, u64> = ultradict::UltraDict::builder()
         .name(name)
         .buffer_size(2048)
+        .on(backend)
         .open()
         .expect("open");
     let mut seed = 0x9E37_79B9_u64;

@@ -316,6 +316,14 @@ impl Backend {
         }
     }
 
+    /// A child of this test binary (its test `child_entry`) playing `role` on this backend
+    /// with the dict `name` (read there with `arg("NAME")` and [`Backend::from_env`]).
+    pub fn spawn(&self, role: &str, name: &str) -> crate::Spawn {
+        crate::Spawn::test("child_entry", role)
+            .raw_env(BACKEND_VAR, self.to_env())
+            .env("NAME", name)
+    }
+
     /// Whether the dicts live on a server.
     pub fn is_remote(&self) -> bool {
         !matches!(self, Backend::Shm)

@@ -279,11 +279,9 @@ impl<S: Schema> RedisEngine<S> {
         Ok(())
     }
 
-    /// Brings the view to the server's tip with one round trip; returns whether anything was
-    /// new. A dict removed meanwhile keeps its view.
-    fn fetch_into(&self, view: &mut View<S>) -> Result<bool> {
-        let at = position_of(view);
-        let reply: Vec<Value> = self.run("fetching updates", |conn| {
+    /// What the server holds after position `at` (the fetch script's reply).
+    fn fetch(&self, at: u64) -> Result<Vec<Value>> {
+        self.run("fetching updates", |conn| {
             layout::FETCH
                 .key(&self.keys.meta)
                 .key(&self.keys.stream)
@@ -292,7 +290,14 @@ impl<S: Schema> RedisEngine<S> {
                 .arg(id_of(at))
                 .arg(epoch_of(at))
                 .invoke(conn)
-        })?;
+        })
+    }
+
+    /// Brings the view to the server's tip with one round trip; returns whether anything was
+    /// new. A dict removed meanwhile keeps its view.
+    fn fetch_into(&self, view: &mut View<S>) -> Result<bool> {
+        let at = position_of(view);
+        let reply = self.fetch(at)?;
         let kind = text(reply.first());
         let (tip, entries) = match kind.as_deref() {
             Some("removed") => {
@@ -1039,16 +1044,7 @@ impl<S: Schema> Storage for RedisEngine<S> {
 
     fn updates_since(&self, position: Position) -> Result<Since<S::Update>> {
         let at = position.0 as u64;
-        let reply: Vec<Value> = self.run("fetching updates", |conn| {
-            layout::FETCH
-                .key(&self.keys.meta)
-                .key(&self.keys.stream)
-                .key(&self.keys.dump)
-                .arg(&self.instance)
-                .arg(id_of(at))
-                .arg(epoch_of(at))
-                .invoke(conn)
-        })?;
+        let reply = self.fetch(at)?;
         match text(reply.first()).as_deref() {
             Some("records") => {
                 let (updates, last) = self.records_of(epoch_of(at), at, reply.get(2))?;
@@ -1110,8 +1106,11 @@ impl<S: Schema> Storage for RedisEngine<S> {
                 Some("ok") => {
                     *self.feed.lock_value.lock() = Some(value);
                     self.feed.lock_lost.store(false, Ordering::Release);
-                    let key = self.reentrant.enter(me, 0);
-                    return Ok(LockGuard::new(self, key));
+                    let guard = LockGuard::new(self, self.reentrant.enter(me, 0));
+                    // Reads under the lock see everything committed before it: nobody else
+                    // appends while it is held, so one fetch now keeps the view current.
+                    self.sync()?;
+                    return Ok(guard);
                 }
                 Some("removed") => return Err(self.removed()),
                 Some("held") => {}

@@ -1,0 +1,371 @@
+//! The Redis backend where it differs from shared memory: faults of clients and of the server,
+//! leases, bad data under a dict's keys, and a Redis Cluster. The behaviour both backends
+//! share is tested once for both in `conformance.rs`.
+//!
+//! Every server here is started by the test itself on 127.0.0.1 (see
+//! `ultradict_test_kit::redis`) and stopped at its end.
+
+use std::time::{Duration, Instant};
+
+use ultradict::{Create, Error, SharedDict, UltraDict};
+use ultradict_test_kit::redis::{Backend, Cluster, OnBackend, Server, leftovers};
+use ultradict_test_kit::{arg, report, role, run_all, unique_name};
+
+const WATCHDOG: Duration = Duration::from_secs(120);
+
+/// The lease the fault tests give their handles, so that expiries come quickly.
+const LEASE: Duration = Duration::from_millis(600);
+
+#[derive(SharedDict, Debug, PartialEq, Default)]
+pub struct Counters {
+    total: u64,
+    #[ultradict(nested)]
+    per_child: std::collections::HashMap<u32, u64>,
+}
+
+fn open(backend: &Backend, name: &str) -> UltraDict<String, u64> {
+    UltraDict::builder()
+        .name(name)
+        .on(backend)
+        .redis_lease(LEASE)
+        .open()
+        .unwrap()
+}
+
+#[test]
+fn child_entry() {
+    let Some(role) = role() else { return };
+    let backend = Backend::from_env();
+    let name = arg("NAME");
+    match role.as_str() {
+        "lock_and_die" => {
+            let d = open(&backend, &name);
+            let _guard = d.lock().unwrap();
+            d.insert("before".into(), 1).unwrap();
+            report("locked");
+            std::thread::sleep(Duration::from_secs(600));
+        }
+        "write_forever" => {
+            let d = open(&backend, &name);
+            for i in 0u64.. {
+                d.insert(format!("k{i}"), i).unwrap();
+                report(format!("acked {i}"));
+            }
+        }
+        "hold_then_write" => {
+            let d = open(&backend, &name);
+            let _guard = d.lock().unwrap();
+            report("locked");
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).unwrap();
+            match d.insert("stale holder".into(), 1) {
+                Err(err @ Error::LockLost { .. }) => report(format!("refused: {err}")),
+                other => report(format!("unexpected: {other:?}")),
+            }
+        }
+        "count" => {
+            let d: UltraDict<String, u64> = UltraDict::builder()
+                .name(&name)
+                .create(Create::Open)
+                .on(&backend)
+                .open()
+                .unwrap();
+            let me: u32 = arg("ME").parse().unwrap();
+            let state = Counters::builder()
+                .name(format!("{name}-state"))
+                .on(&backend)
+                .open()
+                .unwrap();
+            for _ in 0..100 {
+                d.update("total", |n| n.unwrap_or(0) + 1).unwrap();
+                state.update_total(|t| t + 1).unwrap();
+                state
+                    .per_child()
+                    .update(&me, |n| n.unwrap_or(0) + 1)
+                    .unwrap();
+            }
+            report("done");
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+#[test]
+fn a_killed_lock_holder_loses_the_lock_when_its_lease_ends() {
+    let server = Server::start();
+    let backend = Backend::Redis(server.url());
+    let name = unique_name("redis-killed-holder");
+    let d = open(&backend, &name);
+    let mut holder = backend.spawn("lock_and_die", &name).start();
+    holder.wait_for_report("locked", WATCHDOG);
+    assert!(matches!(d.try_lock(), Err(Error::WouldBlock { .. })));
+    holder.kill();
+    let started = Instant::now();
+    let guard = d.lock_timeout(Duration::from_secs(30)).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // The holder's write under the lock is whole.
+    d.sync().unwrap();
+    assert_eq!(d.get("before").unwrap(), Some(1));
+    d.insert("after".into(), 2).unwrap();
+    drop(guard);
+    drop(d);
+    // The killed client's lease ran out before the last close: nothing is left.
+    assert_eq!(leftovers(&backend, &name), Vec::<String>::new());
+}
+
+#[test]
+fn a_writer_killed_mid_stream_tears_nothing_and_loses_no_acknowledged_write() {
+    let server = Server::start();
+    let backend = Backend::Redis(server.url());
+    let name = unique_name("redis-killed-writer");
+    let d: UltraDict<String, u64> = UltraDict::builder()
+        .name(&name)
+        .buffer_size(2048)
+        .on(&backend)
+        .open()
+        .unwrap();
+    for round in 0..3 {
+        let mut writer = backend.spawn("write_forever", &name).start();
+        writer.wait_for_report(&format!("acked {}", 50 + round * 37), WATCHDOG);
+        let lines = writer.kill_and_collect();
+        let acked: Vec<u64> = lines
+            .iter()
+            .filter_map(|line| line.strip_prefix("acked ")?.parse().ok())
+            .collect();
+        d.sync().unwrap();
+        for i in acked {
+            assert_eq!(d.get(&format!("k{i}")).unwrap(), Some(i));
+        }
+        // A new handle reads the same state from the dump and stream.
+        let fresh = open(&backend, &name);
+        assert_eq!(fresh.to_hashmap().unwrap(), d.to_hashmap().unwrap());
+    }
+}
+
+#[test]
+fn a_stalled_holder_past_its_lease_is_refused_by_the_server() {
+    let server = Server::start();
+    let backend = Backend::Redis(server.url());
+    let name = unique_name("redis-stalled-holder");
+    let d = open(&backend, &name);
+    let mut holder = backend.spawn("hold_then_write", &name).start();
+    holder.wait_for_report("locked", WATCHDOG);
+    // Stop it past its lease, take the lock meanwhile, and let it go on.
+    // SAFETY: kill has no memory effects; the pid is our own child's.
+    unsafe { libc::kill(holder.pid() as libc::pid_t, libc::SIGSTOP) };
+    let guard = d.lock_timeout(Duration::from_secs(30)).unwrap();
+    d.insert("new holder".into(), 2).unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(holder.pid() as libc::pid_t, libc::SIGCONT) };
+    holder.send("write");
+    let line = holder.wait_for_report("", WATCHDOG);
+    assert!(line.starts_with("refused: "), "{line}");
+    drop(guard);
+    d.sync().unwrap();
+    assert_eq!(d.get("stale holder").unwrap(), None);
+    assert_eq!(d.get("new holder").unwrap(), Some(2));
+    holder.wait(WATCHDOG);
+}
+
+#[test]
+fn a_stopped_server_gives_typed_errors_in_time_and_the_handle_recovers() {
+    let server = Server::start();
+    let name = unique_name("redis-stopped");
+    let d: UltraDict<String, u64> = UltraDict::builder()
+        .name(&name)
+        .redis(server.url())
+        .redis_timeout(Duration::from_millis(300))
+        .open()
+        .unwrap();
+    d.insert("a".into(), 1).unwrap();
+    server.signal(libc::SIGSTOP);
+    let started = Instant::now();
+    match d.insert("b".into(), 2) {
+        Err(Error::Backend { address, doing, .. }) => {
+            assert!(address.contains(&server.port().to_string()), "{address}");
+            assert_eq!(doing, "appending a record");
+        }
+        other => panic!("expected a backend error, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // Reads with no news need no server.
+    assert_eq!(d.get("a").unwrap(), Some(1));
+    assert!(matches!(d.sync(), Err(Error::Backend { .. })));
+    server.signal(libc::SIGCONT);
+    d.insert("c".into(), 3).unwrap();
+    d.sync().unwrap();
+    assert_eq!(d.get("c").unwrap(), Some(3));
+    assert_eq!(d.get("a").unwrap(), Some(1));
+}
+
+#[test]
+fn a_killed_server_restarted_from_its_log_keeps_every_acknowledged_write() {
+    let mut server = Server::start_durable();
+    let name = unique_name("redis-restart");
+    let d: UltraDict<String, u64> = UltraDict::builder()
+        .name(&name)
+        .redis(server.url())
+        .redis_timeout(Duration::from_millis(500))
+        .buffer_size(1024)
+        .open()
+        .unwrap();
+    for i in 0..200 {
+        d.insert(format!("k{i}"), i).unwrap();
+    }
+    server.kill();
+    assert!(matches!(
+        d.insert("lost".into(), 0),
+        Err(Error::Backend { .. })
+    ));
+    server.restart();
+    d.insert("after".into(), 1).unwrap();
+    let fresh: UltraDict<String, u64> = UltraDict::builder()
+        .name(&name)
+        .create(Create::Open)
+        .redis(server.url())
+        .open()
+        .unwrap();
+    for i in 0..200 {
+        assert_eq!(fresh.get(&format!("k{i}")).unwrap(), Some(i));
+    }
+    assert_eq!(fresh.get("after").unwrap(), Some(1));
+    assert_eq!(fresh.get("lost").unwrap(), None);
+}
+
+#[test]
+fn foreign_and_corrupt_data_under_a_dicts_keys_gets_typed_errors() {
+    let server = Server::start();
+    let backend = Backend::Redis(server.url());
+    let open = |name: &str| {
+        UltraDict::<String, u64>::builder()
+            .name(name)
+            .on(&backend)
+            .open()
+    };
+    // A string where the meta hash belongs.
+    let name = unique_name("redis-foreign");
+    server.cli(&["SET", &format!("ultradict:{{{name}}}:{name}:meta"), "hello"]);
+    assert!(matches!(open(&name), Err(Error::Foreign { .. })));
+    // A stream of someone else's without a meta hash.
+    let name = unique_name("redis-foreign");
+    server.cli(&[
+        "XADD",
+        &format!("ultradict:{{{name}}}:{name}:stream"),
+        "*",
+        "x",
+        "1",
+    ]);
+    assert!(matches!(open(&name), Err(Error::Foreign { .. })));
+    // A hash without our magic.
+    let name = unique_name("redis-foreign");
+    server.cli(&[
+        "HSET",
+        &format!("ultradict:{{{name}}}:{name}:meta"),
+        "a",
+        "b",
+    ]);
+    assert!(matches!(open(&name), Err(Error::Foreign { .. })));
+
+    // A newer format version.
+    let name = unique_name("redis-version");
+    let d = open(&name).unwrap();
+    let meta = format!("ultradict:{{{name}}}:{name}:meta");
+    server.cli(&["HSET", &meta, "version", "99"]);
+    match open(&name) {
+        Err(Error::VersionMismatch { found: 99, .. }) => {}
+        other => panic!("expected VersionMismatch, got {other:?}"),
+    }
+    drop(d);
+
+    // A corrupt record: nothing of it is applied, and the error names the stream.
+    let name = unique_name("redis-corrupt");
+    let d = open(&name).unwrap();
+    d.insert("kept".into(), 1).unwrap();
+    let status = d.status();
+    let next = format!("{}-{}", status.epoch, status.committed_offset + 1);
+    let stream = format!("ultradict:{{{name}}}:{name}:stream");
+    server.cli(&["XADD", &stream, &next, "r", "not a record at all"]);
+    let reader = open(&name);
+    assert!(matches!(reader, Err(Error::Corrupt { .. })), "{reader:?}");
+    assert!(matches!(d.sync(), Err(Error::Corrupt { .. })));
+    // Reads fail rather than serve a state that skips the bad record, as on shared memory.
+    assert!(matches!(d.get("kept"), Err(Error::Corrupt { .. })));
+    d.unlink().unwrap();
+    drop(d);
+
+    // A corrupt dump.
+    let name = unique_name("redis-corrupt-dump");
+    let d = open(&name).unwrap();
+    d.insert("x".into(), 1).unwrap();
+    d.dump().unwrap();
+    server.cli(&[
+        "SET",
+        &format!("ultradict:{{{name}}}:{name}:dump"),
+        "garbage",
+    ]);
+    assert!(matches!(open(&name), Err(Error::Corrupt { .. })));
+    // The failed opens left no client behind.
+    let clients = server.cli(&["ZCARD", &format!("ultradict:{{{name}}}:{name}:clients")]);
+    assert_eq!(clients, "1");
+    d.unlink().unwrap();
+}
+
+#[test]
+fn a_cluster_spreads_dicts_over_its_slots_with_the_same_results() {
+    let cluster = Cluster::start();
+    let backend = Backend::Cluster(cluster.urls());
+    let names: Vec<String> = (0..6).map(|_| unique_name("cluster")).collect();
+    let handles: Vec<UltraDict<String, u64>> = names
+        .iter()
+        .map(|name| UltraDict::builder().name(name).on(&backend).open().unwrap())
+        .collect();
+    let states: Vec<_> = names
+        .iter()
+        .map(|name| {
+            Counters::builder()
+                .name(format!("{name}-state"))
+                .on(&backend)
+                .open()
+                .unwrap()
+        })
+        .collect();
+    let children = names
+        .iter()
+        .flat_map(|name| (0..2).map(|me| backend.spawn("count", name).env("ME", me)));
+    for reports in run_all(children, WATCHDOG) {
+        assert_eq!(reports, ["done"]);
+    }
+    for ((name, d), state) in names.iter().zip(&handles).zip(&states) {
+        d.sync().unwrap();
+        assert_eq!(d.get("total").unwrap(), Some(200), "{name}");
+        state.sync().unwrap();
+        state.per_child().sync().unwrap();
+        assert_eq!(state.total().unwrap(), 200);
+        assert_eq!(state.per_child().get(&0).unwrap(), Some(100));
+        assert_eq!(state.per_child().get(&1).unwrap(), Some(100));
+    }
+    // The dicts landed on more than one master.
+    let used = cluster
+        .servers()
+        .iter()
+        .filter(|server| {
+            !server
+                .cli(&["--scan", "--pattern", "ultradict:*"])
+                .is_empty()
+        })
+        .count();
+    assert!(used >= 2, "all dicts on one master");
+    drop(handles);
+    drop(states);
+    for name in &names {
+        assert_eq!(
+            leftovers(&backend, &format!("{name}-state")),
+            Vec::<String>::new()
+        );
+        assert_eq!(leftovers(&backend, name), Vec::<String>::new());
+    }
+}
