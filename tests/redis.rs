@@ -45,6 +45,12 @@ fn child_entry() {
             report("locked");
             std::thread::sleep(Duration::from_secs(600));
         }
+        "attach_and_hang" => {
+            let d = open(&backend, &name);
+            d.insert("x".into(), 1).unwrap();
+            report("attached");
+            std::thread::sleep(Duration::from_secs(600));
+        }
         "write_forever" => {
             let d = open(&backend, &name);
             for i in 0u64.. {
@@ -368,4 +374,41 @@ fn a_cluster_spreads_dicts_over_its_slots_with_the_same_results() {
         );
         assert_eq!(leftovers(&backend, name), Vec::<String>::new());
     }
+}
+
+#[test]
+fn cleanup_removes_a_dict_whose_clients_all_crashed_once_their_leases_end() {
+    let server = Server::start();
+    let backend = Backend::Redis(server.url());
+    let admin = ultradict::RedisServer::new(server.url());
+    let orphan = unique_name("redis-orphan");
+    let kept = unique_name("redis-kept");
+    let persistent: UltraDict<String, u64> = UltraDict::builder()
+        .name(&kept)
+        .lifetime(ultradict::Lifetime::Persistent)
+        .on(&backend)
+        .open()
+        .unwrap();
+    drop(persistent);
+    let mut child = backend.spawn("attach_and_hang", &orphan).start();
+    child.wait_for_report("attached", WATCHDOG);
+    assert_eq!(admin.cleanup(false).unwrap(), Vec::<String>::new());
+    child.kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = admin.inspect(&orphan).unwrap();
+        if info.orphaned() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lease never ended: {info:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(admin.cleanup(true).unwrap(), std::slice::from_ref(&orphan));
+    assert_eq!(admin.cleanup(false).unwrap(), std::slice::from_ref(&orphan));
+    assert_eq!(leftovers(&backend, &orphan), Vec::<String>::new());
+    let names: Vec<String> = admin.list().unwrap().into_iter().map(|l| l.name).collect();
+    assert_eq!(names, std::slice::from_ref(&kept));
+    assert!(admin.unlink(&kept).unwrap());
+    assert!(!admin.unlink(&kept).unwrap());
+    assert!(admin.list().unwrap().is_empty());
 }

@@ -1,5 +1,5 @@
-//! `ultradict`: list, inspect, watch and remove the shared dicts on this machine, without
-//! knowing their key and value types.
+//! `ultradict`: list, inspect, watch and remove the shared dicts on this machine (or, with
+//! `--redis URL`, on a Redis server), without knowing their key and value types.
 //!
 //! Exit codes: 0 success; 1 an unexpected error; 2 bad usage; 3 no such dict; 4 the object
 //! is not an ultradict (or is of another format version, or never finished being created);
@@ -16,31 +16,54 @@ use ultradict::{DictInfo, Error};
 #[command(
     name = "ultradict",
     version,
-    about = "Inspect and manage ultradict shared dicts in /dev/shm"
+    about = "Inspect and manage ultradict shared dicts in /dev/shm or on a Redis server"
 )]
 struct Cli {
     /// The directory of the dicts' objects (a dict opened with `.directory(..)`).
     #[arg(long, global = true, default_value = "/dev/shm")]
     dir: std::path::PathBuf,
+    /// The dicts on this Redis server instead (`redis://host:port/db`).
+    #[arg(long, global = true, conflicts_with = "redis_cluster")]
+    redis: Option<String>,
+    /// The dicts on this Redis Cluster instead (a master's URL; repeat for more).
+    #[arg(long, global = true)]
+    redis_cluster: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
 
-/// The directory the command works in (`--dir`).
-static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+/// Where the dicts the command works on live.
+enum Source {
+    /// Shared memory, in this directory (`--dir`).
+    Shm(std::path::PathBuf),
+    /// A Redis server or Cluster (`--redis`, `--redis-cluster`).
+    Redis(ultradict::RedisServer),
+}
 
-fn dir() -> &'static std::path::Path {
-    DIR.get()
-        .map_or(std::path::Path::new("/dev/shm"), |dir| dir.as_path())
+static SOURCE: std::sync::OnceLock<Source> = std::sync::OnceLock::new();
+
+fn source() -> &'static Source {
+    SOURCE.get_or_init(|| Source::Shm("/dev/shm".into()))
 }
 
 fn inspect(name: &str) -> ultradict::Result<DictInfo> {
-    ultradict::inspect_in(dir(), name)
+    match source() {
+        Source::Shm(dir) => ultradict::inspect_in(dir, name),
+        Source::Redis(server) => server.inspect(name),
+    }
+}
+
+fn list_all() -> ultradict::Result<Vec<ultradict::Listed>> {
+    match source() {
+        Source::Shm(dir) => ultradict::list_in(dir),
+        Source::Redis(server) => server.list(),
+    }
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Every ultradict in /dev/shm: size, epoch, live processes, lock holder, orphaned or not.
+    /// Every ultradict in /dev/shm (or on the server): size, epoch, live processes, lock
+    /// holder, orphaned or not.
     List {
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -65,7 +88,7 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
-    /// Remove a dict and its nested dicts from /dev/shm.
+    /// Remove a dict and its nested dicts.
     Unlink {
         /// The dict's name.
         name: String,
@@ -80,7 +103,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _ = DIR.set(cli.dir.clone());
+    let source = match (cli.redis, cli.redis_cluster.is_empty()) {
+        (Some(url), _) => Source::Redis(ultradict::RedisServer::new(url)),
+        (None, false) => Source::Redis(ultradict::RedisServer::cluster(cli.redis_cluster)),
+        (None, true) => Source::Shm(cli.dir),
+    };
+    let _ = SOURCE.set(source);
     let result = match cli.command {
         Command::List { json } => list(json),
         Command::Status { name, json } => status(&name, json),
@@ -113,7 +141,7 @@ fn exit_code(err: &Error) -> u8 {
 }
 
 fn list(as_json: bool) -> ultradict::Result<()> {
-    let listed = ultradict::list_in(dir())?;
+    let listed = list_all()?;
     if as_json {
         let entries: Vec<Value> = listed
             .iter()
@@ -186,7 +214,9 @@ fn print_status(info: &DictInfo) {
         .iter()
         .map(|a| {
             let mut shown = a.pid.to_string();
-            if !a.same_pid_namespace {
+            if let Some(host) = &a.host {
+                shown = format!("{host} pid {shown}");
+            } else if !a.same_pid_namespace {
                 shown.push_str(" (other PID namespace)");
             }
             if !a.alive {
@@ -291,6 +321,7 @@ fn info_json(info: &DictInfo) -> Value {
             "same_pid_namespace": a.same_pid_namespace,
             "alive": a.alive,
             "sleepers": a.sleepers,
+            "host": a.host,
         })).collect::<Vec<_>>(),
         "attached_count": info.attached_count,
         "sleepers": info.sleepers,
@@ -299,6 +330,7 @@ fn info_json(info: &DictInfo) -> Value {
             "pid": h.pid,
             "same_pid_namespace": h.same_pid_namespace,
             "since_unix_s": h.since.map(since),
+            "host": h.host,
             "alive": info.lock_holder_alive,
         })),
         "lock_recoveries": info.lock_recoveries,
@@ -342,6 +374,18 @@ fn watch(name: &str, interval: Duration, count: Option<u64>) -> ultradict::Resul
 }
 
 fn unlink(name: &str) -> ultradict::Result<()> {
+    let dir = match source() {
+        Source::Shm(dir) => dir,
+        Source::Redis(server) => {
+            if !server.unlink(name)? {
+                return Err(Error::NotFound {
+                    name: name.to_owned(),
+                });
+            }
+            println!("removed {name}");
+            return Ok(());
+        }
+    };
     // Refuse objects that are not ours; a dict whose control segment is gone but whose
     // dumps remain is still removed.
     match inspect(name) {
@@ -354,17 +398,20 @@ fn unlink(name: &str) -> ultradict::Result<()> {
         Err(Error::NotFound { .. }) => {}
         Err(err) => return Err(err),
     }
-    ultradict::UltraDict::<u8, u8>::unlink_by_name_in(dir(), name)?;
+    ultradict::UltraDict::<u8, u8>::unlink_by_name_in(dir, name)?;
     println!("removed {name}");
     Ok(())
 }
 
 fn leftovers(name: &str) -> ultradict::Result<bool> {
-    Ok(ultradict::list_in(dir())?.iter().any(|l| l.name == name))
+    Ok(list_all()?.iter().any(|l| l.name == name))
 }
 
 fn cleanup(dry_run: bool) -> ultradict::Result<()> {
-    let removed = ultradict::cleanup_in(dir(), dry_run)?;
+    let removed = match source() {
+        Source::Shm(dir) => ultradict::cleanup_in(dir, dry_run)?,
+        Source::Redis(server) => server.cleanup(dry_run)?,
+    };
     let verb = if dry_run { "would remove" } else { "removed" };
     for name in &removed {
         println!("{verb} {name}");

@@ -17,6 +17,18 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// `ultradict ARGS` (a list) succeeds and shows `name` as not orphaned.
+fn assert_listed_in_use(args: &[&str], name: &str) {
+    let out = ultradict(args);
+    assert!(out.status.success(), "{out:?}");
+    let line = stdout(&out)
+        .lines()
+        .find(|l| l.starts_with(name))
+        .map(str::to_owned)
+        .expect("listed");
+    assert!(line.ends_with("no"), "not orphaned: {line}");
+}
+
 #[test]
 fn child_entry() {
     let Some(role) = role() else { return };
@@ -42,14 +54,7 @@ fn list_and_status_describe_a_dict_without_its_types() {
     d.insert("a".into(), 1).unwrap();
     d.nested::<u32, u32>("child").unwrap().insert(1, 1).unwrap();
 
-    let out = ultradict(&["list"]);
-    assert!(out.status.success());
-    let line = stdout(&out)
-        .lines()
-        .find(|l| l.starts_with(&name))
-        .map(str::to_owned)
-        .expect("listed");
-    assert!(line.ends_with("no"), "not orphaned: {line}");
+    assert_listed_in_use(&["list"], &name);
 
     let out = ultradict(&["list", "--json"]);
     let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
@@ -232,4 +237,65 @@ fn cleanup_keeps_persistent_dicts_whose_processes_died() {
     drop(again);
     assert_eq!(ultradict(&["unlink", &name]).status.code(), Some(0));
     assert_no_segments(&name);
+}
+
+#[test]
+fn the_same_commands_work_on_a_redis_server() {
+    let server = ultradict_test_kit::redis::Server::start();
+    let url = server.url();
+    let name = unique_name("cli-redis");
+    let d: UltraDict<String, u64> = UltraDict::builder().name(&name).redis(&url).open().unwrap();
+    d.insert("a".into(), 1).unwrap();
+    d.nested::<u32, u32>("child").unwrap().insert(1, 1).unwrap();
+    let lock = d.lock().unwrap();
+
+    assert_listed_in_use(&["--redis", &url, "list"], &name);
+
+    let out = ultradict(&["--redis", &url, "status", &name]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("UltraDict<alloc::string::String, u64>"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("pid {}", std::process::id())),
+        "{text}"
+    );
+    assert!(text.contains("nested map"), "the tree: {text}");
+    assert!(text.contains("held by pid"), "the lock: {text}");
+    drop(lock);
+
+    let out = ultradict(&["--redis", &url, "status", &name, "--json"]);
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(info["attached_count"], 1, "{info}");
+    assert_eq!(info["tree"][0]["what"], "nested map", "{info}");
+
+    let out = ultradict(&["--redis", &url, "status", "no-such-dict"]);
+    assert_eq!(out.status.code(), Some(3));
+    server.cli(&["SET", "ultradict:{odd}:odd:meta", "x"]);
+    let out = ultradict(&["--redis", &url, "status", "odd"]);
+    assert_eq!(out.status.code(), Some(4));
+
+    // A persistent dict is never orphaned; a last-close one whose clients are all gone is.
+    let out = ultradict(&["--redis", &url, "cleanup", "--dry-run"]);
+    assert!(
+        stdout(&out).contains("no orphaned dicts"),
+        "{}",
+        stdout(&out)
+    );
+    let out = ultradict(&["--redis", &url, "unlink", &name]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        ultradict_test_kit::redis::leftovers(
+            &ultradict_test_kit::redis::Backend::Redis(url.clone()),
+            &name
+        ),
+        Vec::<String>::new()
+    );
+    let out = ultradict(&["--redis", "redis://127.0.0.1:1/", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:1"),
+        "{out:?}"
+    );
 }

@@ -32,6 +32,8 @@ pub struct Attached {
     pub alive: bool,
     /// Its threads sleeping in `wait_for_change`.
     pub sleepers: u32,
+    /// Its machine, for a dict on a server (none for shared memory).
+    pub host: Option<String>,
 }
 
 /// A nested dict of a dict, as [`DictInfo::nested`] lists it.

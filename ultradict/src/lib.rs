@@ -119,6 +119,8 @@ pub use naming::MAX_NAME_LEN;
 pub use options::{
     Create, DEFAULT_BUFFER_SIZE, DEFAULT_MODE, Lifetime, MAX_BUFFER_SIZE, MIN_BUFFER_SIZE,
 };
+#[cfg(feature = "redis")]
+pub use remote::admin::RedisServer;
 pub use schema::{Data, Deserializer, Fingerprint, RecordSerializer, SliceWriter, Validator};
 pub use status::{LockHolder, Status};
 

@@ -204,6 +204,7 @@ impl Reading {
                     same_pid_namespace,
                     alive: anchor.slot_alive(slot),
                     sleepers: control.processes[slot].sleepers.load(Ordering::Relaxed),
+                    host: None,
                 }
             })
             .collect();

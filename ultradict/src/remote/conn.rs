@@ -163,6 +163,11 @@ impl Link {
         }
     }
 
+    /// Where the connection goes.
+    pub(crate) fn target(&self) -> &Target {
+        &self.target
+    }
+
     /// Runs `f` on the connection (opened if need be); a connection that broke is dropped,
     /// to be opened again next time. Errors name `doing`.
     pub(crate) fn run<T>(

@@ -304,3 +304,29 @@ return {'ok', redis.call('HGETALL', KEYS[1]),
 "#,
     )
 });
+
+/// Everything `inspect` shows of a dict, without knowing its types, in one reply.
+///
+/// KEYS: meta, clients, lock, stream, dump, register, dicts. ARGV: the dict's name.
+pub(crate) static INSPECT: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'none' then return {'missing'} end
+if kind ~= 'hash' then return {'foreign', 'a ' .. kind .. ' where the meta hash should be'} end
+if redis.call('HGET', KEYS[1], 'magic') ~= 'ultradict' then return {'foreign', 'no ultradict magic'} end
+local sizes = {}
+for i = 1, 6 do
+  table.insert(sizes, KEYS[i])
+  table.insert(sizes, redis.call('MEMORY', 'USAGE', KEYS[i]) or 0)
+end
+local children = {}
+local nested = ARGV[1] .. '~'
+for _, dict in ipairs(redis.call('SMEMBERS', KEYS[7])) do
+  if string.sub(dict, 1, string.len(nested)) == nested then table.insert(children, dict) end
+end
+return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES'),
+  redis.call('GET', KEYS[3]) or '', now, sizes, redis.call('HGETALL', KEYS[6]), children}
+"#,
+    )
+});

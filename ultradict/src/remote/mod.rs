@@ -17,6 +17,7 @@
 //! - **Lifetime**: each handle is a client with a lease in the dict's `clients` set; a crashed
 //!   client stops renewing and no longer counts as attached.
 
+pub(crate) mod admin;
 mod conn;
 mod feed;
 pub(crate) mod layout;
