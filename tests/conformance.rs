@@ -290,6 +290,11 @@ conformance! {
             assert_eq!(d.get("by child").unwrap(), Some(1));
             let other: UltraDict<String, u64> = map(backend, &name);
             assert!(matches!(other.try_lock(), Err(Error::LockedByOtherHandle { .. })));
+            // A write through the other handle would wait for this very thread.
+            assert!(matches!(
+                other.insert("x".into(), 1),
+                Err(Error::LockedByOtherHandle { .. })
+            ));
         }
         holder.send("end");
         holder.wait(WATCHDOG);
@@ -311,6 +316,26 @@ conformance! {
         }
         writer.wait_for_report("written", WATCHDOG);
         writer.wait(WATCHDOG);
+    }
+
+    fn a_forked_child_shares_the_dict_and_waits_for_its_parents_lock(backend: &Backend) {
+        let name = unique_name("conf-fork");
+        let d: UltraDict<String, u64> = map(backend, &name);
+        d.insert("before".into(), 1).unwrap();
+        let guard = d.lock().unwrap();
+        let child = ultradict_test_kit::fork(|| {
+            // The parent's guard is not this process's: the write waits for the parent.
+            let ok = d.insert("child".into(), 2).is_ok()
+                && d.get("before").ok() == Some(Some(1))
+                && d.get("parent").ok() == Some(Some(3));
+            i32::from(!ok)
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        d.insert("parent".into(), 3).unwrap();
+        drop(guard);
+        assert_eq!(ultradict_test_kit::wait_forked(child, WATCHDOG), 0);
+        d.sync().unwrap();
+        assert_eq!(d.get("child").unwrap(), Some(2));
     }
 
     fn lifetimes_remove_when_they_should(backend: &Backend) {

@@ -75,7 +75,7 @@ enum Outcome {
     /// The record does not fit in the epoch's stream: write a dump instead.
     Full,
     /// Another client holds the lock: its value, and how long its lease still runs.
-    Locked(Duration),
+    Locked(String, Duration),
     /// This writer's lock lease ran out and the lock is someone else's (or nobody's).
     Lost,
     Removed,
@@ -196,13 +196,19 @@ impl<S: Schema> RedisEngine<S> {
 
     /// In a forked child, the parent's connection and subscription thread are not this
     /// process's: open new ones.
+    ///
+    /// Touches neither the view nor anything a caller may hold: it runs inside every round
+    /// trip. A lock value copied from the parent is the parent's: the child forgets it (it
+    /// must not renew the parent's lease), and the subscription starts after the known tip
+    /// (what lies before it is queued, or fetched by the next catch-up).
     fn ensure_subscribed(&self) {
         let generation = crate::os::fork_generation();
         if self.subscribed.swap(generation, Ordering::AcqRel) == generation {
             return;
         }
         *self.link.lock() = Link::new(self.target.clone(), self.target.timeout);
-        let _ = self.subscription(position_of(&self.view.read())).start();
+        *self.feed.lock_value.lock() = None;
+        let _ = self.subscription(self.feed.tip()).start();
     }
 
     fn subscription(&self, after: u64) -> Subscription {
@@ -445,9 +451,10 @@ impl<S: Schema> RedisEngine<S> {
             Some("ok") => Outcome::Done,
             Some("stale") => Outcome::Stale,
             Some("full") => Outcome::Full,
-            Some("locked") => Outcome::Locked(Duration::from_millis(
-                number::<u64>(reply.get(2)).unwrap_or(1),
-            )),
+            Some("locked") => Outcome::Locked(
+                text(reply.get(1)).unwrap_or_default(),
+                Duration::from_millis(number::<u64>(reply.get(2)).unwrap_or(1)),
+            ),
             Some("lost") => Outcome::Lost,
             Some("removed") => Outcome::Removed,
             _ => return Err(self.corrupt("meta", format!("an unexpected reply while {doing}"))),
@@ -504,10 +511,19 @@ impl<S: Schema> RedisEngine<S> {
     }
 
     /// Sleeps while another client holds the lock (up to its lease, in growing steps), with
-    /// the view lock released.
-    fn wait_for_lock(&self, lease_left: Duration, step: &mut Duration) {
+    /// the view lock released; fails if the holder is this very thread (through another
+    /// handle), which would wait forever.
+    fn wait_for_lock(&self, holder: &str, lease_left: Duration, step: &mut Duration) -> Result<()> {
+        let holder = Holder::parse(holder);
+        let me = crate::os::current_thread();
+        if holder.pid == me.pid && holder.tid == me.tid && holder.host == host() {
+            return Err(Error::LockedByOtherHandle {
+                name: self.name.clone(),
+            });
+        }
         std::thread::sleep((*step).min(lease_left.max(Duration::from_micros(100))));
         *step = (*step * 2).min(Duration::from_millis(20));
+        Ok(())
     }
 
     /// Commits under the rules of `Storage::write`, or writes a dump (`update` is then the
@@ -577,9 +593,9 @@ impl<S: Schema> RedisEngine<S> {
                 Outcome::Stale | Outcome::Full => {
                     self.fetch_into(&mut view)?;
                 }
-                Outcome::Locked(lease_left) => {
+                Outcome::Locked(holder, lease_left) => {
                     drop(view);
-                    self.wait_for_lock(lease_left, &mut step);
+                    self.wait_for_lock(&holder, lease_left, &mut step)?;
                     view = self.view.write();
                     self.catch_up_view(&mut view)?;
                 }
@@ -1031,9 +1047,9 @@ impl<S: Schema> Storage for RedisEngine<S> {
                 Outcome::Stale | Outcome::Full => {
                     self.fetch_into(&mut view)?;
                 }
-                Outcome::Locked(lease_left) => {
+                Outcome::Locked(holder, lease_left) => {
                     drop(view);
-                    self.wait_for_lock(lease_left, &mut step);
+                    self.wait_for_lock(&holder, lease_left, &mut step)?;
                     view = self.view.write();
                     self.catch_up_view(&mut view)?;
                 }
