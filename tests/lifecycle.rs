@@ -54,6 +54,7 @@ fn child_entry() {
         "churn" => churn(&name),
         "group_member" => group_member(&name),
         "fork_then_die" => fork_then_die(&name),
+        "lock_fork_and_die" => lock_fork_and_die(&name),
         other => panic!("unknown role {other}"),
     }
 }
@@ -589,6 +590,59 @@ fn fork_then_die(name: &str) {
     }
     // SAFETY: killing ourselves, as a crash would; the handle is never closed here.
     unsafe { libc::kill(parent, libc::SIGKILL) };
+}
+
+fn lock_fork_and_die(name: &str) {
+    let d = open(name);
+    let _guard = d.lock().unwrap();
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the child only sleeps and then `_exit`s; it never returns into the harness.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        // It keeps its copy of the parent's mapping of the dict, and nothing else: not even
+        // the output the test reads to its end.
+        // SAFETY: closing this process's own standard descriptors.
+        unsafe {
+            libc::close(1);
+            libc::close(2);
+        }
+        std::thread::sleep(Duration::from_secs(60));
+        // SAFETY: ends the forked child at once.
+        unsafe { libc::_exit(0) };
+    }
+    report(format!("grandchild {child}"));
+    // SAFETY: killing ourselves while holding the lock, as a crash would.
+    unsafe { libc::kill(parent, libc::SIGKILL) };
+}
+
+#[test]
+fn a_dead_holder_whose_forked_child_lives_on_is_still_dead() {
+    // The child inherits the parent's mapping of the dict; that must not keep the dead
+    // parent's slot (and so its lock) looking alive.
+    let name = unique_name("fork-holder");
+    let mut child = Spawn::test("child_entry", "lock_fork_and_die")
+        .env("NAME", &name)
+        .start();
+    let grandchild: libc::pid_t = child
+        .wait_for_report("grandchild", WATCHDOG)
+        .trim_start_matches("grandchild ")
+        .parse()
+        .unwrap();
+    let (status, output) = child.finish(WATCHDOG);
+    assert_killed_at(status, "its own kill", &output);
+    let d = open(&name);
+    let recovered = d.lock_timeout(Duration::from_secs(10)).map(drop);
+    // SAFETY: the grandchild is ours to end; kill has no memory effects.
+    unsafe { libc::kill(grandchild, libc::SIGKILL) };
+    recovered.unwrap();
+    assert_eq!(d.status().attached_pids, [std::process::id()]);
+    drop(d);
+    assert!(
+        wait_until(|| shm_objects(&name).is_empty()),
+        "{:?}",
+        shm_objects(&name)
+    );
 }
 
 #[test]

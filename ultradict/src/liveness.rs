@@ -15,6 +15,12 @@
 //! A forked child must not keep its parent's anchors (it would keep the parent looking
 //! alive): they are closed in the child right after `fork` (see `os::close_in_children`), and
 //! a handle copied into a child takes a new anchor and slot of its own when it needs one.
+//!
+//! An anchor's description is its own, never the one the segment was mapped from: a mapping
+//! holds a reference to the description it was made from, and a forked child inherits the
+//! mapping. Had the locks been taken through that description, a child outliving its parent
+//! would keep the parent's locks, so the dead parent would look alive (its dict never removed
+//! by the last close, its lock never recovered) for as long as the child lived.
 
 use std::os::fd::{AsFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,11 +54,15 @@ pub(crate) struct Anchor {
 const NO_SLOT: usize = usize::MAX;
 
 impl Anchor {
-    /// Takes ownership of `fd`, a descriptor of the control segment.
+    /// An anchor on the control segment `fd` describes: a description of its own (see the
+    /// module docs), whatever `fd` is shared with; `fd` itself is closed.
     pub(crate) fn new(fd: OwnedFd) -> Result<Self> {
         let (id, _gid) =
             os::object_id(fd.as_fd()).map_err(|e| Error::io("reading a segment's identity", e))?;
-        let fd = fd.into_raw_fd();
+        let own = os::reopen(fd.as_fd())
+            .map_err(|e| Error::io("opening an anchor on a segment (needs /proc)", e))?;
+        drop(fd);
+        let fd = own.into_raw_fd();
         // Registered (which installs the fork handler) before the generation is read: a fork
         // from then on closes the descriptor in the child and tells it so.
         let registration = os::close_in_children(fd);

@@ -75,6 +75,21 @@ pub(crate) fn open_object(object: &str, writable: bool) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// A new open file description of the object `fd` describes, with the same access mode
+/// (unlike `dup`, which shares the description). Locks taken through it belong to it alone:
+/// neither a mapping made from `fd` nor a forked child's copy of that mapping holds it.
+/// Opens `/proc/self/fd/N`, which names the object itself even if it was renamed or unlinked
+/// meanwhile.
+pub(crate) fn reopen(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let access = rustix::fs::fcntl_getfl(fd)? & OFlags::RWMODE;
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    Ok(rustix::fs::open(
+        path.as_str(),
+        access | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+    )?)
+}
+
 /// Whether `dir` has the sticky bit (as /dev/shm has): then only an object's owner may remove
 /// it.
 pub(crate) fn is_sticky(dir: &str) -> io::Result<bool> {
