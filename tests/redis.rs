@@ -412,3 +412,35 @@ fn cleanup_removes_a_dict_whose_clients_all_crashed_once_their_leases_end() {
     assert!(!admin.unlink(&kept).unwrap());
     assert!(admin.list().unwrap().is_empty());
 }
+
+#[test]
+fn async_waits_on_redis_wake_for_other_processes_writes() {
+    let server = Server::start();
+    let backend = Backend::Redis(server.url());
+    let name = unique_name("redis-async");
+    let d = open(&backend, &name);
+    let mut watcher = d.watch();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        assert!(
+            !d.wait_for_change_async(Duration::from_millis(50))
+                .await
+                .unwrap()
+        );
+        let mut writer = backend.spawn("write_forever", &name).start();
+        assert!(
+            d.wait_for_change_async(Duration::from_secs(30))
+                .await
+                .unwrap()
+        );
+        let change = tokio::time::timeout(Duration::from_secs(30), watcher.changed())
+            .await
+            .expect("a change within the timeout")
+            .unwrap();
+        assert!(matches!(change, ultradict::Change::Keys(_)), "{change:?}");
+        writer.kill();
+    });
+}

@@ -127,7 +127,7 @@ return {'ok', created, m[1], m[2], m[3], m[4], m[5], redis.call('GET', KEYS[3]),
 /// The checks every write makes: the dict is still this instance, the lock is the writer's
 /// (if it believes it holds it) or nobody's, and the stream's tip is the one the writer saw.
 const WRITE_CHECKS: &str = r#"
-local m = redis.call('HMGET', KEYS[1], 'instance', 'tip', 'used', 'buffer_size')
+local m = redis.call('HMGET', KEYS[1], 'instance', 'tip', 'used', 'buffer_size', 'records')
 if m[1] ~= ARGV[1] then return {'removed'} end
 local lock = redis.call('GET', KEYS[3])
 if ARGV[5] ~= '' then
@@ -149,8 +149,7 @@ pub(crate) static APPEND: LazyLock<Script> = LazyLock::new(|| {
 local used = tonumber(m[3]) + string.len(ARGV[4])
 if used > tonumber(m[4]) then return {'full'} end
 redis.call('XADD', KEYS[2], ARGV[3], 'r', ARGV[4])
-redis.call('HSET', KEYS[1], 'tip', ARGV[3], 'used', used)
-redis.call('HINCRBY', KEYS[1], 'records', 1)
+redis.call('HSET', KEYS[1], 'tip', ARGV[3], 'used', used, 'records', tonumber(m[5]) + 1)
 return {'ok'}
 "#
     ))
@@ -177,35 +176,46 @@ return {'ok'}
     ))
 });
 
-/// What happened since a position: the records after it, or (if the epoch moved on) the
-/// current dump and the records after it; with the tip, read at one instant.
+/// A Lua function: what happened since position `pos` (of epoch `epoch`): the records after
+/// it, or (if the epoch moved on) the current dump and the records after it; with the tip,
+/// read at one instant.
+const FETCH_FN: &str = r#"
+local function fetch(meta, stream, dump, instance, pos, epoch)
+  local m = redis.call('HMGET', meta, 'instance', 'epoch', 'tip')
+  if m[1] ~= instance then return {'removed'} end
+  if m[2] ~= epoch then
+    return {'dump', m[3], m[2], redis.call('GET', dump),
+      redis.call('XRANGE', stream, '(' .. m[2] .. '-0', '+')}
+  end
+  return {'records', m[3], redis.call('XRANGE', stream, '(' .. pos, '+')}
+end
+"#;
+
+/// What happened since a position (see `FETCH_FN`).
 ///
 /// KEYS: meta, stream, dump. ARGV: instance, the position's id, its epoch.
 pub(crate) static FETCH: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-local m = redis.call('HMGET', KEYS[1], 'instance', 'epoch', 'tip')
-if m[1] ~= ARGV[1] then return {'removed'} end
-if m[2] ~= ARGV[3] then
-  return {'dump', m[3], m[2], redis.call('GET', KEYS[3]),
-    redis.call('XRANGE', KEYS[2], '(' .. m[2] .. '-0', '+')}
-end
-return {'records', m[3], redis.call('XRANGE', KEYS[2], '(' .. ARGV[2], '+')}
-"#,
-    )
+    script(&format!(
+        "{FETCH_FN}return fetch(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])"
+    ))
 });
 
-/// Takes the lock if it is free.
+/// Takes the lock if it is free, and then says what happened since the caller's position
+/// (see `FETCH_FN`): the holder starts from the server's state in the same round trip.
 ///
-/// KEYS: meta, lock. ARGV: instance, the lock value, lease (ms).
+/// KEYS: meta, lock, stream, dump. ARGV: instance, the lock value, lease (ms), the caller's
+/// position's id, its epoch.
 pub(crate) static LOCK: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    script(&format!(
+        "{FETCH_FN}{}",
         r#"
 if redis.call('HGET', KEYS[1], 'instance') ~= ARGV[1] then return {'removed'} end
-if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return {'ok'} end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
+  return {'ok', fetch(KEYS[1], KEYS[3], KEYS[4], ARGV[1], ARGV[4], ARGV[5])}
+end
 return {'held', redis.call('GET', KEYS[2]) or '', redis.call('PTTL', KEYS[2])}
-"#,
-    )
+"#
+    ))
 });
 
 /// Gives the lock back if it is still the caller's.

@@ -203,7 +203,9 @@ impl<S: Schema> RedisEngine<S> {
     /// (what lies before it is queued, or fetched by the next catch-up).
     fn ensure_subscribed(&self) {
         let generation = crate::os::fork_generation();
-        if self.subscribed.swap(generation, Ordering::AcqRel) == generation {
+        if self.subscribed.load(Ordering::Acquire) == generation
+            || self.subscribed.swap(generation, Ordering::AcqRel) == generation
+        {
             return;
         }
         *self.link.lock() = Link::new(self.target.clone(), self.target.timeout);
@@ -303,15 +305,21 @@ impl<S: Schema> RedisEngine<S> {
     /// Brings the view to the server's tip with one round trip; returns whether anything was
     /// new. A dict removed meanwhile keeps its view.
     fn fetch_into(&self, view: &mut View<S>) -> Result<bool> {
+        let reply = self.fetch(position_of(view))?;
+        self.apply_fetched(view, &reply)
+    }
+
+    /// Applies what a fetch from the view's position answered; returns whether anything was
+    /// new.
+    fn apply_fetched(&self, view: &mut View<S>, reply: &[Value]) -> Result<bool> {
         let at = position_of(view);
-        let reply = self.fetch(at)?;
         let kind = text(reply.first());
-        let (tip, entries) = match kind.as_deref() {
+        let entries = match kind.as_deref() {
             Some("removed") => {
                 self.feed.removed.store(true, Ordering::Release);
                 return Ok(false);
             }
-            Some("records") => (reply.get(1), reply.get(2)),
+            Some("records") => reply.get(2),
             Some("dump") => {
                 let epoch: u32 = number(reply.get(2))
                     .ok_or_else(|| self.corrupt("meta", "an epoch that is not a number"))?;
@@ -323,13 +331,11 @@ impl<S: Schema> RedisEngine<S> {
                 start_epoch(view, epoch, dump);
                 self.apply_updates(view, updates, last);
                 self.feed.advance(last);
-                let _ = tip_check(reply.get(1), last);
                 return Ok(true);
             }
             _ => return Err(self.corrupt("meta", "an unexpected reply to a fetch")),
         };
         let (updates, last) = self.records_of(epoch_of(at), at, entries)?;
-        let _ = tip_check(tip, last);
         let news = last != at;
         self.apply_updates(view, updates, last);
         self.feed.advance(last);
@@ -611,11 +617,6 @@ impl<S: Schema> RedisEngine<S> {
     fn buffer_size(&self) -> usize {
         self.buffer_size
     }
-}
-
-/// Whether a fetched range reached the tip the server reported with it.
-fn tip_check(tip: Option<&Value>, last: u64) -> bool {
-    text(tip).and_then(|tip| feed::at_of(tip.as_bytes())) == Some(last)
 }
 
 /// Resets `view` to the start of `epoch`, whose dump is `dump`.
@@ -1110,13 +1111,18 @@ impl<S: Schema> Storage for RedisEngine<S> {
         let started = Instant::now();
         let mut step = Duration::from_micros(200);
         loop {
+            let at = position_of(&self.view.read());
             let reply: Vec<Value> = self.run("taking the lock", |conn| {
                 layout::LOCK
                     .key(&self.keys.meta)
                     .key(&self.keys.lock)
+                    .key(&self.keys.stream)
+                    .key(&self.keys.dump)
                     .arg(&self.instance)
                     .arg(&value)
                     .arg(self.target.lease.as_millis() as u64)
+                    .arg(id_of(at))
+                    .arg(epoch_of(at))
                     .invoke(conn)
             })?;
             match text(reply.first()).as_deref() {
@@ -1125,8 +1131,18 @@ impl<S: Schema> Storage for RedisEngine<S> {
                     self.feed.lock_lost.store(false, Ordering::Release);
                     let guard = LockGuard::new(self, self.reentrant.enter(me, 0));
                     // Reads under the lock see everything committed before it: nobody else
-                    // appends while it is held, so one fetch now keeps the view current.
-                    self.sync()?;
+                    // appends while it is held, so the fetch that came with the lock keeps the
+                    // view current (unless the view moved meanwhile: then fetch again).
+                    let mut view = self.view.write();
+                    match reply.get(1) {
+                        Some(Value::Array(fetched)) if position_of(&view) == at => {
+                            self.apply_fetched(&mut view, fetched)?;
+                        }
+                        _ => {
+                            self.fetch_into(&mut view)?;
+                        }
+                    }
+                    drop(view);
                     return Ok(guard);
                 }
                 Some("removed") => return Err(self.removed()),
