@@ -430,7 +430,7 @@ fn async_waits_on_redis_wake_for_other_processes_writes() {
                 .await
                 .unwrap()
         );
-        let mut writer = backend.spawn("write_forever", &name).start();
+        let writer = backend.spawn("write_forever", &name).start();
         assert!(
             d.wait_for_change_async(Duration::from_secs(30))
                 .await
