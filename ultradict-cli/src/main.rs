@@ -1,9 +1,9 @@
 //! `ultradict`: list, inspect, watch and remove the shared dicts on this machine (or, with
 //! `--redis URL`, on a Redis server), without knowing their key and value types.
 //!
-//! Exit codes: 0 success; 1 an unexpected error; 2 bad usage; 3 no such dict; 4 the object
-//! is not an ultradict (or is of another format version, or never finished being created);
-//! 5 permission denied.
+//! Exit codes: 0 success; 1 an unexpected error; 2 bad usage; 3 no such dict (or key); 4 the
+//! object is not an ultradict (or is of another format version, or never finished being
+//! created); 5 permission denied; 6 a dict of types this binary does not know (`get`, `dump`).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
@@ -36,8 +36,17 @@ struct Cli {
 enum Source {
     /// Shared memory, in this directory (`--dir`).
     Shm(std::path::PathBuf),
-    /// A Redis server or Cluster (`--redis`, `--redis-cluster`).
-    Redis(ultradict::RedisServer),
+    /// A Redis server or Cluster (`--redis`, `--redis-cluster`), and where it is.
+    Redis(ultradict::RedisServer, ultradict::tool::Location),
+}
+
+impl Source {
+    fn location(&self) -> ultradict::tool::Location {
+        match self {
+            Source::Shm(dir) => ultradict::tool::Location::Shm(dir.clone()),
+            Source::Redis(_, location) => location.clone(),
+        }
+    }
 }
 
 static SOURCE: std::sync::OnceLock<Source> = std::sync::OnceLock::new();
@@ -49,14 +58,14 @@ fn source() -> &'static Source {
 fn inspect(name: &str) -> ultradict::Result<DictInfo> {
     match source() {
         Source::Shm(dir) => ultradict::inspect_in(dir, name),
-        Source::Redis(server) => server.inspect(name),
+        Source::Redis(server, _) => server.inspect(name),
     }
 }
 
 fn list_all() -> ultradict::Result<Vec<ultradict::Listed>> {
     match source() {
         Source::Shm(dir) => ultradict::list_in(dir),
-        Source::Redis(server) => server.list(),
+        Source::Redis(server, _) => server.list(),
     }
 }
 
@@ -88,6 +97,25 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// The value under KEY in a map of standard types (see `ultradict::tool` to build this
+    /// command for your own types).
+    Get {
+        /// The dict's name.
+        name: String,
+        /// The key, as JSON or plain text (a string key).
+        key: String,
+        /// Print JSON instead of Debug.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every entry of a map of standard types, sorted by key.
+    Dump {
+        /// The dict's name.
+        name: String,
+        /// Print JSON instead of Debug.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove a dict and its nested dicts.
     Unlink {
         /// The dict's name.
@@ -104,8 +132,14 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let source = match (cli.redis, cli.redis_cluster.is_empty()) {
-        (Some(url), _) => Source::Redis(ultradict::RedisServer::new(url)),
-        (None, false) => Source::Redis(ultradict::RedisServer::cluster(cli.redis_cluster)),
+        (Some(url), _) => Source::Redis(
+            ultradict::RedisServer::new(url.clone()),
+            ultradict::tool::Location::Redis(url),
+        ),
+        (None, false) => Source::Redis(
+            ultradict::RedisServer::cluster(cli.redis_cluster.clone()),
+            ultradict::tool::Location::RedisCluster(cli.redis_cluster),
+        ),
         (None, true) => Source::Shm(cli.dir),
     };
     let _ = SOURCE.set(source);
@@ -117,6 +151,7 @@ fn main() -> ExitCode {
             interval_ms,
             count,
         } => watch(&name, Duration::from_millis(interval_ms), count),
+        command @ (Command::Get { .. } | Command::Dump { .. }) => return show(&command),
         Command::Unlink { name } => unlink(&name),
         Command::Cleanup { dry_run } => cleanup(dry_run),
     };
@@ -125,6 +160,37 @@ fn main() -> ExitCode {
         Err(err) => {
             eprintln!("ultradict: {err}");
             ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+/// `get` and `dump`, through the library's tool with the standard types.
+fn show(command: &Command) -> ExitCode {
+    let tool = ultradict::tool::Tool::new().with_std_types();
+    let location = source().location();
+    let format = |json: bool| {
+        if json {
+            ultradict::tool::Format::Json
+        } else {
+            ultradict::tool::Format::Debug
+        }
+    };
+    let shown = match command {
+        Command::Get { name, key, json } => tool.get(&location, name, key, format(*json)),
+        Command::Dump { name, json } => tool.dump(&location, name, format(*json)),
+        _ => return ExitCode::from(2),
+    };
+    match shown {
+        Ok(text) => {
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("ultradict: {err}");
+            ExitCode::from(err.exit_code())
         }
     }
 }
@@ -376,7 +442,7 @@ fn watch(name: &str, interval: Duration, count: Option<u64>) -> ultradict::Resul
 fn unlink(name: &str) -> ultradict::Result<()> {
     let dir = match source() {
         Source::Shm(dir) => dir,
-        Source::Redis(server) => {
+        Source::Redis(server, _) => {
             if !server.unlink(name)? {
                 return Err(Error::NotFound {
                     name: name.to_owned(),
@@ -410,7 +476,7 @@ fn leftovers(name: &str) -> ultradict::Result<bool> {
 fn cleanup(dry_run: bool) -> ultradict::Result<()> {
     let removed = match source() {
         Source::Shm(dir) => ultradict::cleanup_in(dir, dry_run)?,
-        Source::Redis(server) => server.cleanup(dry_run)?,
+        Source::Redis(server, _) => server.cleanup(dry_run)?,
     };
     let verb = if dry_run { "would remove" } else { "removed" };
     for name in &removed {

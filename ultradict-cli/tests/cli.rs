@@ -299,3 +299,61 @@ fn the_same_commands_work_on_a_redis_server() {
         "{out:?}"
     );
 }
+
+#[test]
+fn get_and_dump_show_maps_of_standard_types_on_both_backends() {
+    let server = ultradict_test_kit::redis::Server::start();
+    let url = server.url();
+    for redis in [false, true] {
+        let name = unique_name("cli-show");
+        let mut builder = UltraDict::<String, Vec<u64>>::builder().name(&name);
+        if redis {
+            builder = builder.redis(&url);
+        }
+        let d = builder.open().unwrap();
+        d.insert("b".into(), vec![2, 3]).unwrap();
+        d.insert("a".into(), vec![1]).unwrap();
+        let mut args: Vec<&str> = if redis { vec!["--redis", &url] } else { vec![] };
+        let run = |extra: &[&str]| {
+            let mut all = args.clone();
+            all.extend_from_slice(extra);
+            ultradict(&all)
+        };
+
+        let out = run(&["dump", &name]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(stdout(&out), "\"a\" => [1]\n\"b\" => [2, 3]\n");
+        let out = run(&["dump", &name, "--json"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(json, serde_json::json!({ "a": [1], "b": [2, 3] }));
+        let out = run(&["get", &name, "b"]);
+        assert_eq!(stdout(&out).trim(), "[2, 3]");
+        let out = run(&["get", &name, "zzz"]);
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        // Looking does not count as the last close: the dict is still there, and still ours.
+        assert_eq!(d.get("a").unwrap(), Some(vec![1]));
+        d.sync().unwrap();
+
+        // A map of types the binary does not know: a message saying how to build a tool.
+        let odd = unique_name("cli-odd");
+        let mut builder = UltraDict::<(u8, u8), String>::builder().name(&odd);
+        if redis {
+            builder = builder.redis(&url);
+        }
+        let other = builder.open().unwrap();
+        other.insert((1, 2), "x".into()).unwrap();
+        let out = run(&["dump", &odd]);
+        assert_eq!(out.status.code(), Some(6), "{out:?}");
+        let message = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            message.contains("ultradict::tool::Tool::new().with_std_types().map::<(u8, u8), alloc::string::String>().main()"),
+            "{message}"
+        );
+        args.clear();
+        drop(other);
+        drop(d);
+        if !redis {
+            assert_no_segments(&name);
+        }
+    }
+}

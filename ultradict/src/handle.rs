@@ -39,7 +39,7 @@ impl<S: Schema> Attached<S> {
     fn leave(&self) -> Result<()> {
         let lifetime = self.engine.lifetime();
         self.engine
-            .detach(|departure| removes_dict(lifetime, departure))
+            .detach(|departure| !keeping() && removes_dict(lifetime, departure))
     }
 }
 
@@ -226,6 +226,36 @@ impl<S: Schema> Dict<S> {
             None => Ok(()),
         }
     }
+}
+
+#[cfg(feature = "tool")]
+thread_local! {
+    /// Set while [`drop_keeping`] drops handles on this thread.
+    static KEEPING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Drops `handles` (any handle types, with their nested handles) without applying their
+/// lifetime: a looking-on handle (the `tool` module's) must never be the last close that
+/// removes a dict.
+#[cfg(feature = "tool")]
+pub(crate) fn drop_keeping<T>(handles: T) {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            KEEPING.set(false);
+        }
+    }
+    KEEPING.set(true);
+    let _reset = Reset;
+    drop(handles);
+}
+
+/// Whether handles dropped now keep their dicts (see [`drop_keeping`]).
+fn keeping() -> bool {
+    #[cfg(feature = "tool")]
+    return KEEPING.get();
+    #[cfg(not(feature = "tool"))]
+    false
 }
 
 /// The async methods every handle type has with the `tokio` feature (none without it): see

@@ -107,6 +107,9 @@ mod storage;
 mod stream;
 mod structs;
 mod sync;
+#[cfg(feature = "tool")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tool")))]
+pub mod tool;
 mod watch;
 
 pub use error::{Error, Result};

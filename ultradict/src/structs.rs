@@ -217,7 +217,7 @@ pub trait SharedDict: Sized + 'static {
 #[derive(Debug)]
 #[must_use = "a builder does nothing until `.open()`"]
 pub struct StructBuilder<T> {
-    options: Options,
+    pub(crate) options: Options,
     _state: PhantomData<fn() -> T>,
 }
 

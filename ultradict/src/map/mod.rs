@@ -431,7 +431,7 @@ impl<K: Key, V: Value> UltraDict<K, V> {
 #[derive(Clone, Debug)]
 #[must_use = "a builder does nothing until `.open()`"]
 pub struct Builder<K, V> {
-    options: Options,
+    pub(crate) options: Options,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
