@@ -444,3 +444,34 @@ fn async_waits_on_redis_wake_for_other_processes_writes() {
         writer.kill();
     });
 }
+
+#[test]
+fn status_names_the_server_the_clients_and_trouble() {
+    let server = Server::start();
+    let name = unique_name("redis-status");
+    let d: UltraDict<String, u64> = UltraDict::builder()
+        .name(&name)
+        .redis(server.url())
+        .redis_timeout(Duration::from_millis(300))
+        .open()
+        .unwrap();
+    d.insert("a".into(), 1).unwrap();
+    let guard = d.lock().unwrap();
+    let status = d.status();
+    assert_eq!(status.records, 1);
+    assert_eq!(status.attached_pids, [std::process::id()]);
+    let holder = status.lock_holder.clone().expect("held");
+    assert_eq!(holder.pid, std::process::id());
+    let shown = status.to_string();
+    assert!(
+        shown.contains(&format!("pid {}", std::process::id())),
+        "{shown}"
+    );
+    assert!(shown.contains(&server.port().to_string()), "{shown}");
+    drop(guard);
+    server.signal(libc::SIGSTOP);
+    let status = d.status();
+    server.signal(libc::SIGCONT);
+    assert!(status.unreachable.is_some(), "{status:?}");
+    assert!(status.to_string().contains("unreachable"), "{status}");
+}

@@ -130,12 +130,21 @@ impl fmt::Display for Status {
         )?;
         writeln!(f, "records, dumps    {}, {}", self.records, self.dumps)?;
         writeln!(f, "lifetime          {:?}", self.lifetime)?;
-        writeln!(
-            f,
-            "attached          {} {:?}",
-            self.attached_pids.len(),
-            self.attached_pids
-        )?;
+        if self.attached.is_empty() {
+            writeln!(
+                f,
+                "attached          {} {:?}",
+                self.attached_pids.len(),
+                self.attached_pids
+            )?;
+        } else {
+            writeln!(
+                f,
+                "attached          {} [{}]",
+                self.attached.len(),
+                self.attached.join(", ")
+            )?;
+        }
         writeln!(f, "sleepers          {}", self.sleepers)?;
         match &self.lock_holder {
             Some(holder) => {
@@ -149,6 +158,12 @@ impl fmt::Display for Status {
         }
         if self.removed {
             writeln!(f, "removed           yes: this handle creates nothing more")?;
+        }
+        if let Some(why) = &self.unreachable {
+            writeln!(
+                f,
+                "unreachable       {why} (the rest is this handle's own view)"
+            )?;
         }
         write!(f, "lock recoveries   {}", self.lock_recoveries)?;
         if let Some(pid) = self.last_dead_holder {
