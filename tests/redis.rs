@@ -173,17 +173,22 @@ fn a_stalled_holder_past_its_lease_is_refused_by_the_server() {
     holder.wait(WATCHDOG);
 }
 
-#[test]
-fn a_stopped_server_gives_typed_errors_in_time_and_the_handle_recovers() {
+/// A server of its own, and a dict on it that waits at most 300 ms for a reply, holding `a`.
+fn impatient(tag: &str) -> (Server, UltraDict<String, u64>) {
     let server = Server::start();
-    let name = unique_name("redis-stopped");
     let d: UltraDict<String, u64> = UltraDict::builder()
-        .name(&name)
+        .name(unique_name(tag))
         .redis(server.url())
         .redis_timeout(Duration::from_millis(300))
         .open()
         .unwrap();
     d.insert("a".into(), 1).unwrap();
+    (server, d)
+}
+
+#[test]
+fn a_stopped_server_gives_typed_errors_in_time_and_the_handle_recovers() {
+    let (server, d) = impatient("redis-stopped");
     server.signal(libc::SIGSTOP);
     let started = Instant::now();
     match d.insert("b".into(), 2) {
@@ -447,15 +452,7 @@ fn async_waits_on_redis_wake_for_other_processes_writes() {
 
 #[test]
 fn status_names_the_server_the_clients_and_trouble() {
-    let server = Server::start();
-    let name = unique_name("redis-status");
-    let d: UltraDict<String, u64> = UltraDict::builder()
-        .name(&name)
-        .redis(server.url())
-        .redis_timeout(Duration::from_millis(300))
-        .open()
-        .unwrap();
-    d.insert("a".into(), 1).unwrap();
+    let (server, d) = impatient("redis-status");
     let guard = d.lock().unwrap();
     let status = d.status();
     assert_eq!(status.records, 1);
