@@ -6,6 +6,7 @@
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
 use syn::{DeriveInput, Ident, Path};
 
 use crate::ast::{Field, FieldKind, Input};
@@ -254,7 +255,7 @@ fn nested_handle(field: &Field<'_>, krate: &Path) -> TokenStream {
     let ty = field.ty;
     match &field.kind {
         FieldKind::NestedMap { key, value } => quote!(#krate::UltraDict<#key, #value>),
-        _ => quote!(<#ty as #krate::SharedDict>::Handle),
+        _ => quote!(#krate::__private::Nested<#ty>),
     }
 }
 
@@ -278,20 +279,14 @@ fn handle_type(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> TokenS
         let name = field.ident;
         match field.kind {
             FieldKind::NestedMap { .. } => quote!(#name: self.#name.to_hashmap()?),
-            _ => {
-                let ty = field.ty;
-                quote!(#name: <#ty as #krate::SharedDict>::__snapshot(&self.#name)?)
-            }
+            _ => quote!(#name: self.#name.snapshot()?),
         }
     });
     let replace_nested = nested.iter().map(|field| {
         let name = field.ident;
         match field.kind {
             FieldKind::NestedMap { .. } => quote!(self.#name.replace_all(#name)?;),
-            _ => {
-                let ty = field.ty;
-                quote!(<#ty as #krate::SharedDict>::__replace(&self.#name, #name)?;)
-            }
+            _ => quote!(self.#name.replace(#name)?;),
         }
     });
     let doc = format!(
@@ -434,7 +429,7 @@ fn nested_methods(field: &Field<'_>, names: &Names) -> TokenStream {
     let setter_doc = format!("Replaces all of `{bare}` (one full dump of its dict).");
     let replace = match field.kind {
         FieldKind::NestedMap { .. } => quote_spanned!(span=> self.#name.replace_all(value)),
-        _ => quote_spanned!(span=> <#ty as #krate::SharedDict>::__replace(&self.#name, value)),
+        _ => quote_spanned!(span=> self.#name.replace(value)),
     };
     quote_spanned! {span=>
         #[doc = #accessor_doc]
@@ -471,14 +466,20 @@ fn shared_dict_impl(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> T
             FieldKind::NestedMap { .. } => quote! {
                 let #name = __options.open_nested_map(&__dict, #key, #name)?;
             },
-            _ => quote! {
-                let #name = {
-                    let __child = __options.child(&__dict, #key);
-                    let __handle = <#ty as #krate::SharedDict>::__open(&__child, #name)?;
-                    __dict.register_child(__handle.name(), #what)?;
-                    __handle
-                };
-            },
+            _ => {
+                // The one place that requires the field's type to be a `SharedDict` (see
+                // `Nested`), spanned on that type: a wrong type is one error, there.
+                let ops = quote_spanned!(ty.span()=> #krate::__private::nested_ops::<#ty>());
+                quote! {
+                    let #name = {
+                        let __child = __options.child(&__dict, #key);
+                        let (__handle, __name) =
+                            #krate::__private::Nested::open(#ops, &__child, #name)?;
+                        __dict.register_child(&__name, #what)?;
+                        __handle
+                    };
+                }
+            }
         }
     });
     let nested_idents: Vec<&Ident> = input

@@ -138,7 +138,9 @@ pub use ultradict_derive::SharedDict;
 pub mod __private {
     pub use crate::handle::Dict;
     pub use crate::schema::{Schema, deserialize};
-    pub use crate::structs::{OpenOptions, StructDict, StructFields, StructSchema};
+    pub use crate::structs::{
+        Nested, NestedOps, OpenOptions, StructDict, StructFields, StructSchema, nested_ops,
+    };
     pub use crate::watch::Touches;
 }
 

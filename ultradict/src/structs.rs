@@ -183,7 +183,7 @@ impl OpenOptions {
 )]
 pub trait SharedDict: Sized + 'static {
     /// The generated handle type (`Shared` + the struct's name).
-    type Handle;
+    type Handle: Send + Sync + 'static;
 
     /// Starts configuring a handle with the map's options (name, create mode, sizes,
     /// lifetime).
@@ -242,5 +242,98 @@ impl<T: SharedDict> StructBuilder<T> {
     /// As [`open`](Self::open).
     pub fn open_with(self, initial: T) -> Result<T::Handle> {
         T::__open(&OpenOptions(self.options), initial)
+    }
+}
+
+/// How a derived handle holds the handle of a nested struct field: the nested state's own
+/// handle, which it dereferences to (`state.stats().update_hits(..)`).
+///
+/// Generated code names a nested field's type only through this wrapper and one table of
+/// operations ([`nested_ops`]), so the type is required to be a `SharedDict` in exactly one
+/// place: a `#[ultradict(nested)]` field of another type is one compile error, on the field's
+/// type, not one per generated use.
+#[doc(hidden)]
+pub struct Nested<T: 'static> {
+    handle: AnyHandle,
+    ops: &'static NestedOps<T>,
+}
+
+/// A handle of some derived state, its type erased.
+type AnyHandle = Box<dyn std::any::Any + Send + Sync>;
+
+/// The operations on a nested struct field of type `T`, filled in where `T: SharedDict` is
+/// known (see [`Nested`]).
+#[doc(hidden)]
+pub struct NestedOps<T> {
+    open: fn(&OpenOptions, T) -> Result<(AnyHandle, String)>,
+    snapshot: fn(&(dyn std::any::Any + Send + Sync)) -> Result<T>,
+    replace: fn(&(dyn std::any::Any + Send + Sync), T) -> Result<()>,
+}
+
+impl<T: SharedDict> NestedOps<T> {
+    /// The operations of `T`.
+    pub const OF: &'static NestedOps<T> = &NestedOps {
+        open: |options, initial| {
+            let handle = T::__open(options, initial)?;
+            Ok((Box::new(handle), options.0.name.clone().unwrap_or_default()))
+        },
+        snapshot: |handle| T::__snapshot(typed::<T>(handle)?),
+        replace: |handle, value| T::__replace(typed::<T>(handle)?, value),
+    };
+}
+
+/// The operations of the nested field type `T`: a function, so that a type that is not a
+/// `SharedDict` fails its bound with the trait's own message.
+#[doc(hidden)]
+pub const fn nested_ops<T: SharedDict>() -> &'static NestedOps<T> {
+    NestedOps::<T>::OF
+}
+
+/// The typed handle a [`Nested`] holds; it was made by the same `T`'s operations, so the
+/// downcast cannot fail, but a failure is an error rather than a panic.
+fn typed<T: SharedDict>(handle: &(dyn std::any::Any + Send + Sync)) -> Result<&T::Handle> {
+    handle
+        .downcast_ref::<T::Handle>()
+        .ok_or_else(|| Error::corrupt("nested handle", "a handle of another type"))
+}
+
+impl<T> Nested<T> {
+    /// Opens the nested dict of type `T` with `ops`, created from `initial` if new; returns
+    /// the wrapper and the dict's name.
+    pub fn open(
+        ops: &'static NestedOps<T>,
+        options: &OpenOptions,
+        initial: T,
+    ) -> Result<(Self, String)> {
+        let (handle, name) = (ops.open)(options, initial)?;
+        Ok((Nested { handle, ops }, name))
+    }
+
+    /// An owned copy of the nested state.
+    pub fn snapshot(&self) -> Result<T> {
+        (self.ops.snapshot)(&*self.handle)
+    }
+
+    /// Replaces the whole nested state.
+    pub fn replace(&self, value: T) -> Result<()> {
+        (self.ops.replace)(&*self.handle, value)
+    }
+}
+
+impl<T: SharedDict> std::ops::Deref for Nested<T> {
+    type Target = T::Handle;
+
+    fn deref(&self) -> &T::Handle {
+        match self.handle.downcast_ref::<T::Handle>() {
+            Some(handle) => handle,
+            // `open` is the only maker of a `Nested<T>`, from `T`'s own operations.
+            None => unreachable!("a nested handle always holds its own type's handle"),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Nested<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Nested")
     }
 }
