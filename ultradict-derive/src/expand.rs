@@ -93,7 +93,15 @@ fn expand(input: &Input<'_>) -> TokenStream {
     let fields_impl = struct_fields_impl(input, &names, &plain);
     let handle = handle_type(input, &names, &plain);
     let shared_dict = shared_dict_impl(input, &names, &plain);
+    // Each plain field's type must be storable: checked on that type, so the first error a
+    // type without rkyv's derives gets is there, saying what to add.
+    let krate = &names.krate;
+    let checks = plain.iter().map(|field| {
+        let ty = field.ty;
+        quote_spanned!(ty.span()=> const _: () = #krate::__private::storable::<#ty>();)
+    });
     quote! {
+        #(#checks)*
         #helpers
         #fields_impl
         #handle

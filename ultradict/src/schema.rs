@@ -170,6 +170,23 @@ where
     type Stored = T::Archived;
 }
 
+/// A type a derived state can keep in a plain field: storable ([`Data`]) and cloneable.
+/// Generated code checks every plain field's type against it, on the field's type, so that a
+/// type without rkyv's derives gets an error there that says what to add.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be stored in a shared dict",
+    label = "a field's type needs rkyv's `Archive`, `Serialize` and `Deserialize`, and `Clone`",
+    note = "add `#[derive(ultradict::rkyv::Archive, ultradict::rkyv::Serialize, ultradict::rkyv::Deserialize, Clone)]` and `#[rkyv(crate = ultradict::rkyv)]` to `{Self}` (the `crate` line is needed unless your crate depends on rkyv itself)"
+)]
+pub trait Storable {}
+
+impl<T: Data + Clone> Storable for T {}
+
+/// Names `T` where it must be [`Storable`] (used by generated code, once per plain field).
+#[doc(hidden)]
+pub const fn storable<T: Storable>() {}
+
 /// Deserializes an archived value that was validated before (used by generated code).
 pub fn deserialize<T: Data>(archived: &T::Stored) -> Result<T, rancor::Error> {
     rkyv::deserialize::<T, rancor::Error>(archived)

@@ -1,3 +1,5 @@
+const _: () = ::ultradict::__private::storable::<u64>();
+const _: () = ::ultradict::__private::storable::<String>();
 ///The plain fields of [`AppState`], archived as its dict's full dump.
 #[doc(hidden)]
 #[derive(

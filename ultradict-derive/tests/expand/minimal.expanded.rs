@@ -1,3 +1,4 @@
+const _: () = ::my_ultradict::__private::storable::<u8>();
 ///The plain fields of [`Minimal`], archived as its dict's full dump.
 #[doc(hidden)]
 #[derive(

@@ -24,10 +24,20 @@ pub(crate) use schema::{Found, MapSchema, MapUpdate};
 
 /// A key type: storable, hashable, and comparable with its archived form (so lookups in a
 /// mapped dump need no deserialization). Implemented for every type that qualifies.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a key of an `UltraDict`",
+    label = "a key needs rkyv's `Archive`, `Serialize` and `Deserialize` (with `compare(PartialEq)`), and `Hash`, `Eq`, `Clone`",
+    note = "add `#[derive(ultradict::rkyv::Archive, ultradict::rkyv::Serialize, ultradict::rkyv::Deserialize, Clone, PartialEq, Eq, Hash)]` and `#[rkyv(crate = ultradict::rkyv, compare(PartialEq))]` to `{Self}` (the `crate` part is needed unless your crate depends on rkyv itself)"
+)]
 pub trait Key: Data<Stored: PartialEq<Self>> + Hash + Eq + Clone {}
 impl<T> Key for T where T: Data<Stored: PartialEq<T>> + Hash + Eq + Clone {}
 
 /// A value type: storable and cloneable. Implemented for every type that qualifies.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a value of an `UltraDict`",
+    label = "a value needs rkyv's `Archive`, `Serialize` and `Deserialize`, and `Clone`",
+    note = "add `#[derive(ultradict::rkyv::Archive, ultradict::rkyv::Serialize, ultradict::rkyv::Deserialize, Clone)]` and `#[rkyv(crate = ultradict::rkyv)]` to `{Self}` (the `crate` part is needed unless your crate depends on rkyv itself)"
+)]
 pub trait Value: Data + Clone {}
 impl<T: Data + Clone> Value for T {}
 
