@@ -391,30 +391,20 @@ impl<S: Schema> RedisEngine<S> {
     /// Frames `update` as a record of `epoch`; `None` if it is larger than a whole stream.
     fn encode(&self, update: &S::Update, epoch: u32, limit: usize) -> Result<Option<Vec<u8>>> {
         let mut scratch = self.scratch.lock();
-        let mut capacity = 256.min(limit);
+        let mut room = 256.min(limit);
         loop {
-            if scratch.as_uninit_mut().len() < capacity {
-                *scratch = AlignedBuf::with_capacity(capacity);
-            }
-            let out = scratch.as_uninit_mut();
-            let room = out.len().min(limit);
-            // SAFETY: `out` is this handle's own 16-aligned scratch buffer of at least `room`
-            // bytes, locked for the call; nobody else reads or writes it.
-            let appended = unsafe {
-                crate::stream::append(out.as_mut_ptr().cast::<u8>(), room, 0, epoch, update)
-            };
+            // Zeroed first: `append` leaves the padding after the archive unwritten, and all
+            // of the record is read back below.
+            let out = scratch.zeroed_mut(room);
+            // SAFETY: `out` is this handle's own 16-aligned scratch buffer of `room` bytes,
+            // locked for the call; nobody else reads or writes it.
+            let appended =
+                unsafe { crate::stream::append(out.as_mut_ptr(), room, 0, epoch, update) };
             match appended {
-                Ok(end) => {
-                    let out = scratch.as_uninit_mut();
-                    // SAFETY: `append` initialized the first `end` bytes (frame, archive and
-                    // the padding it wrote or that `with_capacity` zeroed).
-                    let bytes =
-                        unsafe { std::slice::from_raw_parts(out.as_ptr().cast::<u8>(), end) };
-                    return Ok(Some(bytes.to_vec()));
-                }
+                Ok(end) => return Ok(Some(out[..end].to_vec())),
                 Err(crate::stream::AppendError::StreamFull) if room >= limit => return Ok(None),
                 Err(crate::stream::AppendError::StreamFull) => {
-                    capacity = capacity.saturating_mul(4).min(limit);
+                    room = room.saturating_mul(4).min(limit);
                 }
                 Err(crate::stream::AppendError::Failed(detail)) => {
                     return Err(Error::Serialize {
