@@ -472,3 +472,31 @@ fn status_names_the_server_the_clients_and_trouble() {
     assert!(status.unreachable.is_some(), "{status:?}");
     assert!(status.to_string().contains("unreachable"), "{status}");
 }
+
+#[test]
+fn a_handle_of_a_removed_dict_never_takes_in_the_records_of_its_successor() {
+    let server = Server::start();
+    let backend = Backend::Redis(server.url());
+    let name = unique_name("redis-successor");
+    let old = open(&backend, &name);
+    old.insert("k".into(), 1).unwrap();
+    ultradict::RedisServer::new(server.url())
+        .unlink(&name)
+        .unwrap();
+    let new = open(&backend, &name);
+    for i in 0..5 {
+        new.insert("k".into(), 100 + i).unwrap();
+    }
+    // The old handle's subscription sees the new dict's stream; it must not apply it.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(old.get("k").unwrap(), Some(1));
+    assert!(matches!(
+        old.insert("x".into(), 1),
+        Err(Error::Removed { .. })
+    ));
+    assert!(matches!(old.load(true), Err(Error::Removed { .. })));
+    assert_eq!(old.get("k").unwrap(), Some(1));
+    new.sync().unwrap();
+    assert_eq!(new.get("k").unwrap(), Some(104));
+    assert_eq!(new.get("x").unwrap(), None);
+}

@@ -213,6 +213,8 @@ pub(crate) struct Subscription {
     pub(crate) keys: Keys,
     pub(crate) instance: String,
     pub(crate) client: String,
+    /// Adds the client with the first renewal, made at once (a forked child joining).
+    pub(crate) join: bool,
     /// The stream id to read after.
     pub(crate) after: u64,
 }
@@ -232,11 +234,17 @@ impl Subscription {
         let mut link = Link::new(self.target.clone(), block + self.target.timeout);
         let mut after = id_of(self.after);
         let mut last = self.after;
-        let mut renew_at = Instant::now() + block;
+        let mut renew_at = if self.join {
+            Instant::now()
+        } else {
+            Instant::now() + block
+        };
+        let mut join = self.join;
         let mut backoff = Duration::from_millis(5);
         while !self.feed.stop.load(Ordering::Acquire) {
-            if Instant::now() >= renew_at && self.renew(&mut link).is_ok() {
+            if Instant::now() >= renew_at && self.renew(&mut link, join).is_ok() {
                 renew_at = Instant::now() + block;
+                join = false;
             }
             let read = link.run("reading the stream", |conn| {
                 redis::cmd("XREAD")
@@ -273,7 +281,7 @@ impl Subscription {
         }
     }
 
-    fn renew(&self, link: &mut Link) -> crate::error::Result<()> {
+    fn renew(&self, link: &mut Link, join: bool) -> crate::error::Result<()> {
         let lock = self.feed.lock_value.lock().clone();
         let reply: Vec<i64> = link.run("renewing leases", |conn| {
             RENEW
@@ -284,13 +292,19 @@ impl Subscription {
                 .arg(&self.client)
                 .arg(self.target.lease.as_millis() as u64)
                 .arg(lock.as_deref().unwrap_or(""))
+                .arg(if join { "1" } else { "0" })
                 .invoke(conn)
         })?;
         if reply.first() == Some(&0) {
             self.feed.removed.store(true, Ordering::Release);
         }
         if lock.is_some() && reply.get(1) == Some(&0) {
-            self.feed.lock_lost.store(true, Ordering::Release);
+            // Only if the lock renewed is still the one held: a renewal that crossed an unlock
+            // and a new acquire says nothing about the new hold.
+            let held = self.feed.lock_value.lock();
+            if *held == lock {
+                self.feed.lock_lost.store(true, Ordering::Release);
+            }
         }
         Ok(())
     }

@@ -81,7 +81,9 @@ fn script(body: &str) -> Script {
 /// KEYS: meta, stream, dump, clients, dicts, lock, register.
 /// ARGV: mode (`new`, `open`, `either`), magic, format version, fingerprint, schema text,
 /// requested buffer size (or empty), default buffer size, requested lifetime (or empty),
-/// default lifetime, new instance id, initial dump (for a creation), client id, lease (ms), name.
+/// default lifetime, new instance id, initial dump (for a creation), client id, lease (ms), name,
+/// the first epoch (random, so that a dict created again under a name never continues the old
+/// one's stream ids: a handle of the old one sees a gap, fetches, and learns it was removed).
 pub(crate) static OPEN: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -98,10 +100,10 @@ if kind == 'none' then
   local lifetime = ARGV[8] ~= '' and ARGV[8] or ARGV[9]
   redis.call('HSET', KEYS[1], 'magic', ARGV[2], 'version', ARGV[3], 'fingerprint', ARGV[4],
     'schema', ARGV[5], 'buffer_size', size, 'lifetime', lifetime, 'instance', ARGV[10],
-    'epoch', 1, 'tip', '1-0', 'used', 0, 'records', 0, 'dumps', 1,
+    'epoch', ARGV[15], 'tip', ARGV[15] .. '-0', 'used', 0, 'records', 0, 'dumps', 1,
     'dump_bytes', string.len(ARGV[11]), 'created_ms', now)
   redis.call('SET', KEYS[3], ARGV[11])
-  redis.call('XADD', KEYS[2], '1-0', 'd', '1')
+  redis.call('XADD', KEYS[2], ARGV[15] .. '-0', 'd', ARGV[15])
   created = 1
 elseif kind ~= 'hash' then
   return {'foreign', KEYS[1], 'a ' .. kind .. ' where the meta hash should be'}
@@ -135,13 +137,17 @@ if ARGV[5] ~= '' then
 elseif lock then
   return {'locked', lock, redis.call('PTTL', KEYS[3])}
 end
+if ARGV[7] ~= '' and redis.call('HGET', KEYS[1], 'w:' .. ARGV[6]) == ARGV[7] then
+  return {'dup'}
+end
 if m[2] ~= ARGV[2] then return {'stale', m[2]} end
 "#;
 
 /// Appends one record if the tip is the expected one (compare-and-append).
 ///
 /// KEYS: meta, stream, lock. ARGV: instance, expected tip, the record's id, the record, the
-/// writer's lock value (or empty).
+/// writer's lock value (or empty), the writer's client id, the write's id (a write that was
+/// applied but whose reply was lost, and that the client library sends again, answers `dup`).
 pub(crate) static APPEND: LazyLock<Script> = LazyLock::new(|| {
     script(&format!(
         "{WRITE_CHECKS}{}",
@@ -149,7 +155,8 @@ pub(crate) static APPEND: LazyLock<Script> = LazyLock::new(|| {
 local used = tonumber(m[3]) + string.len(ARGV[4])
 if used > tonumber(m[4]) then return {'full'} end
 redis.call('XADD', KEYS[2], ARGV[3], 'r', ARGV[4])
-redis.call('HSET', KEYS[1], 'tip', ARGV[3], 'used', used, 'records', tonumber(m[5]) + 1)
+redis.call('HSET', KEYS[1], 'tip', ARGV[3], 'used', used, 'records', tonumber(m[5]) + 1,
+  'w:' .. ARGV[6], ARGV[7])
 return {'ok'}
 "#
     ))
@@ -159,7 +166,7 @@ return {'ok'}
 /// the trim of the old epoch's records and the new tip, all or nothing.
 ///
 /// KEYS: meta, stream, lock, dump. ARGV: instance, expected tip, the new epoch, the dump, the
-/// writer's lock value (or empty).
+/// writer's lock value (or empty), the writer's client id, the write's id (as for `APPEND`).
 pub(crate) static DUMP: LazyLock<Script> = LazyLock::new(|| {
     script(&format!(
         "{WRITE_CHECKS}{}",
@@ -169,7 +176,7 @@ local id = ARGV[3] .. '-0'
 redis.call('XADD', KEYS[2], id, 'd', ARGV[3])
 redis.call('XTRIM', KEYS[2], 'MINID', id)
 redis.call('HSET', KEYS[1], 'epoch', ARGV[3], 'tip', id, 'used', 0,
-  'dump_bytes', string.len(ARGV[4]))
+  'dump_bytes', string.len(ARGV[4]), 'w:' .. ARGV[6], ARGV[7])
 redis.call('HINCRBY', KEYS[1], 'dumps', 1)
 return {'ok'}
 "#
@@ -233,12 +240,18 @@ return 0
 /// Renews a client's lease, and the lock's if the client holds it; returns whether the lock
 /// (if any was named) is still the caller's, and whether the dict is still this instance.
 ///
-/// KEYS: meta, clients, lock. ARGV: instance, client id, lease (ms), lock value (or empty).
+/// KEYS: meta, clients, lock. ARGV: instance, client id, lease (ms), lock value (or empty),
+/// `1` to add the client (a forked child's first renewal; otherwise only a client still in the
+/// set is renewed, so that a renewal that crosses the client's detach does not re-add it).
 pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 if redis.call('HGET', KEYS[1], 'instance') ~= ARGV[1] then return {0, 0} end
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
+if ARGV[5] == '1' then
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
+else
+  redis.call('ZADD', KEYS[2], 'XX', now + tonumber(ARGV[3]), ARGV[2])
+end
 local held = 1
 if ARGV[4] ~= '' then
   if redis.call('GET', KEYS[3]) == ARGV[4] then
@@ -261,6 +274,7 @@ pub(crate) static DETACH: LazyLock<Script> = LazyLock::new(|| {
         r#"
 if redis.call('HGET', KEYS[1], 'instance') ~= ARGV[1] then return {'gone'} end
 redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('HDEL', KEYS[1], 'w:' .. ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 return {'ok', redis.call('ZCARD', KEYS[2])}
 "#,
@@ -337,6 +351,20 @@ for _, dict in ipairs(redis.call('SMEMBERS', KEYS[7])) do
 end
 return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES'),
   redis.call('GET', KEYS[3]) or '', now, sizes, redis.call('HGETALL', KEYS[6]), children}
+"#,
+    )
+});
+
+/// Records a nested dict in the register, if the dict is still this instance (a bare write
+/// could create the register of a removed dict, which would make its name look foreign).
+///
+/// KEYS: meta, register. ARGV: instance, child name, what it is.
+pub(crate) static REGISTER: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('HGET', KEYS[1], 'instance') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+return 1
 "#,
     )
 });

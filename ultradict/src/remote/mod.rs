@@ -67,6 +67,16 @@ fn host() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
+/// A new client id: `HOST PID RANDOM`.
+fn client_id() -> String {
+    format!(
+        "{} {} {:016x}",
+        host(),
+        std::process::id(),
+        crate::os::random_u64()
+    )
+}
+
 /// What a write script answered.
 enum Outcome {
     Done,
@@ -79,6 +89,9 @@ enum Outcome {
     /// This writer's lock lease ran out and the lock is someone else's (or nobody's).
     Lost,
     Removed,
+    /// This very write was applied already: its reply was lost and the client library sent it
+    /// again.
+    Dup,
 }
 
 /// A lock value's holder: `TOKEN HOST PID TID`.
@@ -117,8 +130,8 @@ pub(crate) struct RedisEngine<S: Schema> {
     lifetime: Lifetime,
     /// Bytes of records per epoch, as the creator chose.
     buffer_size: usize,
-    /// This handle in the dict's `clients` set.
-    client: String,
+    /// This handle in the dict's `clients` set (a forked child's copy takes a new one).
+    client: Mutex<String>,
     /// The fork generation of the handle that created the dict.
     creator: Option<u64>,
     /// The fork generation whose subscription thread runs (a forked child starts its own).
@@ -210,7 +223,12 @@ impl<S: Schema> RedisEngine<S> {
         }
         *self.link.lock() = Link::new(self.target.clone(), self.target.timeout);
         *self.feed.lock_value.lock() = None;
-        let _ = self.subscription(self.feed.tip()).start();
+        // The parent's client entry is the parent's: this process joins as a client of its
+        // own, with its first renewal.
+        *self.client.lock() = client_id();
+        let mut subscription = self.subscription(self.feed.tip());
+        subscription.join = true;
+        let _ = subscription.start();
     }
 
     fn subscription(&self, after: u64) -> Subscription {
@@ -219,7 +237,8 @@ impl<S: Schema> RedisEngine<S> {
             target: self.target.clone(),
             keys: self.keys.clone(),
             instance: self.instance.clone(),
-            client: self.client.clone(),
+            client: self.client.lock().clone(),
+            join: false,
             after,
         }
     }
@@ -378,6 +397,10 @@ impl<S: Schema> RedisEngine<S> {
     /// Catches up with what the subscription delivered; if that still leaves the view behind
     /// the known tip, fetches.
     fn catch_up_view(&self, view: &mut View<S>) -> Result<()> {
+        if self.feed.removed.load(Ordering::Acquire) {
+            // Whatever the stream holds now belongs to no dict of this handle.
+            return Ok(());
+        }
         let entries = self.feed.take_after(position_of(view));
         if !entries.is_empty() {
             self.apply_entries(view, entries)?;
@@ -453,6 +476,7 @@ impl<S: Schema> RedisEngine<S> {
             ),
             Some("lost") => Outcome::Lost,
             Some("removed") => Outcome::Removed,
+            Some("dup") => Outcome::Dup,
             _ => return Err(self.corrupt("meta", format!("an unexpected reply while {doing}"))),
         })
     }
@@ -479,6 +503,7 @@ impl<S: Schema> RedisEngine<S> {
         view: &mut View<S>,
         pending: Option<&S::Update>,
         lock: Option<&str>,
+        write: u64,
     ) -> Result<Outcome> {
         let at = position_of(view);
         let next = epoch_of(at)
@@ -497,7 +522,9 @@ impl<S: Schema> RedisEngine<S> {
             .arg(id_of(at))
             .arg(next)
             .arg(stored)
-            .arg(lock.unwrap_or(""));
+            .arg(lock.unwrap_or(""))
+            .arg(&*self.client.lock())
+            .arg(write);
         let outcome = self.outcome("writing a full dump", &invocation)?;
         if let Outcome::Done = outcome {
             start_epoch(view, next, dump);
@@ -535,6 +562,8 @@ impl<S: Schema> RedisEngine<S> {
             return Err(self.lock_lost());
         }
         let mut step = Duration::from_micros(200);
+        // One id for every attempt of this write, so that a resent attempt is known.
+        let write = crate::os::random_u64();
         let mut view = self.view.write();
         self.catch_up_view(&mut view)?;
         loop {
@@ -565,11 +594,16 @@ impl<S: Schema> RedisEngine<S> {
                         .arg(id_of(at))
                         .arg(id_of(at + 1))
                         .arg(record)
-                        .arg(lock.as_deref().unwrap_or(""));
+                        .arg(lock.as_deref().unwrap_or(""))
+                        .arg(&*self.client.lock())
+                        .arg(write);
                     match self.outcome("appending a record", &invocation)? {
-                        Outcome::Full => {
-                            self.try_switch_epoch(&mut view, update.as_ref(), lock.as_deref())?
-                        }
+                        Outcome::Full => self.try_switch_epoch(
+                            &mut view,
+                            update.as_ref(),
+                            lock.as_deref(),
+                            write,
+                        )?,
                         Outcome::Done => {
                             if let Some(update) = update {
                                 let View { dump, overlay, .. } = &mut *view;
@@ -582,10 +616,17 @@ impl<S: Schema> RedisEngine<S> {
                         other => other,
                     }
                 }
-                None => self.try_switch_epoch(&mut view, update.as_ref(), lock.as_deref())?,
+                None => {
+                    self.try_switch_epoch(&mut view, update.as_ref(), lock.as_deref(), write)?
+                }
             };
             match outcome {
                 Outcome::Done => return Ok(result),
+                Outcome::Dup => {
+                    // Ours, applied: the fetch brings it into the view.
+                    self.fetch_into(&mut view)?;
+                    return Ok(result);
+                }
                 Outcome::Stale | Outcome::Full => {
                     self.fetch_into(&mut view)?;
                 }
@@ -671,16 +712,19 @@ impl<S: Schema> RedisEngine<S> {
         let fingerprint = S::fingerprint();
         let instance_id = crate::os::random_u64();
         let place = Place::new(Arc::from("redis"), name.clone());
-        let client = format!(
-            "{} {} {:016x}",
-            host(),
-            std::process::id(),
-            crate::os::random_u64()
-        );
+        let client = client_id();
         // The dump a creation starts from; another instance's dump if the dict exists (then
         // unused): cheap next to the round trip.
         let empty = View::<S>::empty();
-        let creation = Self::initial_dump(&place, instance_id, &fingerprint, &empty, initial)?;
+        let first_epoch = (crate::os::random_u64() % (1 << 30)) as u32 + 1;
+        let creation = Self::initial_dump(
+            &place,
+            instance_id,
+            first_epoch,
+            &fingerprint,
+            &empty,
+            initial,
+        )?;
         let mut link = Link::new(target.clone(), target.timeout);
         let mode = match options.create {
             Create::New => "new",
@@ -715,6 +759,7 @@ impl<S: Schema> RedisEngine<S> {
                 .arg(&client)
                 .arg(target.lease.as_millis() as u64)
                 .arg(&name)
+                .arg(first_epoch)
                 .invoke(conn)
         })?;
         let opened = Self::opened(&name, &keys, &fingerprint, reply)?;
@@ -733,7 +778,7 @@ impl<S: Schema> RedisEngine<S> {
             instance_id,
             lifetime: opened.lifetime,
             buffer_size: opened.buffer_size,
-            client,
+            client: Mutex::new(client),
             creator: opened.created.then(crate::os::fork_generation),
             subscribed: AtomicU64::new(crate::os::fork_generation()),
             reentrant: Reentrant::default(),
@@ -771,6 +816,7 @@ impl<S: Schema> RedisEngine<S> {
     fn initial_dump(
         place: &Place,
         instance: u64,
+        epoch: u32,
         fingerprint: &Fingerprint,
         empty: &View<S>,
         initial: Option<&S::Update>,
@@ -787,7 +833,7 @@ impl<S: Schema> RedisEngine<S> {
             instance,
             fingerprint: fingerprint.hash,
         };
-        let header = crate::dump::header(id, 1, archive.bytes().len());
+        let header = crate::dump::header(id, epoch, archive.bytes().len());
         Ok([&header[..], archive.bytes()].concat())
     }
 
@@ -895,14 +941,20 @@ impl<S: Schema> RedisEngine<S> {
 
     /// Records `child` as a nested dict of this one, described by `what`.
     pub(crate) fn register_child(&self, child: &str, what: &str) -> Result<()> {
-        self.run("registering a nested dict", |conn| {
-            redis::cmd("HSET")
-                .arg(&self.keys.register)
+        let registered: i64 = self.run("registering a nested dict", |conn| {
+            layout::REGISTER
+                .key(&self.keys.meta)
+                .key(&self.keys.register)
+                .arg(&self.instance)
                 .arg(child)
                 .arg(what)
-                .query::<i64>(conn)
-        })
-        .map(drop)
+                .invoke(conn)
+        })?;
+        if registered == 0 {
+            self.feed.removed.store(true, Ordering::Release);
+            return Err(self.removed());
+        }
+        Ok(())
     }
 
     /// Removes the dict (this instance) and its nested dicts; with `unattached`, only if no
@@ -1001,10 +1053,16 @@ impl<S: Schema> Storage for RedisEngine<S> {
 
     fn reload(&self, force: bool) -> Result<()> {
         if force {
-            let mut view = self.view.write();
-            *view = View::empty();
-            // Position 0 is of no epoch: the fetch loads the current dump.
-            return self.fetch_into(&mut view).map(drop);
+            // Position 0 is of no epoch: the fetch loads the current dump. Into a view of its
+            // own, swapped in only once it is whole.
+            let mut fresh = View::empty();
+            let reply = self.fetch(0)?;
+            self.apply_fetched(&mut fresh, &reply)?;
+            if position_of(&fresh) == 0 {
+                return Err(self.removed());
+            }
+            *self.view.write() = fresh;
+            return Ok(());
         }
         self.sync()
     }
@@ -1030,11 +1088,13 @@ impl<S: Schema> Storage for RedisEngine<S> {
             return Err(self.lock_lost());
         }
         let mut step = Duration::from_micros(200);
+        let write = crate::os::random_u64();
         let mut view = self.view.write();
         self.catch_up_view(&mut view)?;
         loop {
-            match self.try_switch_epoch(&mut view, update, lock.as_deref())? {
+            match self.try_switch_epoch(&mut view, update, lock.as_deref(), write)? {
                 Outcome::Done => return Ok(()),
+                Outcome::Dup => return self.fetch_into(&mut view).map(drop),
                 Outcome::Stale | Outcome::Full => {
                     self.fetch_into(&mut view)?;
                 }
@@ -1117,8 +1177,11 @@ impl<S: Schema> Storage for RedisEngine<S> {
             })?;
             match text(reply.first()).as_deref() {
                 Some("ok") => {
-                    *self.feed.lock_value.lock() = Some(value);
-                    self.feed.lock_lost.store(false, Ordering::Release);
+                    {
+                        let mut held = self.feed.lock_value.lock();
+                        *held = Some(value);
+                        self.feed.lock_lost.store(false, Ordering::Release);
+                    }
                     let guard = LockGuard::new(self, self.reentrant.enter(me, 0));
                     // Reads under the lock see everything committed before it: nobody else
                     // appends while it is held, so the fetch that came with the lock keeps the
@@ -1251,7 +1314,7 @@ impl<S: Schema> Storage for RedisEngine<S> {
                 .key(&self.keys.meta)
                 .key(&self.keys.clients)
                 .arg(&self.instance)
-                .arg(&self.client)
+                .arg(&*self.client.lock())
                 .invoke(conn)
         })?;
         if text(reply.first()).as_deref() != Some("ok") {
