@@ -59,6 +59,11 @@ fn map<K: ultradict::Key, V: ultradict::Value>(backend: &Backend, name: &str) ->
 fn assert_removed(backend: &Backend, name: &str) {
     let left = leftovers(backend, name);
     assert!(left.is_empty(), "{name} left {left:?}");
+    if backend.is_remote() {
+        // Processes that share a dict on a server share nothing else: no /dev/shm at all.
+        let shm = ultradict_test_kit::shm_objects(name);
+        assert!(shm.is_empty(), "{name} on a server made {shm:?}");
+    }
 }
 
 /// The dict `name` on `backend`, which must exist.
