@@ -303,7 +303,9 @@ fn foreign_and_corrupt_data_under_a_dicts_keys_gets_typed_errors() {
     let reader = open(&name);
     assert!(matches!(reader, Err(Error::Corrupt { .. })), "{reader:?}");
     assert!(matches!(d.sync(), Err(Error::Corrupt { .. })));
-    // Reads fail rather than serve a state that skips the bad record, as on shared memory.
+    // Once the subscription delivered the bad record, reads fail rather than serve a state
+    // that skips it, as on shared memory.
+    assert!(d.wait_for_change(Duration::from_secs(30)).unwrap());
     assert!(matches!(d.get("kept"), Err(Error::Corrupt { .. })));
     d.unlink().unwrap();
     drop(d);
