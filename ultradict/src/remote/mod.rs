@@ -549,6 +549,34 @@ impl<S: Schema> RedisEngine<S> {
         Ok(())
     }
 
+    /// What a write does after an attempt that did not commit: catch up (the tip moved), or
+    /// wait for another client's lock with the view released; or fail. Returns the view to
+    /// retry with.
+    fn before_retry<'v>(
+        &'v self,
+        outcome: Outcome,
+        mut view: parking_lot::RwLockWriteGuard<'v, View<S>>,
+        step: &mut Duration,
+    ) -> Result<parking_lot::RwLockWriteGuard<'v, View<S>>> {
+        match outcome {
+            Outcome::Locked(holder, lease_left) => {
+                drop(view);
+                self.wait_for_lock(&holder, lease_left, step)?;
+                view = self.view.write();
+                self.catch_up_view(&mut view)?;
+            }
+            Outcome::Lost => return Err(self.lock_lost()),
+            Outcome::Removed => {
+                self.feed.removed.store(true, Ordering::Release);
+                return Err(self.removed());
+            }
+            Outcome::Stale | Outcome::Full | Outcome::Done | Outcome::Dup => {
+                self.fetch_into(&mut view)?;
+            }
+        }
+        Ok(view)
+    }
+
     /// Commits under the rules of `Storage::write`, or writes a dump (`update` is then the
     /// pending update, or none for a plain dump).
     fn commit<R>(
@@ -627,20 +655,7 @@ impl<S: Schema> RedisEngine<S> {
                     self.fetch_into(&mut view)?;
                     return Ok(result);
                 }
-                Outcome::Stale | Outcome::Full => {
-                    self.fetch_into(&mut view)?;
-                }
-                Outcome::Locked(holder, lease_left) => {
-                    drop(view);
-                    self.wait_for_lock(&holder, lease_left, &mut step)?;
-                    view = self.view.write();
-                    self.catch_up_view(&mut view)?;
-                }
-                Outcome::Lost => return Err(self.lock_lost()),
-                Outcome::Removed => {
-                    self.feed.removed.store(true, Ordering::Release);
-                    return Err(self.removed());
-                }
+                other => view = self.before_retry(other, view, &mut step)?,
             }
         }
     }
@@ -1095,17 +1110,7 @@ impl<S: Schema> Storage for RedisEngine<S> {
             match self.try_switch_epoch(&mut view, update, lock.as_deref(), write)? {
                 Outcome::Done => return Ok(()),
                 Outcome::Dup => return self.fetch_into(&mut view).map(drop),
-                Outcome::Stale | Outcome::Full => {
-                    self.fetch_into(&mut view)?;
-                }
-                Outcome::Locked(holder, lease_left) => {
-                    drop(view);
-                    self.wait_for_lock(&holder, lease_left, &mut step)?;
-                    view = self.view.write();
-                    self.catch_up_view(&mut view)?;
-                }
-                Outcome::Lost => return Err(self.lock_lost()),
-                Outcome::Removed => return Err(self.removed()),
+                other => view = self.before_retry(other, view, &mut step)?,
             }
         }
     }
