@@ -482,6 +482,16 @@ impl<S: Schema> RedisEngine<S> {
     }
 
     /// The lock value this thread holds through this handle, if any.
+    /// The lock value this thread holds through this handle, if any; fails if that hold's
+    /// lease was found lost (a write under it would be refused).
+    fn held_lock(&self) -> Result<Option<String>> {
+        let lock = self.held_value();
+        if lock.is_some() && self.feed.lock_lost.load(Ordering::Acquire) {
+            return Err(self.lock_lost());
+        }
+        Ok(lock)
+    }
+
     fn held_value(&self) -> Option<String> {
         if self.reentrant.held_by_caller() {
             self.feed.lock_value.lock().clone()
@@ -577,18 +587,13 @@ impl<S: Schema> RedisEngine<S> {
         Ok(view)
     }
 
-    /// Commits under the rules of `Storage::write`, or writes a dump (`update` is then the
-    /// pending update, or none for a plain dump).
+    /// Commits under the rules of `Storage::write`.
     fn commit<R>(
         &self,
         update: Option<S::Update>,
         mut decide: impl FnMut(&View<S>, Option<&S::Update>) -> Result<(bool, R)>,
-        via_dump: bool,
     ) -> Result<R> {
-        let lock = self.held_value();
-        if lock.is_some() && self.feed.lock_lost.load(Ordering::Acquire) {
-            return Err(self.lock_lost());
-        }
+        let lock = self.held_lock()?;
         let mut step = Duration::from_micros(200);
         // One id for every attempt of this write, so that a resent attempt is known.
         let write = crate::os::random_u64();
@@ -605,8 +610,8 @@ impl<S: Schema> RedisEngine<S> {
                 return Ok(result);
             }
             let at = position_of(&view);
-            let record = match (&update, via_dump) {
-                (Some(update), false) if at & 0xffff_ffff < u64::from(u32::MAX) => {
+            let record = match &update {
+                Some(update) if at & 0xffff_ffff < u64::from(u32::MAX) => {
                     self.encode(update, epoch_of(at), self.buffer_size())?
                 }
                 _ => None,
@@ -1087,21 +1092,14 @@ impl<S: Schema> Storage for RedisEngine<S> {
         update: S::Update,
         mut decide: impl FnMut(&View<S>, &S::Update) -> Result<(bool, R)>,
     ) -> Result<R> {
-        self.commit(
-            Some(update),
-            |view, update| match update {
-                Some(update) => decide(view, update),
-                None => Err(Error::corrupt("write", "an update went missing")),
-            },
-            false,
-        )
+        self.commit(Some(update), |view, update| match update {
+            Some(update) => decide(view, update),
+            None => Err(Error::corrupt("write", "an update went missing")),
+        })
     }
 
     fn write_via_dump(&self, update: Option<&S::Update>) -> Result<()> {
-        let lock = self.held_value();
-        if lock.is_some() && self.feed.lock_lost.load(Ordering::Acquire) {
-            return Err(self.lock_lost());
-        }
+        let lock = self.held_lock()?;
         let mut step = Duration::from_micros(200);
         let write = crate::os::random_u64();
         let mut view = self.view.write();
