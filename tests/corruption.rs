@@ -177,6 +177,54 @@ fn a_corrupted_dump_in_shared_memory_is_an_error_for_new_readers() {
 }
 
 #[test]
+fn a_corrupted_stream_in_a_dump_segment_or_its_bounds_are_errors() {
+    // A dict larger than its 4 KiB buffer: its epoch streams into its dump's segment.
+    let name = unique_name("bad-grown");
+    let d: UltraDict<String, u64> = UltraDict::builder()
+        .name(&name)
+        .lifetime(Lifetime::Persistent)
+        .buffer_size(4096)
+        .open()
+        .unwrap();
+    d.extend((0..1_000).map(|i| (format!("k{i}"), i))).unwrap();
+    d.dump().unwrap();
+    let dump = d.status().dump_segment.unwrap();
+    let path = format!("/dev/shm/{dump}");
+    let stream_len = d.status().buffer_size as u64;
+    let stream_at = std::fs::metadata(&path).unwrap().len() - stream_len;
+    assert!(
+        stream_len > 4096 && stream_at.is_multiple_of(4096),
+        "{}",
+        d.status()
+    );
+    d.insert("first".into(), 1).unwrap();
+    let reader = attach(&name).unwrap();
+    assert_eq!(reader.get("first").unwrap(), Some(1));
+    d.insert("second".into(), 2).unwrap();
+    // Break the frame of "second" in the dump segment's stream.
+    let second = stream_at + d.status().committed_offset as u64 / 2;
+    poke(&dump, second, &[0xAB; 8]);
+    assert!(matches!(reader.get("second"), Err(Error::Corrupt { .. })));
+    drop((d, reader));
+    // A header whose stream does not fit the segment, or does not follow the archive.
+    let header = std::fs::read(&path).unwrap()[..64].to_vec();
+    for (at, bytes) in [
+        (48, (stream_len + 16).to_le_bytes()),
+        (40, (stream_at - 4096).to_le_bytes()),
+        (48, 8u64.to_le_bytes()),
+    ] {
+        poke(&dump, at, &bytes);
+        match attach(&name) {
+            Err(Error::Corrupt { .. }) => {}
+            other => panic!("expected Corrupt for header bytes {at}, got {other:?}"),
+        }
+        poke(&dump, 0, &header);
+    }
+    UltraDict::<u8, u8>::unlink_by_name(&name).unwrap();
+    assert_no_segments(&name);
+}
+
+#[test]
 fn a_corrupted_stream_is_an_error_and_applies_nothing() {
     let name = unique_name("bad-stream");
     let d = persistent(&name);

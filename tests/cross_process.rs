@@ -123,6 +123,33 @@ fn child_entry() {
                 d.status().epoch
             ));
         }
+        "watch_grown" => {
+            // Watches the keys from 1,000,000 on until the marker key u32::MAX arrives, and
+            // reports how many distinct ones it saw named, and the epoch.
+            let d: UltraDict<u32, u64> = UltraDict::open(&name).unwrap();
+            let mut watcher = d.watch();
+            report("ready");
+            let mut named = std::collections::BTreeSet::new();
+            let mut everything = 0;
+            loop {
+                match watcher.wait(Duration::from_secs(30)).unwrap() {
+                    Some(ultradict::Change::Keys(keys)) => named.extend(keys),
+                    Some(ultradict::Change::Everything) => everything += 1,
+                    None => panic!("no change within 30 s"),
+                }
+                if named.contains(&u32::MAX) || d.contains_key(&u32::MAX).unwrap() {
+                    break;
+                }
+            }
+            let written = (1_000_000..1_000_000 + arg("COUNT").parse::<u32>().unwrap())
+                .filter(|k| d.get(k).unwrap() == Some(u64::from(*k) * 3))
+                .count();
+            report(format!(
+                "named {} everything {everything} written {written} epoch {}",
+                named.len(),
+                d.status().epoch
+            ));
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -301,6 +328,68 @@ fn readers_never_see_torn_or_stale_epoch_values() {
         assert!(is_whole(&value));
         assert!(value.0 > 5_000 - 16);
     }
+    drop(d);
+    assert_no_segments(&name);
+}
+
+#[test]
+fn a_dict_larger_than_its_buffer_streams_into_its_dump_segment() {
+    // A 4 KiB buffer and a dict whose dump is ~10x that: the epochs after its first dump get
+    // a stream as large as the dump, in the dump's segment, so that dumps stay rare.
+    const COUNT: u32 = 600;
+    let name = unique_name("grown");
+    let d: UltraDict<u32, u64> = UltraDict::builder()
+        .name(&name)
+        .buffer_size(4096)
+        .open()
+        .unwrap();
+    d.extend((0..2_000).map(|k| (k, u64::from(k)))).unwrap();
+    d.dump().unwrap();
+    let status = d.status();
+    assert!(status.dump_bytes > 16_384, "{status}");
+    assert!(
+        status.buffer_size as u64 >= status.dump_bytes,
+        "the epoch's stream is as large as its dump: {status}"
+    );
+    let epoch = status.epoch;
+    let mut watcher = Spawn::test("child_entry", "watch_grown")
+        .env("NAME", &name)
+        .env("COUNT", COUNT)
+        .start();
+    watcher.wait_for_report("ready", WATCHDOG);
+    // Many times the 4 KiB buffer of records, each a little apart so the watcher reads them
+    // from the dump segment's stream, key by key.
+    for k in 1_000_000..1_000_000 + COUNT {
+        d.insert(k, u64::from(k) * 3).unwrap();
+        if k % 64 == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let status = d.status();
+    assert_eq!(status.epoch, epoch, "no dump was needed: {status}");
+    assert!(status.buffer_used > 4 * 4096, "{status}");
+    // Then past its end: the next dump, and its own larger stream.
+    let mut k = 2_000_000u32;
+    while d.status().epoch == epoch {
+        d.insert(k, 0).unwrap();
+        k += 1;
+    }
+    d.insert(u32::MAX, 0).unwrap();
+    let reports = watcher.wait(WATCHDOG);
+    let summary = reports.last().expect("a summary");
+    let fields: Vec<&str> = summary.split(' ').collect();
+    assert_eq!(fields[0], "named", "{reports:?}");
+    assert_eq!(
+        fields[5],
+        COUNT.to_string(),
+        "every write visible: {summary}"
+    );
+    let named: u32 = fields[1].parse().unwrap();
+    assert!(
+        named >= COUNT,
+        "the watcher read the records key by key from the grown stream: {summary}"
+    );
+    assert!(fields[7].parse::<u32>().unwrap() > epoch, "{summary}");
     drop(d);
     assert_no_segments(&name);
 }

@@ -8,6 +8,9 @@
 //! | Control (padded)    | stream: 16-byte aligned records |
 //! ```
 //!
+//! The stream here serves epoch 0 and every epoch whose dump fits in `buffer_size`; a larger
+//! dump brings its epoch's stream in its own segment (see `dump.rs`).
+//!
 //! Shared precondition for the `unsafe` in this module, called *a mapped control segment*:
 //! the pointer comes from a [`Segment`] of at least [`HEADER_SIZE`] bytes that stays mapped
 //! while the reference lives.
@@ -35,7 +38,8 @@ pub(crate) const MAGIC: [u8; 8] = *b"ULTRADCT";
 
 /// The format this build writes and reads. Bump on any change to the shared layout.
 /// Version 2: liveness by open-file-description locks, slot-tagged lock word, removal mark.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+/// Version 3: each dump segment holds its epoch's stream, sized from the dump.
+pub(crate) const FORMAT_VERSION: u32 = 3;
 
 /// Bytes before the stream starts: the control block padded to a page.
 pub(crate) const HEADER_SIZE: usize = 8192;
@@ -129,6 +133,9 @@ pub(crate) struct Counters {
     pub(crate) dumps: AtomicU64,
     /// Size in bytes of the current dump's archive (0 in epoch 0).
     pub(crate) dump_len: AtomicU64,
+    /// Bytes of stream in the current epoch's dump segment (0 in epoch 0, whose stream is the
+    /// control segment's `buffer_size` bytes). For reports only.
+    pub(crate) stream_len: AtomicU64,
     /// Lock-free catch-ups that gave up and caught up under the lock.
     pub(crate) locked_catch_ups: AtomicU64,
 }

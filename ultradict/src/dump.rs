@@ -1,14 +1,20 @@
-//! Full dumps: one immutable segment per epoch holding the rkyv archive of the whole state.
+//! Full dumps: one segment per epoch holding the rkyv archive of the whole state, followed, once
+//! the archive outgrew the dict's `buffer_size`, by that epoch's update stream.
 //!
 //! ```text
-//! 0          DUMP_HEADER                          DUMP_HEADER + archive_len
-//! | header   | rkyv archive (root at its end)     |
+//! 0          DUMP_HEADER                       stream_at (page aligned)    stream_at + stream_len
+//! | header   | rkyv archive (root at its end)  | pad | stream of the epoch  |
 //! ```
 //!
-//! A dump is written completely before its epoch is published and never written again, so
-//! readers may hold a plain `&[u8]` over it. It is validated once when mapped; lookups then
-//! read it in place. A dump that came from elsewhere (a fuzzer's input, another backend) lives
-//! in an aligned heap buffer instead, and is read the same way.
+//! The header and archive are written completely before the epoch is published and never
+//! written again, so readers may hold a plain `&[u8]` over them; this process's mapping of
+//! them is made read-only. The archive is validated once when mapped; lookups then read it in
+//! place. The stream after it, if any, is the epoch's stream (see `stream.rs`), as large as the
+//! archive, so that a dump is paid for by records in proportion to its size (see `engine.rs`,
+//! `stream_len_for`); a dump without one (`stream_len` 0 in the header) is followed by records
+//! in the control segment's stream, as epoch 0 is. A dump that came from elsewhere (a fuzzer's
+//! input, another backend) lives in an aligned heap buffer instead, has no stream, and is read
+//! the same way.
 
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
@@ -22,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::naming::Place;
 use crate::schema::Validator;
 use crate::segment::{self, Segment};
+use crate::stream;
 
 const DUMP_MAGIC: [u8; 8] = *b"ULTRADMP";
 
@@ -35,6 +42,15 @@ const EPOCH_AT: usize = 12;
 const FINGERPRINT_AT: usize = 16;
 const LEN_AT: usize = 24;
 const INSTANCE_AT: usize = 32;
+const STREAM_AT: usize = 40;
+const STREAM_LEN_AT: usize = 48;
+
+/// Where a dump segment's stream starts: the first page boundary after the archive, so that
+/// the archive's pages can be made read-only and the stream's writes share no cache line with
+/// the archive's root.
+fn stream_start(archive_len: usize) -> usize {
+    (DUMP_HEADER + archive_len).next_multiple_of(crate::os::page_size())
+}
 
 /// A validated dump whose archive root is a `T`.
 pub(crate) struct Dump<T> {
@@ -67,15 +83,43 @@ impl DumpBytes {
         }
     }
 
-    /// The whole dump, header included.
+    /// The header and archive (the part before the stream), as the header delimits them.
     fn all(&self) -> &[u8] {
         match self {
-            // SAFETY: dumps are immutable once published (invariant 4), and a mapped one is
-            // either published or ours and unpublished: nobody writes its bytes any more.
-            DumpBytes::Mapped(segment) => unsafe { segment.immutable_bytes(0, segment.len()) },
+            DumpBytes::Mapped(segment) => {
+                // SAFETY: the first bytes of a dump, up to its stream, are immutable once
+                // published (invariant 4), and a mapped dump is either published or ours and
+                // unpublished: nobody writes them any more. Nobody ever writes the header, so
+                // reading it to find where the stream starts is sound too.
+                unsafe { segment.immutable_bytes(0, immutable_len(segment)) }
+            }
             DumpBytes::Heap(bytes, _) => bytes.bytes(),
         }
     }
+}
+
+/// How many bytes at the start of a mapped dump are header and archive: up to the stream the
+/// header announces, if that stream ends exactly at the segment's end; otherwise the whole
+/// segment (and `check` then rejects the dump).
+fn immutable_len(segment: &Segment) -> usize {
+    if segment.len() < DUMP_HEADER {
+        return segment.len();
+    }
+    // SAFETY: the header is never written after the dump was created (see `all`).
+    let header = unsafe { segment.immutable_bytes(0, DUMP_HEADER) };
+    let (at, len) = (u64_at(header, STREAM_AT), u64_at(header, STREAM_LEN_AT));
+    match (usize::try_from(at), usize::try_from(len)) {
+        (Ok(at), Ok(len)) if len > 0 && at.checked_add(len) == Some(segment.len()) => at,
+        _ => segment.len(),
+    }
+}
+
+fn u32_at(header: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+}
+
+fn u64_at(header: &[u8], at: usize) -> u64 {
+    u64::from(u32_at(header, at)) | (u64::from(u32_at(header, at + 4)) << 32)
 }
 
 impl<T> std::fmt::Debug for Dump<T> {
@@ -96,8 +140,8 @@ where
     /// [`Error::Io`] of kind `NotFound`; see [`segment::is_not_found`].
     pub(crate) fn open(id: DumpId<'_>, epoch: u32) -> Result<Self> {
         let object = id.place.dump(id.instance, epoch);
-        let segment = Segment::open(&object, false)?;
-        Self::validate(DumpBytes::Mapped(segment), id, epoch)
+        let segment = Segment::open(&object, true)?;
+        Self::validate(DumpBytes::Mapped(segment), id, epoch, Trust::Nothing)
     }
 
     /// Validates `bytes` (header and archive, in an aligned heap buffer) as the dump of
@@ -115,39 +159,75 @@ where
         id: DumpId<'_>,
         epoch: u32,
     ) -> Result<Self> {
-        Self::validate(DumpBytes::Heap(bytes, label.to_owned()), id, epoch)
+        Self::validate(
+            DumpBytes::Heap(bytes, label.to_owned()),
+            id,
+            epoch,
+            Trust::Nothing,
+        )
     }
 
-    /// Writes `archive` as the dump of `epoch` of dict `name` and maps it.
+    /// Writes `archive` as the dump of `epoch` of dict `name`, followed by an empty stream of
+    /// `stream_len` bytes (a multiple of 16), and maps it.
     ///
     /// A segment already under that name can only be the unpublished leftover of a writer
     /// that died before publishing it (the caller holds the lock and `epoch` is not yet
     /// published), so it is replaced.
-    pub(crate) fn create(id: DumpId<'_>, epoch: u32, archive: &[u8], mode: u32) -> Result<Self> {
+    pub(crate) fn create(
+        id: DumpId<'_>,
+        epoch: u32,
+        archive: &[u8],
+        stream_len: usize,
+        mode: u32,
+    ) -> Result<Self> {
         let object = id.place.dump(id.instance, epoch);
-        let len = (DUMP_HEADER + archive.len()) as u64;
-        let segment = match Segment::create(&object, len, mode) {
+        let stream_at = stream_start(archive.len());
+        let len = match stream_len {
+            0 => DUMP_HEADER + archive.len(),
+            _ => stream_at + stream_len,
+        } as u64;
+        let mut header = header(id, epoch, archive.len());
+        if stream_len > 0 {
+            header[STREAM_AT..STREAM_AT + 8].copy_from_slice(&(stream_at as u64).to_le_bytes());
+            header[STREAM_LEN_AT..STREAM_LEN_AT + 8]
+                .copy_from_slice(&(stream_len as u64).to_le_bytes());
+        }
+        let head: [&[u8]; 2] = [&header, archive];
+        let segment = match Segment::create_with(&object, &head, len, mode) {
             Err(err) if segment::is_already_exists(&err) => {
                 segment::unlink(&object)?;
-                Segment::create(&object, len, mode)?
+                Segment::create_with(&object, &head, len, mode)?
             }
             other => other?,
         };
-        let header = header(id, epoch, archive.len());
-        // SAFETY: the segment was just created by this process and is not yet published, so
-        // nobody else maps it; both copies stay within its `len` bytes.
-        unsafe {
-            let base = segment.as_mut_ptr();
-            std::ptr::copy_nonoverlapping(header.as_ptr(), base, DUMP_HEADER);
-            std::ptr::copy_nonoverlapping(archive.as_ptr(), base.add(DUMP_HEADER), archive.len());
+        // The archive is this process's own serializer output, and the bytes in the segment
+        // are the ones it wrote: validating them again would only re-check rkyv (a full pass
+        // over the archive, a third of a large dump's time). Every other process validates
+        // the dump when it maps it.
+        let dump = Self::validate(DumpBytes::Mapped(segment), id, epoch, Trust::OwnOutput)
+            .inspect_err(|_| {
+                let _ = segment::unlink(&object);
+            })?;
+        if let Some((stream, len)) = dump.stream() {
+            // The writer that made the dump is the likeliest to write the epoch's records.
+            crate::os::prefault_for_writing(stream, len);
         }
-        Self::validate(DumpBytes::Mapped(segment), id, epoch).inspect_err(|_| {
-            let _ = segment::unlink(&object);
-        })
+        Ok(dump)
     }
 
-    fn validate(bytes: DumpBytes, id: DumpId<'_>, epoch: u32) -> Result<Self> {
-        let archive_len = check::<T>(bytes.all(), bytes.object(), id, epoch)?.len();
+    fn validate(bytes: DumpBytes, id: DumpId<'_>, epoch: u32, trust: Trust) -> Result<Self> {
+        let archive_len = match trust {
+            Trust::Nothing => check::<T>(bytes.all(), bytes.object(), id, epoch)?.len(),
+            Trust::OwnOutput => check_header(bytes.all(), bytes.object(), id, epoch)?.len(),
+        };
+        if let DumpBytes::Mapped(segment) = &bytes {
+            let fixed = immutable_len(segment);
+            if fixed < segment.len() {
+                // Our own mapping of the header and archive becomes read-only: a stray write
+                // of this process faults instead of corrupting every reader's dump.
+                segment.protect_read_only(fixed)?;
+            }
+        }
         Ok(Dump {
             bytes,
             archive_len,
@@ -175,13 +255,29 @@ pub(crate) fn check<'a, T>(
 where
     T: Portable + for<'v> CheckBytes<Validator<'v>>,
 {
+    let archive = check_header(bytes, object, id, epoch)?;
+    rkyv::access::<T, rancor::Error>(archive)
+        .map_err(|e| Error::corrupt(object, format!("dump failed validation: {e}")))?;
+    Ok(archive)
+}
+
+/// What a dump's bytes are trusted to be before they are read in place.
+#[derive(Clone, Copy)]
+enum Trust {
+    /// Bytes from shared memory: validate everything.
+    Nothing,
+    /// The archive this process serialized a moment ago: check the header only.
+    OwnOutput,
+}
+
+/// Checks a dump's header (magic, version, epoch, schema, instance, lengths) and returns the
+/// archive it delimits, unvalidated.
+fn check_header<'a>(bytes: &'a [u8], object: &str, id: DumpId<'_>, epoch: u32) -> Result<&'a [u8]> {
     let Some(header) = bytes.get(..DUMP_HEADER) else {
         return Err(Error::corrupt(object, "dump shorter than its header"));
     };
-    let u32_at = |at: usize| {
-        u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
-    };
-    let u64_at = |at: usize| u64::from(u32_at(at)) | (u64::from(u32_at(at + 4)) << 32);
+    let u32_at = |at: usize| u32_at(header, at);
+    let u64_at = |at: usize| u64_at(header, at);
     if header[MAGIC_AT..MAGIC_AT + 8] != DUMP_MAGIC {
         return Err(Error::Foreign {
             segment: object.to_owned(),
@@ -214,8 +310,20 @@ where
         .ok()
         .and_then(|len| bytes.get(DUMP_HEADER..DUMP_HEADER.checked_add(len)?))
         .ok_or_else(|| Error::corrupt(object, "archive length beyond the segment"))?;
-    rkyv::access::<T, rancor::Error>(archive)
-        .map_err(|e| Error::corrupt(object, format!("dump failed validation: {e}")))?;
+    // `bytes` ends where the stream starts when the header's stream fits the segment exactly
+    // (see `immutable_len`); a stream the header announces but the segment does not hold, or
+    // one that starts anywhere but after the archive, is corruption.
+    let stream_len = u64_at(STREAM_LEN_AT);
+    if stream_len > 0
+        && (u64_at(STREAM_AT) != stream_start(archive.len()) as u64
+            || bytes.len() as u64 != u64_at(STREAM_AT)
+            || !stream_len.is_multiple_of(stream::RECORD_ALIGN as u64))
+    {
+        return Err(Error::corrupt(
+            object,
+            "dump's stream does not follow its archive",
+        ));
+    }
     Ok(archive)
 }
 
@@ -254,6 +362,24 @@ impl<T> Dump<T> {
     /// Bytes of archive.
     pub(crate) fn archive_len(&self) -> usize {
         self.archive_len
+    }
+
+    /// The epoch's stream that follows the archive in a mapped dump: its start (16-byte
+    /// aligned) and length. `None` for a dump without one (a heap dump).
+    ///
+    /// The stream is shared memory that writers holding the lock append to: access it only as
+    /// `stream.rs` does.
+    pub(crate) fn stream(&self) -> Option<(*mut u8, usize)> {
+        match &self.bytes {
+            DumpBytes::Mapped(segment) => {
+                let at = immutable_len(segment);
+                // SAFETY: `at <= segment.len()` (see `immutable_len`), so the pointer stays
+                // within (or one past) the mapping.
+                (at < segment.len())
+                    .then(|| (unsafe { segment.as_mut_ptr().add(at) }, segment.len() - at))
+            }
+            DumpBytes::Heap(..) => None,
+        }
     }
 }
 

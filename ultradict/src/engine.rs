@@ -63,6 +63,8 @@ pub(crate) struct Engine<S: Schema> {
     pub(crate) place: Place,
     /// Control block followed by the stream (shared with the async bridge, if any).
     pub(crate) segment: Arc<Segment>,
+    /// Bytes of the control segment's stream, epoch 0's (the dict's `buffer_size`); later
+    /// epochs' streams follow their dumps (see `stream_of`).
     pub(crate) stream_capacity: usize,
     pub(crate) fingerprint: Fingerprint,
     /// This instance of the dict (see `naming::dump`).
@@ -181,17 +183,10 @@ impl<S: Schema> Storage for Engine<S> {
         let control = self.control();
         let state = at(&view);
         let offset = state.committed as usize;
-        // SAFETY: the stream is `stream_capacity` bytes after the 16-aligned header; we hold
-        // the writers' lock and nobody reads past the committed offset `at`.
-        let appended = unsafe {
-            stream::append(
-                self.stream_ptr(),
-                self.stream_capacity,
-                offset,
-                state.epoch,
-                &update,
-            )
-        };
+        let (stream, capacity) = self.stream_of(&view);
+        // SAFETY: `stream_of` gives the caught-up epoch's stream, which `view` keeps mapped;
+        // we hold the writers' lock and nobody reads past the committed offset `at`.
+        let appended = unsafe { stream::append(stream, capacity, offset, state.epoch, &update) };
         match appended {
             Ok(end) => {
                 crate::fault::point("record-written");
@@ -235,7 +230,16 @@ impl<S: Schema> Storage for Engine<S> {
             if target.epoch != position.epoch || target.committed < position.committed {
                 return Ok(Since::Reset(target.position()));
             }
-            if let Some(updates) = self.read_records(position.committed, target, false)? {
+            // The records live in the epoch's stream, which the view maps once it reached
+            // the epoch.
+            let view = self.view.read();
+            if at(&view).epoch != target.epoch {
+                drop(view);
+                self.catch_up()?;
+                continue;
+            }
+            let stream = self.stream_of(&view);
+            if let Some(updates) = self.read_records(stream, position.committed, target, false)? {
                 return Ok(Since::Updates(updates, target.position()));
             }
         }
@@ -347,9 +351,18 @@ impl<S: Schema> Engine<S> {
         unsafe { Control::from_segment(&self.segment) }
     }
 
-    fn stream_ptr(&self) -> *mut u8 {
-        // SAFETY: the control segment is HEADER_SIZE + stream_capacity bytes long.
-        unsafe { self.segment.as_mut_ptr().add(HEADER_SIZE) }
+    /// The stream of the epoch `view` is at, and its length: the one after the archive in
+    /// the epoch's dump segment if that has one (see `stream_len_for`), else the control
+    /// segment's. Valid while `view` keeps that dump.
+    fn stream_of(&self, view: &View<S>) -> (*mut u8, usize) {
+        match view.dump.as_ref().and_then(Dump::stream) {
+            Some(stream) => stream,
+            // SAFETY: the control segment is HEADER_SIZE + stream_capacity bytes long.
+            None => (
+                unsafe { self.segment.as_mut_ptr().add(HEADER_SIZE) },
+                self.stream_capacity,
+            ),
+        }
     }
 
     /// Catches up while holding the writers' lock: nothing moves underneath.
@@ -380,10 +393,11 @@ impl<S: Schema> Engine<S> {
             }
         }
         let committed = at(view).committed;
+        let stream = self.stream_of(view);
         let View { dump, overlay, .. } = view;
         let dump = dump.as_ref().map(Dump::root);
         // Every record is deserialized before any is applied: a failure changes nothing.
-        let Some(updates) = self.read_records(committed, target, locked)? else {
+        let Some(updates) = self.read_records(stream, committed, target, locked)? else {
             return Ok(Progress::Retry);
         };
         for update in updates {
@@ -394,16 +408,18 @@ impl<S: Schema> Engine<S> {
     }
 
     /// Reads the records of `target`'s epoch from offset `from` up to `target`, validated and
-    /// deserialized. `None` if the range was overwritten while being copied (only possible
-    /// without the lock).
+    /// deserialized, from `stream` (that epoch's, from [`stream_of`](Self::stream_of)).
+    /// `None` if the range was overwritten while being copied (only possible without the
+    /// lock).
     fn read_records(
         &self,
+        (stream, capacity): (*mut u8, usize),
         from: u32,
         target: StateWord,
         locked: bool,
     ) -> Result<Option<Vec<S::Update>>> {
         let (from, to) = (from as usize, target.committed as usize);
-        if to < from || to > self.stream_capacity || !to.is_multiple_of(stream::RECORD_ALIGN) {
+        if to < from || to > capacity || !to.is_multiple_of(stream::RECORD_ALIGN) {
             if locked {
                 return Err(Error::corrupt(
                     self.segment.object(),
@@ -414,10 +430,10 @@ impl<S: Schema> Engine<S> {
         }
         let mut scratch = self.scratch.lock();
         let bytes = scratch.zeroed_mut(to - from);
-        // SAFETY: `from..to` lies within the stream (checked above); the copy uses atomic
-        // loads, so bytes a new epoch's writer changes meanwhile are merely stale, and the
-        // epoch re-check below throws such a copy away.
-        unsafe { copy_out(self.stream_ptr().add(from), bytes) };
+        // SAFETY: `from..to` lies within the stream (checked above), which the caller keeps
+        // mapped; the copy uses atomic loads, so bytes a writer changes meanwhile are merely
+        // stale, and the epoch re-check below throws such a copy away.
+        unsafe { copy_out(stream.add(from), bytes) };
         fence(Ordering::Acquire);
         if self.control().state().epoch != target.epoch {
             return Ok(None);
@@ -467,7 +483,14 @@ impl<S: Schema> Engine<S> {
             .checked_add(1)
             .ok_or_else(|| Error::corrupt(self.segment.object(), "epoch counter exhausted"))?;
         let archive = self.serialize_dump(view, pending)?;
-        let dump = Dump::<S::Dump>::create(self.dump_id(), next_epoch, archive.bytes(), self.mode)?;
+        let stream_len = self.stream_len_for(archive.bytes().len());
+        let dump = Dump::<S::Dump>::create(
+            self.dump_id(),
+            next_epoch,
+            archive.bytes(),
+            stream_len,
+            self.mode,
+        )?;
         let discard = |err| {
             let _ = segment::unlink(&self.dump_object(next_epoch));
             err
@@ -483,6 +506,10 @@ impl<S: Schema> Engine<S> {
             .counters
             .dump_len
             .store(dump.archive_len() as u64, Ordering::Relaxed);
+        control
+            .counters
+            .stream_len
+            .store(stream_len as u64, Ordering::Relaxed);
         control.counters.dumps.fetch_add(1, Ordering::Relaxed);
         control.publish(StateWord {
             epoch: next_epoch,
@@ -495,6 +522,26 @@ impl<S: Schema> Engine<S> {
         }
         start_epoch(view, next_epoch, Some(dump));
         Ok(())
+    }
+
+    /// Bytes of stream in the dump segment of an epoch whose archive takes `archive_len`
+    /// bytes: none while the archive fits in the dict's `buffer_size` (the epoch then streams
+    /// into the control segment, as epoch 0 does), as much as the archive beyond that.
+    ///
+    /// A full dump costs time in proportion to the archive. A stream at least that large
+    /// needs records of at least that many bytes before the next dump, so each byte
+    /// written pays for at most one byte dumped, however large the dict: a write's amortized
+    /// cost does not grow with the dict. The memory it takes is at most the archive's again.
+    /// Small dicts keep streaming into the control segment, whose pages every handle has
+    /// mapped and touched already: a fresh stream per epoch would cost each of them a page
+    /// fault per page written (see the README's growth figures).
+    fn stream_len_for(&self, archive_len: usize) -> usize {
+        if archive_len <= self.stream_capacity {
+            return 0;
+        }
+        archive_len
+            .next_multiple_of(stream::RECORD_ALIGN)
+            .min(crate::options::MAX_BUFFER_SIZE)
     }
 
     /// Archives the whole state plus `pending` into an aligned heap buffer (so that its size

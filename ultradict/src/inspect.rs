@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::control::Control;
@@ -59,7 +60,8 @@ pub struct DictInfo {
     /// Every object of the dict (nested dicts included), as its name in
     /// [`directory`](Self::directory), with its size in bytes.
     pub segments: Vec<(String, u64)>,
-    /// Bytes of stream.
+    /// Bytes of stream in the current epoch: the dict's `buffer_size` in epoch 0, then as
+    /// much as the current dump's archive if that is more.
     pub buffer_size: u64,
     /// Bytes of stream used in this epoch.
     pub buffer_used: u64,
@@ -183,7 +185,10 @@ pub fn inspect_in(dir: impl AsRef<Path>, name: &str) -> Result<DictInfo> {
         directory: place.dir().to_string(),
         schema: control.schema_text(),
         segments,
-        buffer_size: control.buffer_size,
+        buffer_size: match control.counters.stream_len.load(Ordering::Relaxed) {
+            0 => control.buffer_size,
+            len => len,
+        },
         buffer_used: u64::from(state.committed),
         full_dump_size: (control.full_dump_size != 0).then_some(control.full_dump_size),
         epoch: state.epoch,

@@ -25,15 +25,10 @@ pub(crate) struct Segment {
 
 impl Segment {
     /// Creates `object` exclusively with permissions `mode`, `len` bytes reserved, mapped
-    /// read-write.
+    /// read-write, and hands back the descriptor too.
     ///
     /// Fails with `AlreadyExists` as an [`io::ErrorKind::AlreadyExists`] wrapped in
     /// [`Error::Io`]: callers turn that into the error their context needs.
-    pub(crate) fn create(object: &str, len: u64, mode: u32) -> Result<Self> {
-        Self::create_with_fd(object, len, mode).map(|(segment, _)| segment)
-    }
-
-    /// Like [`create`](Self::create), and also hands back the descriptor.
     pub(crate) fn create_with_fd(object: &str, len: u64, mode: u32) -> Result<(Self, OwnedFd)> {
         let fd =
             os::create_object(object, len, mode).map_err(|e| map_open_error(object, len, e))?;
@@ -44,6 +39,16 @@ impl Segment {
                 Err(err)
             }
         }
+    }
+
+    /// Like [`create_with_fd`](Self::create_with_fd), with the first bytes written from `head`'s parts (see
+    /// `os::create_object_with`) and the rest of the `len` bytes reserved.
+    pub(crate) fn create_with(object: &str, head: &[&[u8]], len: u64, mode: u32) -> Result<Self> {
+        let fd = os::create_object_with(object, head, len, mode)
+            .map_err(|e| map_open_error(object, len, e))?;
+        Self::map(object, &fd, len, true).inspect_err(|_| {
+            let _ = os::unlink_object(object);
+        })
     }
 
     /// Opens and maps an existing object.
@@ -108,6 +113,16 @@ impl Segment {
     /// Start of the mapping, for writes. Only valid on segments opened writable.
     pub(crate) fn as_mut_ptr(&self) -> *mut u8 {
         self.map.as_mut_ptr()
+    }
+
+    /// Makes this process's mapping of the first `len` bytes (a multiple of the page size)
+    /// read-only, for bytes that nobody may write any more (a published dump's archive).
+    pub(crate) fn protect_read_only(&self, len: usize) -> Result<()> {
+        assert!(len <= self.len && len.is_multiple_of(os::page_size()));
+        // SAFETY: the mapping starts page-aligned, holds `len` bytes (asserted), lives as long
+        // as `self`, and the caller says nothing writes those bytes any more.
+        unsafe { os::protect_read_only(self.as_mut_ptr(), len) }
+            .map_err(|e| Error::io(format!("protecting {}", self.object), e))
     }
 
     /// A slice over bytes that no process writes any more (a published dump).

@@ -56,7 +56,8 @@ pub struct Status {
     pub control_segment: String,
     /// The current full dump's segment, if the dict has had a dump: its name in the directory.
     pub dump_segment: Option<String>,
-    /// Bytes of stream.
+    /// Bytes of stream in the current epoch: the dict's `buffer_size` in epoch 0, then as
+    /// much as the current dump's archive if that is more.
     pub buffer_size: usize,
     /// Bytes of stream used in this epoch.
     pub buffer_used: usize,
@@ -261,7 +262,10 @@ impl<S: Schema> Engine<S> {
             control_segment: Place::file_name(&self.place.control()).to_owned(),
             dump_segment: (state.epoch > 0)
                 .then(|| Place::file_name(&self.dump_object(state.epoch)).to_owned()),
-            buffer_size: self.stream_capacity,
+            buffer_size: match control.counters.stream_len.load(Ordering::Relaxed) {
+                0 => self.stream_capacity,
+                len => usize::try_from(len).unwrap_or(usize::MAX),
+            },
             buffer_used: state.committed as usize,
             full_dump_size: (control.full_dump_size != 0).then_some(control.full_dump_size),
             epoch: state.epoch,

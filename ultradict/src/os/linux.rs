@@ -52,6 +52,55 @@ pub(crate) fn create_object(object: &str, len: u64, mode: u32) -> io::Result<Own
     Ok(fd)
 }
 
+/// Like [`create_object`], with the object's first bytes written from `head` (its parts in
+/// order) instead of reserved: one copy into the object, and no zeroing of pages about to be
+/// overwritten. The rest, up to `len`, is reserved.
+pub(crate) fn create_object_with(
+    object: &str,
+    head: &[&[u8]],
+    len: u64,
+    mode: u32,
+) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::open(
+        object,
+        OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::from_raw_mode(0o600),
+    )?;
+    let filled = (|| -> io::Result<()> {
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o777))?;
+        let mut at = 0u64;
+        for part in head {
+            let mut rest = *part;
+            while !rest.is_empty() {
+                let written = rustix::io::pwrite(&fd, rest, at)?;
+                if written == 0 {
+                    return Err(io::Error::from(io::ErrorKind::WriteZero));
+                }
+                rest = &rest[written..];
+                at += written as u64;
+            }
+        }
+        if len > at {
+            rustix::fs::fallocate(&fd, FallocateFlags::empty(), at, len - at)?;
+        }
+        Ok(())
+    })();
+    if let Err(err) = filled {
+        let _ = rustix::fs::unlink(object);
+        return Err(err);
+    }
+    Ok(fd)
+}
+
+/// Asks the kernel to map the pages of `len` bytes at `ptr` for writing now, in one call,
+/// rather than one fault at a time on first touch. Only a hint: failure (an older kernel)
+/// changes nothing.
+pub(crate) fn prefault_for_writing(ptr: *mut u8, len: usize) {
+    // SAFETY: MADV_POPULATE_WRITE neither changes contents nor unmaps; it fails harmlessly on
+    // a range that is not mapped writable.
+    let _ = unsafe { rustix::mm::madvise(ptr.cast(), len, rustix::mm::Advice::LinuxPopulateWrite) };
+}
+
 /// Opens an existing object for reading and, when `writable`, writing. Never follows a
 /// symbolic link and never blocks; anything but a regular file is [`NotRegular`].
 pub(crate) fn open_object(object: &str, writable: bool) -> io::Result<OwnedFd> {
@@ -419,4 +468,21 @@ pub(crate) fn random_u64() -> u64 {
 pub(crate) fn unix_time_ns() -> u64 {
     let now = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
     u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
+}
+
+/// The size of a memory page.
+pub(crate) fn page_size() -> usize {
+    rustix::param::page_size()
+}
+
+/// Makes the first `len` bytes (a multiple of the page size) of the mapping at `ptr`
+/// read-only.
+///
+/// # Safety
+/// `ptr` is the page-aligned start of a mapping of at least `len` bytes that this process
+/// owns, and nothing writes those bytes through it any more.
+pub(crate) unsafe fn protect_read_only(ptr: *mut u8, len: usize) -> io::Result<()> {
+    // SAFETY: by the caller's contract the range is mapped and no longer written.
+    unsafe { rustix::mm::mprotect(ptr.cast(), len, rustix::mm::MprotectFlags::READ) }?;
+    Ok(())
 }
