@@ -72,6 +72,12 @@ fn child_entry() {
 /// goes on with every committed update and nothing of the dead write, and the lock shows the
 /// recovery.
 fn survive_crash_at(point: &str, size: usize, dead_write_committed: bool) {
+    survive_crash_in(point, size, dead_write_committed, 0);
+}
+
+/// [`survive_crash_at`] in a dict with `filler` more entries: enough of them make the dump
+/// larger than the 1 KiB buffer, so that the epoch streams into the dump's own segment.
+fn survive_crash_in(point: &str, size: usize, dead_write_committed: bool, filler: u32) {
     let name = unique_name(&format!("crash-{point}"));
     let d: Dict = UltraDict::builder()
         .name(&name)
@@ -81,7 +87,13 @@ fn survive_crash_at(point: &str, size: usize, dead_write_committed: bool) {
     for i in 0..10 {
         d.insert(i, format!("committed {i}")).unwrap();
     }
+    d.extend((1_000..1_000 + filler).map(|i| (i, format!("filler {i}"))))
+        .unwrap();
     d.dump().unwrap();
+    if filler > 0 {
+        let status = d.status();
+        assert!(status.buffer_size > 1024, "a grown stream: {status}");
+    }
     d.insert(10, "committed 10".into()).unwrap();
     let before = d.status();
 
@@ -122,7 +134,10 @@ fn survive_crash_at(point: &str, size: usize, dead_write_committed: bool) {
         "{point}"
     );
     d.insert(11, "after the crash".into()).unwrap();
-    assert_eq!(d.len().unwrap(), 12 + usize::from(dead_write_committed));
+    assert_eq!(
+        d.len().unwrap(),
+        12 + filler as usize + usize::from(dead_write_committed)
+    );
     // A fresh process sees the same state.
     let fresh = attach(&name);
     assert_eq!(fresh.to_hashmap().unwrap(), d.to_hashmap().unwrap());
@@ -152,6 +167,13 @@ fn crash_after_writing_a_dump_before_publishing_it() {
 #[test]
 fn crash_after_publishing_a_dump_before_unlinking_the_old_one() {
     survive_crash_at("dump-published", 5_000, true);
+}
+
+#[test]
+fn crashes_in_an_epoch_that_streams_into_its_dump_segment() {
+    survive_crash_in("record-written", 10, false, 300);
+    survive_crash_in("dump-written", 50_000, false, 300);
+    survive_crash_in("dump-published", 50_000, true, 300);
 }
 
 #[test]
