@@ -56,6 +56,8 @@ fn stream_start(archive_len: usize) -> usize {
 pub(crate) struct Dump<T> {
     bytes: DumpBytes,
     archive_len: usize,
+    /// Where the epoch's stream starts in a mapped dump that has one (see `immutable_len`).
+    stream_at: Option<usize>,
     _root: PhantomData<fn() -> T>,
 }
 
@@ -220,17 +222,20 @@ where
             Trust::Nothing => check::<T>(bytes.all(), bytes.object(), id, epoch)?.len(),
             Trust::OwnOutput => check_header(bytes.all(), bytes.object(), id, epoch)?.len(),
         };
+        let mut stream_at = None;
         if let DumpBytes::Mapped(segment) = &bytes {
             let fixed = immutable_len(segment);
             if fixed < segment.len() {
                 // Our own mapping of the header and archive becomes read-only: a stray write
                 // of this process faults instead of corrupting every reader's dump.
                 segment.protect_read_only(fixed)?;
+                stream_at = Some(fixed);
             }
         }
         Ok(Dump {
             bytes,
             archive_len,
+            stream_at,
             _root: PhantomData,
         })
     }
@@ -355,8 +360,15 @@ impl<T> Dump<T> {
 
     /// The archive's bytes.
     pub(crate) fn archive(&self) -> &[u8] {
-        // `validate` checked that the archive lies within the bytes.
-        &self.bytes.all()[DUMP_HEADER..DUMP_HEADER + self.archive_len]
+        let base = match &self.bytes {
+            DumpBytes::Mapped(segment) => segment.as_ptr(),
+            DumpBytes::Heap(bytes, _) => bytes.bytes().as_ptr(),
+        };
+        // SAFETY: `validate` checked that the archive, `archive_len` bytes from DUMP_HEADER,
+        // lies within the part of the bytes nobody writes (see `DumpBytes::all`), which live as
+        // long as `self`. Every lookup comes here: nothing but this pointer arithmetic on the
+        // way.
+        unsafe { std::slice::from_raw_parts(base.add(DUMP_HEADER), self.archive_len) }
     }
 
     /// Bytes of archive.
@@ -370,15 +382,13 @@ impl<T> Dump<T> {
     /// The stream is shared memory that writers holding the lock append to: access it only as
     /// `stream.rs` does.
     pub(crate) fn stream(&self) -> Option<(*mut u8, usize)> {
-        match &self.bytes {
-            DumpBytes::Mapped(segment) => {
-                let at = immutable_len(segment);
-                // SAFETY: `at <= segment.len()` (see `immutable_len`), so the pointer stays
-                // within (or one past) the mapping.
-                (at < segment.len())
-                    .then(|| (unsafe { segment.as_mut_ptr().add(at) }, segment.len() - at))
+        match (&self.bytes, self.stream_at) {
+            (DumpBytes::Mapped(segment), Some(at)) => {
+                // SAFETY: `validate` found the stream at `at < segment.len()`: in the mapping.
+                let start = unsafe { segment.as_mut_ptr().add(at) };
+                Some((start, segment.len() - at))
             }
-            DumpBytes::Heap(..) => None,
+            _ => None,
         }
     }
 }

@@ -86,6 +86,9 @@ mod handle;
 #[doc(hidden)]
 pub mod fuzzing;
 mod inspect;
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals;
 mod liveness;
 mod lock;
 mod lock_guard;

@@ -18,6 +18,8 @@ use crate::options::Options;
 use crate::schema::{Data, Schema};
 use crate::storage::{Storage, View};
 
+#[cfg(feature = "internals")]
+pub(crate) use schema::MapOverlay;
 #[cfg(feature = "fuzzing")]
 pub(crate) use schema::overlay_len;
 pub(crate) use schema::{Found, MapSchema, MapUpdate};
@@ -103,7 +105,7 @@ impl<K: Key, V: Value> fmt::Debug for UltraDict<K, V> {
 impl<K: Key, V: Value> UltraDict<K, V> {
     crate::__handle_methods!(dict, K);
 
-    fn engine(&self) -> &Backend<MapSchema<K, V>> {
+    pub(crate) fn engine(&self) -> &Backend<MapSchema<K, V>> {
         self.dict.engine()
     }
 

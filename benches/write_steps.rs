@@ -1,0 +1,82 @@
+//! Where an `insert`'s time goes: each step of the shared-memory write path alone, beside the
+//! whole `insert` of one hot `u64` key, in one run. Run with `cargo bench --bench write_steps`.
+//!
+//! Every figure is the best of several rounds (the minimum filters out the machine's other
+//! tenants), in ns per operation. The dump's share is one full dump of the bench's 1,000-entry
+//! dict divided by the records a default stream holds between two dumps.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use ultradict::internals::WriteSteps;
+
+const KEYS: u64 = 1_000;
+const ROUNDS: usize = 7;
+const OPS: usize = 200_000;
+
+fn measure(mut op: impl FnMut(u64)) -> f64 {
+    (0..ROUNDS)
+        .map(|_| {
+            let start = Instant::now();
+            for i in 0..OPS as u64 {
+                op(i);
+            }
+            start.elapsed().as_nanos() as f64 / OPS as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn main() {
+    let mut steps = WriteSteps::new(KEYS).expect("open");
+    let hot = 7;
+    let insert = measure(|i| {
+        black_box(steps.dict().insert(hot, i).expect("insert"));
+    });
+    let lock = measure(|_| steps.lock_unlock().expect("lock"));
+    let view = measure(|_| {
+        black_box(steps.view_current());
+    });
+    let record_len = steps.serialize(hot, 1);
+    let serialize = measure(|i| {
+        black_box(steps.serialize(hot, i));
+    });
+    let publish = measure(|_| steps.publish());
+    let apply = measure(|i| steps.apply(hot, i));
+    let dump_ms = (0..ROUNDS)
+        .map(|_| {
+            let start = Instant::now();
+            steps.dict().dump().expect("dump");
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .fold(f64::INFINITY, f64::min);
+    let per_epoch = steps.dict().status().buffer_size / record_len;
+    let dump = dump_ms * 1e6 / per_epoch as f64;
+    let sum = lock + view + serialize + publish + apply + dump;
+
+    println!(
+        "write_steps: best of {ROUNDS} rounds x {OPS} ops; u64 -> u64, one hot key, {KEYS} entries"
+    );
+    println!("{:<58} {:>8} {:>9}", "step", "ns", "of insert");
+    let row = |what: &str, ns: f64| {
+        println!("{what:<58} {ns:>8.1} {:>8.0}%", 100.0 * ns / insert);
+    };
+    row("lock + unlock (the writers' cross-process lock)", lock);
+    row("view for writing + check it is current", view);
+    row(
+        &format!("serialize + frame the record ({record_len} bytes)"),
+        serialize,
+    );
+    row("publish (Release store, fence, change sequence)", publish);
+    row("apply the record to the overlay", apply);
+    row(
+        &format!("full dump ({dump_ms:.2} ms) / {per_epoch} records per stream"),
+        dump,
+    );
+    row("sum of the steps", sum);
+    row("insert, whole", insert);
+    row(
+        "  not in any step (calls, checks, the handle layer)",
+        insert - sum,
+    );
+    drop(steps); // the private dict goes with its only handle
+}

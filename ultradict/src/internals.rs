@@ -1,0 +1,91 @@
+//! The shared-memory write path taken apart, one step at a time, for the step benchmark
+//! (`benches/write_steps.rs`, feature `internals`). Not a stable API.
+//!
+//! An `insert` is: take the writers' lock, take this handle's view for writing and check
+//! that it is current, serialize the record into the stream, publish the new offset, apply the
+//! record to the view's overlay, release the lock; and, every stream's worth of records, a
+//! full dump. Each method here does one of those steps alone, on a private dict of its own,
+//! exactly as the write path does it.
+
+use std::sync::atomic::Ordering;
+
+use crate::backend::Backend;
+use crate::dump::AlignedBuf;
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::lock_guard::LockOptions;
+use crate::map::{MapOverlay, MapSchema, MapUpdate};
+use crate::schema::Schema;
+use crate::storage::Storage;
+use crate::{Create, UltraDict};
+
+/// A private `u64 -> u64` dict and the scratch the steps work on.
+pub struct WriteSteps {
+    dict: UltraDict<u64, u64>,
+    record: AlignedBuf,
+    overlay: MapOverlay<u64, u64>,
+}
+
+impl WriteSteps {
+    /// A fresh private dict with `keys` entries, dumped, as the map benchmark starts from.
+    pub fn new(keys: u64) -> Result<Self> {
+        let dict: UltraDict<u64, u64> = UltraDict::builder().create(Create::New).open()?;
+        dict.extend((0..keys).map(|k| (k, k)))?;
+        dict.dump()?;
+        Ok(WriteSteps {
+            dict,
+            record: AlignedBuf::with_capacity(256),
+            overlay: MapSchema::<u64, u64>::overlay_for(None),
+        })
+    }
+
+    /// The dict, for the whole `insert` and the dumps.
+    pub fn dict(&self) -> &UltraDict<u64, u64> {
+        &self.dict
+    }
+
+    fn engine(&self) -> &Engine<MapSchema<u64, u64>> {
+        match self.dict.engine() {
+            Backend::Shm(engine) => engine,
+            #[cfg(feature = "redis")]
+            Backend::Redis(_) => unreachable!("WriteSteps opens a dict in shared memory"),
+        }
+    }
+
+    /// Takes the writers' lock and releases it.
+    pub fn lock_unlock(&self) -> Result<()> {
+        drop(self.engine().lock(&LockOptions::default())?);
+        Ok(())
+    }
+
+    /// Takes the view for writing and checks it against the published state (a writer's
+    /// catch-up when there is no news).
+    pub fn view_current(&self) -> bool {
+        let engine = self.engine();
+        let view = engine.view.write();
+        let published = engine.control().state.load(Ordering::Acquire);
+        view.position.0 == u128::from(published)
+    }
+
+    /// Serializes and frames the record of `insert(key, value)` as the write path does into
+    /// the stream (here into a buffer of this process's). Returns its bytes, frame included.
+    pub fn serialize(&mut self, key: u64, value: u64) -> usize {
+        let update = MapUpdate::Insert(key, value);
+        let out = self.record.as_uninit_mut();
+        // SAFETY: `out` is a 16-aligned buffer of 256 bytes that only this call touches.
+        unsafe { crate::stream::append(out.as_mut_ptr().cast(), out.len(), 0, 1, &update) }
+            .unwrap_or(0)
+    }
+
+    /// Publishes the dict's current state word again: the Release store, the fence and the
+    /// change sequence's bump a write's publication makes.
+    pub fn publish(&self) {
+        let control = self.engine().control();
+        control.publish(control.state());
+    }
+
+    /// Applies the record of `insert(key, value)` to an overlay over no dump.
+    pub fn apply(&mut self, key: u64, value: u64) {
+        MapSchema::<u64, u64>::apply(None, &mut self.overlay, MapUpdate::Insert(key, value));
+    }
+}
