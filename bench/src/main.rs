@@ -1,6 +1,6 @@
 //! ultradict against its peers, measured side by side in one run on one machine.
 //!
-//! `cargo run --release -p ultradict-bench --features lmdb,redis -- [--smoke] [--out DIR]`
+//! `cargo run --release -p ultradict-bench --features lmdb,redis -- [--smoke] [--only N] [--out DIR]`
 //! (or `bench/run.sh`, which installs the peers first). Prints a table, and writes
 //! `results.json` and `ops.svg` into DIR (default `bench/results`). A peer that is not
 //! installed is skipped with a printed note.
@@ -15,8 +15,12 @@
 //!    and a cache-line hand-off between two processes as the physical floor;
 //! 4. dumps: time to dump and to switch to a dump at 10k, 100k, 1M entries; own memory
 //!    (`RssAnon`) of 4 readers of a large dict;
-//! 5. bulk load: `extend` of 100k entries against Python UltraDict built from a dict.
+//! 5. bulk load: `extend` of 100k entries against Python UltraDict built from a dict;
+//! 6. a derived state against Cloudflare's `mmap-sync`: a field's write against a whole-state
+//!    write, a getter against a read of the archived state.
 
+#[cfg(feature = "mmap-sync")]
+mod mmap_sync;
 mod multi;
 mod peers;
 mod python;
@@ -123,11 +127,14 @@ impl Report {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut smoke = false;
+    let mut only: Option<String> = None;
     let mut out = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/results"));
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--smoke" => smoke = true,
+            // Runs one scenario (its number) instead of all.
+            "--only" => only = Some(args.next().ok_or("--only needs a scenario number")?),
             "--out" => out = PathBuf::from(args.next().ok_or("--out needs a directory")?),
             // Redraws ops.svg from a results.json, without measuring again.
             "--replot" => {
@@ -161,11 +168,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         cores()
     );
 
-    peers::single_process(size, &mut report)?;
-    multi::writers_and_readers(size, &mut report)?;
-    multi::propagation(size, &mut report)?;
-    multi::dumps_and_memory(size, &mut report)?;
-    multi::bulk_load(size, &mut report)?;
+    let runs = |scenario: &str| only.as_deref().is_none_or(|only| only == scenario);
+    if runs("1") {
+        peers::single_process(size, &mut report)?;
+    }
+    if runs("2") {
+        multi::writers_and_readers(size, &mut report)?;
+    }
+    if runs("3") {
+        multi::propagation(size, &mut report)?;
+    }
+    if runs("4") {
+        multi::dumps_and_memory(size, &mut report)?;
+    }
+    if runs("5") {
+        multi::bulk_load(size, &mut report)?;
+    }
+    if runs("6") {
+        #[cfg(feature = "mmap-sync")]
+        mmap_sync::derived_state(size, &mut report)?;
+        #[cfg(not(feature = "mmap-sync"))]
+        report.note("mmap-sync skipped: built without the `mmap-sync` feature");
+    }
 
     std::fs::create_dir_all(&out)?;
     std::fs::write(
@@ -188,7 +212,7 @@ fn rows_from_json(json: &Value) -> Vec<Row> {
         .map(|rows| {
             rows.iter()
                 .filter_map(|r| {
-                    let unit = units.iter().find(|u| r["unit"].as_str() == Some(u))?;
+                    let unit = units.iter().find(|&&u| r["unit"].as_str() == Some(u))?;
                     Some(Row {
                         scenario: r["scenario"].as_str()?.to_owned(),
                         peer: r["peer"].as_str()?.to_owned(),

@@ -23,6 +23,8 @@ use crate::{Create, UltraDict};
 pub struct WriteSteps {
     dict: UltraDict<u64, u64>,
     record: AlignedBuf,
+    /// Where the next record goes in `record`.
+    at: usize,
     overlay: MapOverlay<u64, u64>,
 }
 
@@ -34,7 +36,8 @@ impl WriteSteps {
         dict.dump()?;
         Ok(WriteSteps {
             dict,
-            record: AlignedBuf::with_capacity(256),
+            record: AlignedBuf::with_capacity(crate::DEFAULT_BUFFER_SIZE),
+            at: 0,
             overlay: MapSchema::<u64, u64>::overlay_for(None),
         })
     }
@@ -68,13 +71,26 @@ impl WriteSteps {
     }
 
     /// Serializes and frames the record of `insert(key, value)` as the write path does into
-    /// the stream (here into a buffer of this process's). Returns its bytes, frame included.
+    /// the stream: here into a buffer of this process's as large as the default stream, one
+    /// record after the other, starting again at its end. Returns the record's bytes, frame
+    /// included.
     pub fn serialize(&mut self, key: u64, value: u64) -> usize {
         let update = MapUpdate::Insert(key, value);
         let out = self.record.as_uninit_mut();
-        // SAFETY: `out` is a 16-aligned buffer of 256 bytes that only this call touches.
-        unsafe { crate::stream::append(out.as_mut_ptr().cast(), out.len(), 0, 1, &update) }
-            .unwrap_or(0)
+        let (start, capacity) = (out.as_mut_ptr().cast::<u8>(), out.len());
+        for _ in 0..2 {
+            // SAFETY: `out` is a 16-aligned buffer of `capacity` bytes that only this call
+            // touches, and `at` a multiple of 16 within it.
+            match unsafe { crate::stream::append(start, capacity, self.at, 1, &update) } {
+                Ok(end) => {
+                    let len = end - self.at;
+                    self.at = end;
+                    return len;
+                }
+                Err(_) => self.at = 0,
+            }
+        }
+        0
     }
 
     /// Publishes the dict's current state word again: the Release store, the fence and the

@@ -12,6 +12,7 @@ use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor::{self, Source};
 use rkyv::ser::allocator::{Arena, ArenaHandle};
+use rkyv::ser::sharing::Share;
 use rkyv::ser::{Positional, Writer};
 use rkyv::{Archive, Deserialize, Portable, Serialize};
 
@@ -44,9 +45,7 @@ impl<E: Source> Writer<E> for SliceWriter<'_> {
             self.full.set(true);
             return Err(E::new(Full));
         };
-        for (slot, &byte) in room.iter_mut().zip(bytes) {
-            slot.write(byte);
-        }
+        room.write_copy_of_slice(bytes);
         self.len += bytes.len();
         Ok(())
     }
@@ -87,11 +86,13 @@ where
 {
     with_arena(|arena| {
         write_into(out, |writer| {
-            rkyv::api::high::to_bytes_in_with_alloc::<_, _, rancor::Error>(
-                value,
-                writer,
-                arena.acquire(),
-            )
+            // What rkyv's `to_bytes_in_with_alloc` does, spelled out: the same serializer
+            // (`RecordSerializer`) and steps. Serializing a `u64` record alone took 47 ns
+            // through that call and 19 ns this way (`benches/write_steps.rs`, same run; that
+            // call was not inlined).
+            let mut serializer = rkyv::ser::Serializer::new(writer, arena.acquire(), Share::new());
+            rkyv::api::serialize_using::<_, rancor::Error>(value, &mut serializer)?;
+            Ok(serializer.into_writer())
         })
     })
 }
