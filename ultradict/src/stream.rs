@@ -106,24 +106,30 @@ pub(crate) fn decode<U: Data>(
     base: usize,
     epoch: u32,
 ) -> Result<Vec<U>, DecodeError> {
-    let mut archived = Vec::new();
+    // Two passes over the records, so that nothing is collected but the updates: the first
+    // validates every frame and archive, the second reads the same bytes again, unchecked.
+    let mut count = 0;
     for record in records(bytes, base, epoch) {
         let record = match record {
             Ok(record) => record,
             Err(FrameError::WrongEpoch { .. }) => return Err(DecodeError::Overwritten),
             Err(err) => return Err(DecodeError::Corrupt(err.to_string())),
         };
-        let update = rkyv::access::<U::Stored, rkyv::rancor::Error>(record.archive)
+        rkyv::access::<U::Stored, rkyv::rancor::Error>(record.archive)
             .map_err(|e| DecodeError::Corrupt(format!("record failed validation: {e}")))?;
-        archived.push(update);
+        count += 1;
     }
-    archived
-        .into_iter()
-        .map(|stored| {
+    let mut updates = Vec::with_capacity(count);
+    for record in records(bytes, base, epoch).flatten() {
+        // SAFETY: the first pass validated this very archive, in `bytes`, which nobody
+        // changes while they are borrowed here.
+        let stored = unsafe { rkyv::access_unchecked::<U::Stored>(record.archive) };
+        updates.push(
             crate::schema::deserialize::<U>(stored)
-                .map_err(|e| DecodeError::Corrupt(format!("record could not be read: {e}")))
-        })
-        .collect()
+                .map_err(|e| DecodeError::Corrupt(format!("record could not be read: {e}")))?,
+        );
+    }
+    Ok(updates)
 }
 
 /// A record found in a copied-out stream range.
