@@ -106,11 +106,20 @@ impl<K: Key, V: Value> MapSchema<K, V> {
     }
 
     fn insert(dump: Option<&ArchivedMap<K, V>>, overlay: &mut MapOverlay<K, V>, key: K, value: V) {
-        let existed = match overlay.entries.get(&key) {
-            Some(entry) => entry.is_some(),
-            None => Self::in_dump(dump, overlay, &key),
+        use std::collections::hash_map::Entry;
+        // One hash and probe of the overlay, not two: the writer's hot path.
+        let existed = match overlay.entries.entry(key) {
+            Entry::Occupied(mut entry) => entry.insert(Some(value)).is_some(),
+            Entry::Vacant(entry) => {
+                let existed = !overlay.cleared
+                    && dump.is_some_and(|dump| {
+                        dump.get_with(entry.key(), |q, stored: &K::Stored| stored == q)
+                            .is_some()
+                    });
+                entry.insert(Some(value));
+                existed
+            }
         };
-        overlay.entries.insert(key, Some(value));
         if !existed {
             overlay.len += 1;
         }
