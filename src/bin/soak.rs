@@ -4,7 +4,12 @@
 //! lost, and once every handle closed nothing of the dict may be left in /dev/shm, without any
 //! call to `cleanup`.
 //!
-//! `cargo run --release --bin soak -- [--processes 8] [--seconds 60] [--kill-every-ms 250]`
+//! `cargo run --release --bin soak -- [--processes 8] [--seconds 60] [--kill-every-ms 250]
+//! [--filler 5000]`
+//!
+//! The dict starts with `--filler` entries besides the workers' keys: enough of them make its
+//! dump larger than its 64 KiB buffer, so that its epochs stream into their dumps' segments
+//! (0 keeps every epoch in the control segment).
 //!
 //! Each worker reports every update it saw committed (`update` returned `Ok`) on its stdout;
 //! a worker killed mid-operation may have committed one more that it could not report. So:
@@ -25,6 +30,7 @@ struct Args {
     processes: usize,
     seconds: u64,
     kill_every: Duration,
+    filler: u64,
     worker: Option<(usize, String, u64)>,
 }
 
@@ -33,6 +39,7 @@ fn parse_args() -> Args {
         processes: 8,
         seconds: 60,
         kill_every: Duration::from_millis(250),
+        filler: 5_000,
         worker: None,
     };
     let mut it = std::env::args().skip(1);
@@ -44,6 +51,7 @@ fn parse_args() -> Args {
             "--kill-every-ms" => {
                 args.kill_every = Duration::from_millis(value().parse().expect("ms"))
             }
+            "--filler" => args.filler = value().parse().expect("--filler N"),
             "--worker" => {
                 let index = value().parse().expect("index");
                 let name = value();
@@ -168,6 +176,8 @@ fn coordinate(args: &Args) {
         .buffer_size(64 << 10)
         .open()
         .expect("create");
+    d.extend((0..args.filler).map(|i| (format!("filler-{i}"), i)))
+        .expect("filler");
     let started = Instant::now();
     let until_ms = unix_ms() + args.seconds * 1000;
     let (sender, lines) = mpsc::channel();
