@@ -44,12 +44,25 @@ pub(crate) fn create_object(object: &str, len: u64, mode: u32) -> io::Result<Own
         Mode::from_raw_mode(0o600),
     )?;
     let reserved = rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o777))
-        .and_then(|()| rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, len));
+        .and_then(|()| reserve(&fd, 0, len));
     if let Err(err) = reserved {
         let _ = rustix::fs::unlink(path);
         return Err(err.into());
     }
     Ok(fd)
+}
+
+/// Allocates `len` bytes of `fd` from `offset`. fallocate(2) may fail with EINTR when a signal
+/// arrives (tmpfs checks for one while it allocates): it is tried again, the part done stays
+/// done. A test that sent signals during large dumps never saw EINTR on this kernel, so this
+/// retry is untested.
+fn reserve(fd: &OwnedFd, offset: u64, len: u64) -> rustix::io::Result<()> {
+    loop {
+        match rustix::fs::fallocate(fd, FallocateFlags::empty(), offset, len) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => return other,
+        }
+    }
 }
 
 /// Like [`create_object`], with the object's first bytes written from `head` (its parts in
@@ -72,7 +85,10 @@ pub(crate) fn create_object_with(
         for part in head {
             let mut rest = *part;
             while !rest.is_empty() {
-                let written = rustix::io::pwrite(&fd, rest, at)?;
+                let written = match rustix::io::pwrite(&fd, rest, at) {
+                    Err(rustix::io::Errno::INTR) => continue,
+                    other => other?,
+                };
                 if written == 0 {
                     return Err(io::Error::from(io::ErrorKind::WriteZero));
                 }
@@ -81,7 +97,7 @@ pub(crate) fn create_object_with(
             }
         }
         if len > at {
-            rustix::fs::fallocate(&fd, FallocateFlags::empty(), at, len - at)?;
+            reserve(&fd, at, len - at)?;
         }
         Ok(())
     })();
