@@ -197,6 +197,15 @@ fn a_corrupted_stream_in_a_dump_segment_or_its_bounds_are_errors() {
         "{}",
         d.status()
     );
+    // This process maps the dump once (its handle's view): the header and archive read-only,
+    // the stream after them writable.
+    let modes: Vec<String> = std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|line| line.ends_with(&path))
+        .map(|line| line.split_whitespace().nth(1).unwrap().to_owned())
+        .collect();
+    assert_eq!(modes, ["r--s", "rw-s"], "mappings of {path}");
     d.insert("first".into(), 1).unwrap();
     let reader = attach(&name).unwrap();
     assert_eq!(reader.get("first").unwrap(), Some(1));

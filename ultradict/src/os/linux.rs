@@ -37,19 +37,7 @@ pub(crate) fn is_not_regular(err: &io::Error) -> bool {
 /// not narrow them) and `len` bytes reserved. A full /dev/shm fails here with `ENOSPC` instead
 /// of a SIGBUS on first touch.
 pub(crate) fn create_object(object: &str, len: u64, mode: u32) -> io::Result<OwnedFd> {
-    let path = object;
-    let fd = rustix::fs::open(
-        path,
-        OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::from_raw_mode(0o600),
-    )?;
-    let reserved = rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o777))
-        .and_then(|()| reserve(&fd, 0, len));
-    if let Err(err) = reserved {
-        let _ = rustix::fs::unlink(path);
-        return Err(err.into());
-    }
-    Ok(fd)
+    create_object_with(object, &[], len, mode)
 }
 
 /// Allocates `len` bytes of `fd` from `offset`. fallocate(2) may fail with EINTR when a signal
