@@ -30,25 +30,22 @@ impl Segment {
     /// Fails with `AlreadyExists` as an [`io::ErrorKind::AlreadyExists`] wrapped in
     /// [`Error::Io`]: callers turn that into the error their context needs.
     pub(crate) fn create_with_fd(object: &str, len: u64, mode: u32) -> Result<(Self, OwnedFd)> {
-        let fd =
-            os::create_object(object, len, mode).map_err(|e| map_open_error(object, len, e))?;
-        match Self::map(object, &fd, len, true) {
-            Ok(segment) => Ok((segment, fd)),
-            Err(err) => {
-                let _ = os::unlink_object(object);
-                Err(err)
-            }
-        }
+        Self::create_filled(object, &[], len, mode)
     }
 
-    /// Like [`create_with_fd`](Self::create_with_fd), with the first bytes written from `head`'s parts (see
-    /// `os::create_object_with`) and the rest of the `len` bytes reserved.
+    /// Like [`create_with_fd`](Self::create_with_fd), with the first bytes written from
+    /// `head`'s parts (see `os::create_object`) and the rest of the `len` bytes reserved.
     pub(crate) fn create_with(object: &str, head: &[&[u8]], len: u64, mode: u32) -> Result<Self> {
-        let fd = os::create_object_with(object, head, len, mode)
+        Self::create_filled(object, head, len, mode).map(|(segment, _)| segment)
+    }
+
+    fn create_filled(object: &str, head: &[&[u8]], len: u64, mode: u32) -> Result<(Self, OwnedFd)> {
+        let fd = os::create_object(object, head, len, mode)
             .map_err(|e| map_open_error(object, len, e))?;
-        Self::map(object, &fd, len, true).inspect_err(|_| {
+        let segment = Self::map(object, &fd, len, true).inspect_err(|_| {
             let _ = os::unlink_object(object);
-        })
+        })?;
+        Ok((segment, fd))
     }
 
     /// Opens and maps an existing object.

@@ -33,13 +33,6 @@ pub(crate) fn is_not_regular(err: &io::Error) -> bool {
     err.get_ref().is_some_and(|inner| inner.is::<NotRegular>())
 }
 
-/// Creates the object at path `object` exclusively with permissions `mode` (the umask does
-/// not narrow them) and `len` bytes reserved. A full /dev/shm fails here with `ENOSPC` instead
-/// of a SIGBUS on first touch.
-pub(crate) fn create_object(object: &str, len: u64, mode: u32) -> io::Result<OwnedFd> {
-    create_object_with(object, &[], len, mode)
-}
-
 /// Allocates `len` bytes of `fd` from `offset`. fallocate(2) may fail with EINTR when a signal
 /// arrives (tmpfs checks for one while it allocates): it is tried again, the part done stays
 /// done. A test that sent signals during large dumps never saw EINTR on this kernel, so this
@@ -53,10 +46,11 @@ fn reserve(fd: &OwnedFd, offset: u64, len: u64) -> rustix::io::Result<()> {
     }
 }
 
-/// Like [`create_object`], with the object's first bytes written from `head` (its parts in
-/// order) instead of reserved: one copy into the object, and no zeroing of pages about to be
-/// overwritten. The rest, up to `len`, is reserved.
-pub(crate) fn create_object_with(
+/// Creates the object at path `object` exclusively with permissions `mode` (the umask does
+/// not narrow them), its first bytes written from `head` (its parts in order: one copy into
+/// the object, and no zeroing of pages about to be overwritten) and the rest, up to `len`,
+/// reserved. A full /dev/shm fails here with `ENOSPC` instead of a SIGBUS on first touch.
+pub(crate) fn create_object(
     object: &str,
     head: &[&[u8]],
     len: u64,
