@@ -70,6 +70,8 @@ struct Names {
     fields: Ident,
     update: Ident,
     overlay: Ident,
+    /// `where for<'__ud> T: Storable, ...` over every stored type (see `gated`).
+    bounds: TokenStream,
 }
 
 fn expand(input: &Input<'_>) -> TokenStream {
@@ -79,27 +81,44 @@ fn expand(input: &Input<'_>) -> TokenStream {
         .crate_path
         .clone()
         .unwrap_or_else(|| syn::parse_quote!(::ultradict));
+    let plain: Vec<&Field<'_>> = input.fields.iter().filter(|f| f.is_plain()).collect();
+    // Each stored type (a plain field's, a nested map's key and value) must qualify: checked
+    // once on that type, so that a type without rkyv's derives gets one error, there, saying
+    // what to add. Every other generated item that names the type assumes that it qualifies
+    // (`Names::bounds`) and adds no error of its own.
+    let mut checks = Vec::new();
+    let mut bounds = Vec::new();
+    for field in &input.fields {
+        let mut require = |ty: &syn::Type, check: TokenStream, bound: TokenStream| {
+            checks.push(
+                quote_spanned!(ty.span()=> const _: () = #krate::__private::#check::<#ty>();),
+            );
+            bounds.push(quote_spanned!(ty.span()=> for<'__ud> #ty: #krate::__private::#bound));
+        };
+        match &field.kind {
+            FieldKind::Plain => require(field.ty, quote!(storable), quote!(Storable)),
+            FieldKind::NestedMap { key, value } => {
+                require(key, quote!(key), quote!(StorableKey));
+                require(value, quote!(value), quote!(Storable));
+            }
+            FieldKind::NestedStruct | FieldKind::NestedInvalid => {}
+        }
+    }
+    let bounds = quote!(where #(#bounds,)*);
     let names = Names {
         rkyv: quote!(#krate::rkyv),
         handle: format_ident!("Shared{}", ident),
         fields: format_ident!("__UltradictFieldsOf{}", ident),
         update: format_ident!("__UltradictUpdateOf{}", ident),
         overlay: format_ident!("__UltradictOverlayOf{}", ident),
+        bounds,
         krate,
         ident,
     };
-    let plain: Vec<&Field<'_>> = input.fields.iter().filter(|f| f.is_plain()).collect();
     let helpers = helper_types(input, &names, &plain);
     let fields_impl = struct_fields_impl(input, &names, &plain);
     let handle = handle_type(input, &names, &plain);
     let shared_dict = shared_dict_impl(input, &names, &plain);
-    // Each plain field's type must be storable: checked on that type, so the first error a
-    // type without rkyv's derives gets is there, saying what to add.
-    let krate = &names.krate;
-    let checks = plain.iter().map(|field| {
-        let ty = field.ty;
-        quote_spanned!(ty.span()=> const _: () = #krate::__private::storable::<#ty>();)
-    });
     quote! {
         #(#checks)*
         #helpers
@@ -129,6 +148,14 @@ fn helper_types(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> Token
     let field_idents: Vec<&Ident> = plain.iter().map(|f| f.ident).collect();
     let field_types: Vec<&syn::Type> = plain.iter().map(|f| f.ty).collect();
     let variants: Vec<Ident> = plain.iter().map(|f| f.variant()).collect();
+    // The archived structs are generic over the field types, one parameter each, so that
+    // rkyv's bounds are on parameters: on the concrete types they would be "trivial bounds",
+    // each an error of its own when a type lacks rkyv's derives. The aliases instantiate them.
+    let params: Vec<Ident> = (0..plain.len())
+        .map(|i| format_ident!("__T{}", i))
+        .collect();
+    let generic_fields = format_ident!("__UltradictGenericFieldsOf{}", ident);
+    let generic_update = format_ident!("__UltradictGenericUpdateOf{}", ident);
     let doc_fields = format!("The plain fields of [`{ident}`], archived as its dict's full dump.");
     let doc_update = format!("One record of [`{ident}`]'s stream: one field, or all of them.");
     let doc_overlay = format!("A process's changes to [`{ident}`]'s fields since the last dump.");
@@ -137,18 +164,26 @@ fn helper_types(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> Token
         #[doc(hidden)]
         #[derive(#rkyv::Archive, #rkyv::Serialize, #rkyv::Deserialize, ::core::clone::Clone)]
         #[rkyv(crate = #rkyv, archived = #archived_fields, resolver = #fields_resolver)]
-        #vis struct #fields {
-            #(#field_idents: #field_types,)*
+        #vis struct #generic_fields<#(#params),*> {
+            #(#field_idents: #params,)*
         }
+
+        #[doc = #doc_fields]
+        #[doc(hidden)]
+        #vis type #fields = #generic_fields<#(#field_types),*>;
 
         #[doc = #doc_update]
         #[doc(hidden)]
         #[derive(#rkyv::Archive, #rkyv::Serialize, #rkyv::Deserialize)]
         #[rkyv(crate = #rkyv, archived = #archived_update, resolver = #update_resolver)]
-        #vis enum #update {
-            #(#variants(#field_types),)*
-            __All(#fields),
+        #vis enum #generic_update<#(#params),*> {
+            #(#variants(#params),)*
+            __All(#generic_fields<#(#params),*>),
         }
+
+        #[doc = #doc_update]
+        #[doc(hidden)]
+        #vis type #update = #generic_update<#(#field_types),*>;
 
         #[doc = #doc_overlay]
         #[doc(hidden)]
@@ -167,6 +202,7 @@ fn struct_fields_impl(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) ->
         update,
         overlay,
         ident,
+        bounds,
         ..
     } = names;
     let field_idents: Vec<&Ident> = plain.iter().map(|f| f.ident).collect();
@@ -190,7 +226,7 @@ fn struct_fields_impl(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) ->
 
     quote! {
         #[automatically_derived]
-        impl #krate::__private::StructFields for #fields {
+        impl #krate::__private::StructFields for #fields #bounds {
             type Update = #update;
             type Overlay = #overlay;
 
@@ -258,6 +294,24 @@ fn struct_fields_impl(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) ->
     }
 }
 
+/// `items` twice: for the compiler with `bounds` (so that a plain field's broken type fails
+/// only its own check), and for rustdoc without them, where they would be noise on every handle.
+fn gated(bounds: &TokenStream, items: impl Fn(&TokenStream) -> TokenStream) -> TokenStream {
+    let code = with_cfg(items(bounds), quote!(not(doc)));
+    let doc = with_cfg(items(&TokenStream::new()), quote!(doc));
+    quote!(#code #doc)
+}
+
+/// Puts `#[cfg(predicate)]` on each item of `items`.
+fn with_cfg(items: TokenStream, predicate: TokenStream) -> TokenStream {
+    let file: syn::File = match syn::parse2(items) {
+        Ok(file) => file,
+        Err(error) => return error.to_compile_error(),
+    };
+    let items = file.items.iter();
+    quote!(#(#[cfg(#predicate)] #items)*)
+}
+
 /// The type of a nested field's handle.
 fn nested_handle(field: &Field<'_>, krate: &Path) -> TokenStream {
     let ty = field.ty;
@@ -273,14 +327,21 @@ fn handle_type(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> TokenS
         ident,
         handle,
         fields,
+        bounds,
         ..
     } = names;
     let vis = &input.original.vis;
     let nested: Vec<&Field<'_>> = input.fields.iter().filter(|f| !f.is_plain()).collect();
     let nested_idents: Vec<&Ident> = nested.iter().map(|f| f.ident).collect();
     let nested_handles: Vec<TokenStream> = nested.iter().map(|f| nested_handle(f, krate)).collect();
-    let plain_methods = plain.iter().map(|field| plain_methods(field, names));
-    let nested_methods = nested.iter().map(|field| nested_methods(field, names));
+    let plain_methods: Vec<TokenStream> = plain
+        .iter()
+        .map(|field| plain_methods(field, names))
+        .collect();
+    let nested_methods: Vec<TokenStream> = nested
+        .iter()
+        .map(|field| nested_methods(field, names))
+        .collect();
     let all_idents: Vec<&Ident> = input.fields.iter().map(|f| f.ident).collect();
     let plain_idents: Vec<&Ident> = plain.iter().map(|f| f.ident).collect();
     let snapshot_nested = nested.iter().map(|field| {
@@ -290,6 +351,7 @@ fn handle_type(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> TokenS
             _ => quote!(#name: self.#name.snapshot()?),
         }
     });
+    let snapshot_nested: Vec<TokenStream> = snapshot_nested.collect();
     let replace_nested = nested.iter().map(|field| {
         let name = field.ident;
         match field.kind {
@@ -297,6 +359,7 @@ fn handle_type(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> TokenS
             _ => quote!(self.#name.replace(#name)?;),
         }
     });
+    let replace_nested: Vec<TokenStream> = replace_nested.collect();
     let doc = format!(
         "The shared handle of [`{ident}`], generated by `#[derive(SharedDict)]`: every process \
          that opens the same name shares it. Each plain field has a getter, a setter and an \
@@ -307,69 +370,71 @@ fn handle_type(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> TokenS
         "Replaces the whole [`{ident}`]: nested dicts first, then the plain fields in one record, \
          so a process that sees the new plain fields also sees the new nested values."
     );
-    quote! {
-        #[doc = #doc]
-        #vis struct #handle {
-            __dict: #krate::__private::StructDict<#fields>,
-            #(#nested_idents: #nested_handles,)*
-        }
+    gated(bounds, |bounds| {
+        quote! {
+            #[doc = #doc]
+            #vis struct #handle #bounds {
+                __dict: #krate::__private::StructDict<#fields>,
+                #(#nested_idents: #nested_handles,)*
+            }
 
-        #[automatically_derived]
-        impl ::core::fmt::Debug for #handle {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                f.debug_struct(::core::stringify!(#handle))
-                    .field("name", &self.__dict.name())
-                    .finish_non_exhaustive()
+            #[automatically_derived]
+            impl ::core::fmt::Debug for #handle #bounds {
+                fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                    f.debug_struct(::core::stringify!(#handle))
+                        .field("name", &self.__dict.name())
+                        .finish_non_exhaustive()
+                }
+            }
+
+            #[automatically_derived]
+            impl #handle #bounds {
+                #(#plain_methods)*
+                #(#nested_methods)*
+
+                #[doc = #snapshot_doc]
+                ///
+                /// # Errors
+                /// If shared memory fails validation.
+                pub fn snapshot(&self) -> #krate::Result<#ident> {
+                    let _guard = self.lock()?;
+                    let __fields = self.__dict.fields()?;
+                    ::core::result::Result::Ok(#ident {
+                        #(#plain_idents: __fields.#plain_idents,)*
+                        #(#snapshot_nested,)*
+                    })
+                }
+
+                #[doc = #replace_doc]
+                ///
+                /// # Errors
+                /// If a full dump could not be written; nothing changed in this dict then.
+                pub fn replace(&self, value: #ident) -> #krate::Result<()> {
+                    let _guard = self.lock()?;
+                    let #ident { #(#all_idents),* } = value;
+                    // Nested dicts first: whoever sees the new plain fields sees them too.
+                    #(#replace_nested)*
+                    self.__dict.write(#krate::__private::StructFields::replace_all(#fields { #(#plain_idents),* }))?;
+                    ::core::result::Result::Ok(())
+                }
+
+                #krate::__handle_methods!(__dict, &'static str);
+
+                /// Closes the handle and returns the final state. Under `Lifetime::LastClose`
+                /// the last handle to close removes the state and its nested dicts.
+                ///
+                /// # Errors
+                /// As `snapshot`, or if removing segments failed.
+                pub fn close(self) -> #krate::Result<#ident> {
+                    let value = self.snapshot()?;
+                    let #handle { __dict, #(#nested_idents),* } = self;
+                    #(::core::mem::drop(#nested_idents);)*
+                    __dict.close()?;
+                    ::core::result::Result::Ok(value)
+                }
             }
         }
-
-        #[automatically_derived]
-        impl #handle {
-            #(#plain_methods)*
-            #(#nested_methods)*
-
-            #[doc = #snapshot_doc]
-            ///
-            /// # Errors
-            /// If shared memory fails validation.
-            pub fn snapshot(&self) -> #krate::Result<#ident> {
-                let _guard = self.lock()?;
-                let __fields = self.__dict.fields()?;
-                ::core::result::Result::Ok(#ident {
-                    #(#plain_idents: __fields.#plain_idents,)*
-                    #(#snapshot_nested,)*
-                })
-            }
-
-            #[doc = #replace_doc]
-            ///
-            /// # Errors
-            /// If a full dump could not be written; nothing changed in this dict then.
-            pub fn replace(&self, value: #ident) -> #krate::Result<()> {
-                let _guard = self.lock()?;
-                let #ident { #(#all_idents),* } = value;
-                // Nested dicts first: whoever sees the new plain fields sees them too.
-                #(#replace_nested)*
-                self.__dict.write(#krate::__private::StructFields::replace_all(#fields { #(#plain_idents),* }))?;
-                ::core::result::Result::Ok(())
-            }
-
-            #krate::__handle_methods!(__dict, &'static str);
-
-            /// Closes the handle and returns the final state. Under `Lifetime::LastClose`
-            /// the last handle to close removes the state and its nested dicts.
-            ///
-            /// # Errors
-            /// As `snapshot`, or if removing segments failed.
-            pub fn close(self) -> #krate::Result<#ident> {
-                let value = self.snapshot()?;
-                let #handle { __dict, #(#nested_idents),* } = self;
-                #(::core::mem::drop(#nested_idents);)*
-                __dict.close()?;
-                ::core::result::Result::Ok(value)
-            }
-        }
-    }
+    })
 }
 
 fn plain_methods(field: &Field<'_>, names: &Names) -> TokenStream {
@@ -461,6 +526,7 @@ fn shared_dict_impl(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> T
         ident,
         handle,
         fields,
+        bounds,
         ..
     } = names;
     let all_idents: Vec<&Ident> = input.fields.iter().map(|f| f.ident).collect();
@@ -490,33 +556,36 @@ fn shared_dict_impl(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> T
             }
         }
     });
+    let open_nested: Vec<TokenStream> = open_nested.collect();
     let nested_idents: Vec<&Ident> = input
         .fields
         .iter()
         .filter(|f| !f.is_plain())
         .map(|f| f.ident)
         .collect();
-    quote! {
-        #[automatically_derived]
-        impl #krate::SharedDict for #ident {
-            type Handle = #handle;
+    gated(bounds, |bounds| {
+        quote! {
+            #[automatically_derived]
+            impl #krate::SharedDict for #ident #bounds {
+                type Handle = #handle;
 
-            fn __open(__options: &#krate::__private::OpenOptions, __initial: Self) -> #krate::Result<#handle> {
-                let #ident { #(#all_idents),* } = __initial;
-                let __dict = #krate::__private::StructDict::open_state(__options, #fields { #(#plain_idents),* })?;
-                #(#open_nested)*
-                ::core::result::Result::Ok(#handle { __dict, #(#nested_idents),* })
-            }
+                fn __open(__options: &#krate::__private::OpenOptions, __initial: Self) -> #krate::Result<#handle> {
+                    let #ident { #(#all_idents),* } = __initial;
+                    let __dict = #krate::__private::StructDict::open_state(__options, #fields { #(#plain_idents),* })?;
+                    #(#open_nested)*
+                    ::core::result::Result::Ok(#handle { __dict, #(#nested_idents),* })
+                }
 
-            fn __snapshot(handle: &#handle) -> #krate::Result<Self> {
-                handle.snapshot()
-            }
+                fn __snapshot(handle: &#handle) -> #krate::Result<Self> {
+                    handle.snapshot()
+                }
 
-            fn __replace(handle: &#handle, value: Self) -> #krate::Result<()> {
-                handle.replace(value)
+                fn __replace(handle: &#handle, value: Self) -> #krate::Result<()> {
+                    handle.replace(value)
+                }
             }
         }
-    }
+    })
 }
 
 /// Expansion snapshots: every change to generated code shows up as a diff of

@@ -140,6 +140,7 @@ pub use ultradict_derive::SharedDict;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::handle::Dict;
+    pub use crate::map::{StorableKey, key, value};
     pub use crate::schema::{Schema, Storable, deserialize, storable};
     pub use crate::structs::{
         Nested, NestedOps, OpenOptions, StructDict, StructFields, StructSchema, nested_ops,

@@ -172,17 +172,46 @@ where
 }
 
 /// A type a derived state can keep in a plain field: storable ([`Data`]) and cloneable.
-/// Generated code checks every plain field's type against it, on the field's type, so that a
-/// type without rkyv's derives gets an error there that says what to add.
+///
+/// Generated code checks every plain field's type against it, spanned on the field's type, so
+/// that a type without rkyv's derives gets one error there that says what to add. Every other
+/// generated item that names the field's type assumes `for<'a> T: Storable` in its `where`
+/// clause. The `for<'a>` keeps the compiler from rejecting such a bound when it does not hold
+/// (a "trivial bound"), so a broken field type fails the one check, not every generated use.
+///
+/// It spells out [`Data`]'s requirements instead of naming `Data`: `Data` ties its `Stored`
+/// type to `Archive::Archived` through a projection of itself, and assuming such a trait for
+/// a concrete type sends the compiler into a cycle. `Storable` implies `Data` all the same.
 #[doc(hidden)]
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be stored in a shared dict",
     label = "a field's type needs rkyv's `Archive`, `Serialize` and `Deserialize`, and `Clone`",
     note = "add `#[derive(ultradict::rkyv::Archive, ultradict::rkyv::Serialize, ultradict::rkyv::Deserialize, Clone)]` and `#[rkyv(crate = ultradict::rkyv)]` to `{Self}` (the `crate` line is needed unless your crate depends on rkyv itself)"
 )]
-pub trait Storable {}
+pub trait Storable:
+    Archive<
+        Archived: Portable + Deserialize<Self, Deserializer> + for<'a> CheckBytes<Validator<'a>>,
+    > + for<'a, 'b> Serialize<RecordSerializer<'a, 'b>>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
 
-impl<T: Data + Clone> Storable for T {}
+// Not recommended: a type that falls short gets the one message above, not one error per
+// missing rkyv trait.
+#[diagnostic::do_not_recommend]
+impl<T> Storable for T where
+    T: Archive<
+            Archived: Portable + Deserialize<T, Deserializer> + for<'a> CheckBytes<Validator<'a>>,
+        > + for<'a, 'b> Serialize<RecordSerializer<'a, 'b>>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
 
 /// Names `T` where it must be [`Storable`] (used by generated code, once per plain field).
 #[doc(hidden)]

@@ -4,6 +4,7 @@
 mod schema;
 mod table;
 
+use rkyv::Archive;
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::fmt;
@@ -15,7 +16,7 @@ use crate::error::Result;
 use crate::handle::Dict;
 use crate::lock_guard::LockOptions;
 use crate::options::Options;
-use crate::schema::{Data, Schema};
+use crate::schema::{Data, Schema, Storable};
 use crate::storage::{Storage, View};
 
 #[cfg(feature = "internals")]
@@ -32,6 +33,7 @@ pub(crate) use schema::{Found, MapSchema, MapUpdate};
     note = "add `#[derive(ultradict::rkyv::Archive, ultradict::rkyv::Serialize, ultradict::rkyv::Deserialize, Clone, PartialEq, Eq, Hash)]` and `#[rkyv(crate = ultradict::rkyv, compare(PartialEq))]` to `{Self}` (the `crate` part is needed unless your crate depends on rkyv itself)"
 )]
 pub trait Key: Data<Stored: PartialEq<Self>> + Hash + Eq + Clone {}
+#[diagnostic::do_not_recommend]
 impl<T> Key for T where T: Data<Stored: PartialEq<T>> + Hash + Eq + Clone {}
 
 /// A value type: storable and cloneable. Implemented for every type that qualifies.
@@ -41,7 +43,23 @@ impl<T> Key for T where T: Data<Stored: PartialEq<T>> + Hash + Eq + Clone {}
     note = "add `#[derive(ultradict::rkyv::Archive, ultradict::rkyv::Serialize, ultradict::rkyv::Deserialize, Clone)]` and `#[rkyv(crate = ultradict::rkyv)]` to `{Self}` (the `crate` part is needed unless your crate depends on rkyv itself)"
 )]
 pub trait Value: Data + Clone {}
+#[diagnostic::do_not_recommend]
 impl<T: Data + Clone> Value for T {}
+
+/// [`Key`] as generated code assumes it in `where` clauses: see [`Storable`](crate::schema::Storable)
+/// for why it spells out its requirements. It implies `Key`.
+#[doc(hidden)]
+pub trait StorableKey: Storable + Archive<Archived: PartialEq<Self>> + Hash + Eq {}
+#[diagnostic::do_not_recommend]
+impl<T: Storable + Archive<Archived: PartialEq<T>> + Hash + Eq> StorableKey for T {}
+
+/// Names `K` where it must be a [`Key`] (generated code, once per nested map, on its type).
+#[doc(hidden)]
+pub const fn key<K: Key>() {}
+
+/// Names `V` where it must be a [`Value`] (generated code, once per nested map, on its type).
+#[doc(hidden)]
+pub const fn value<V: Value>() {}
 
 /// The archived bytes of a key: the same in every process, so nested dicts get stable names.
 fn key_bytes<K: Key>(key: &K, name: &str) -> Result<Vec<u8>> {
