@@ -4,11 +4,16 @@
 //! Every figure is the best of several rounds (the minimum filters out the machine's other
 //! tenants), in ns per operation. The dump's share is one full dump of the bench's 1,000-entry
 //! dict divided by the records a default stream holds between two dumps.
+//!
+//! Then the reader's side: a read with no news, and the catch-up of one record by another
+//! handle of the same dict (in this process, so no cache line moves between cores: this is
+//! the catch-up's own work, which a reader in another process pays on top of two misses).
 
 use std::hint::black_box;
 use std::time::Instant;
 
 use ultradict::internals::WriteSteps;
+use ultradict::{Create, UltraDict};
 
 const KEYS: u64 = 1_000;
 const ROUNDS: usize = 7;
@@ -78,5 +83,27 @@ fn main() {
         "  not in any step (calls, checks, the handle layer)",
         insert - sum,
     );
-    drop(steps); // the private dict goes with its only handle
+
+    let reader: UltraDict<u64, u64> = UltraDict::builder()
+        .name(steps.dict().name())
+        .create(Create::Open)
+        .open()
+        .expect("a second handle");
+    let read = measure(|_| {
+        black_box(reader.get(&hot).expect("get"));
+    });
+    let insert_then_read = measure(|i| {
+        steps.dict().insert(hot, i).expect("insert");
+        black_box(reader.get(&hot).expect("get"));
+    });
+    println!("{:<58} {:>8}", "reader's side", "ns");
+    let row = |what: &str, ns: f64| println!("{what:<58} {ns:>8.1}");
+    row("read with no news", read);
+    row("insert, then another handle's read", insert_then_read);
+    row(
+        "  catch-up of one record (less the insert and a read)",
+        insert_then_read - insert - read,
+    );
+    drop(reader);
+    drop(steps); // the private dict goes with its last handle
 }

@@ -126,58 +126,153 @@ pub fn writers_and_readers(
     }
 
     // One writer, N readers: reader throughput while writes stream, and how many reads found
-    // no news (served without a catch-up).
+    // no news (served without a catch-up); beside it the same readers while the writer is
+    // idle, and for one reader the floor of a reader that sees a writer's changes.
     let run_for = Duration::from_millis(size.scaled(1_000, 50));
     for readers in [1usize, 3] {
-        let d: UltraDict<u32, u64> = UltraDict::builder().buffer_size(4 << 20).open()?;
-        d.extend((0..1_000).map(|k| (k, 0)))?;
-        let name = d.name().to_owned();
-        let board = Board::new(2 * readers + 2);
-        fork_all(readers + 1, |index| {
-            let d: UltraDict<u32, u64> = attach(&name);
-            let start = Instant::now();
-            let mut n = 0u64;
-            if index == 0 {
-                while start.elapsed() < run_for {
-                    d.insert((n % 1_000) as u32, n).expect("insert");
-                    n += 1;
-                }
-                board.set(0, n);
-            } else {
-                let before = d.status().catch_ups;
-                while start.elapsed() < run_for {
-                    std::hint::black_box(d.get(&((n % 1_000) as u32)).expect("get"));
-                    n += 1;
-                }
-                board.set(2 * index, n);
-                board.set(2 * index + 1, d.status().catch_ups - before);
-            }
-        });
+        let idle = one_writer(readers, false, run_for)?;
+        let busy = one_writer(readers, true, run_for)?;
         let secs = run_for.as_secs_f64();
-        let reads: u64 = (1..=readers).map(|i| board.get(2 * i)).sum();
-        let catch_ups: u64 = (1..=readers).map(|i| board.get(2 * i + 1)).sum();
         let scenario = format!("2. 1 writer + {readers} readers");
+        report.ops(
+            &format!("{scenario}: reads (aggregate), writer idle"),
+            "ultradict map",
+            idle.reads as f64 / secs,
+            None,
+        );
         report.ops(
             &format!("{scenario}: reads (aggregate)"),
             "ultradict map",
-            reads as f64 / secs,
-            None,
+            busy.reads as f64 / secs,
+            Some(idle.reads as f64 / secs),
         );
         report.ops(
             &format!("{scenario}: writes"),
             "ultradict map",
-            board.get(0) as f64 / secs,
+            busy.writes as f64 / secs,
             None,
         );
-        let fast = 100.0 * (1.0 - catch_ups as f64 / reads.max(1) as f64);
+        let fast = 100.0 * (1.0 - busy.catch_ups as f64 / busy.reads.max(1) as f64);
         report.value(
             &format!("{scenario}: reads with no news"),
             "ultradict map",
             fast,
             "%",
         );
+        if readers == 1 {
+            let writes_per_sec = busy.writes as f64 / secs;
+            let alone = changing_word(false, writes_per_sec, run_for);
+            let changing = changing_word(true, writes_per_sec, run_for);
+            report.ops(
+                &format!("{scenario}: reads (aggregate), writer idle"),
+                "floor: one shared word",
+                alone as f64 / secs,
+                None,
+            );
+            report.ops(
+                &format!("{scenario}: reads (aggregate)"),
+                "floor: one shared word",
+                changing as f64 / secs,
+                Some(alone as f64 / secs),
+            );
+        }
     }
     Ok(())
+}
+
+/// How many reads a reader makes between two readings of the clock.
+const CLOCK_EVERY: u64 = 64;
+
+/// What a run of one writer and some readers counted.
+struct Counts {
+    reads: u64,
+    writes: u64,
+    catch_ups: u64,
+}
+
+/// One writer (inserting over 1,000 keys as fast as it can, or idle) and `readers` readers
+/// (`get` over the same keys), each in its own process, for `run_for`.
+fn one_writer(
+    readers: usize,
+    writing: bool,
+    run_for: Duration,
+) -> Result<Counts, Box<dyn std::error::Error>> {
+    let d: UltraDict<u32, u64> = UltraDict::builder().buffer_size(4 << 20).open()?;
+    d.extend((0..1_000).map(|k| (k, 0)))?;
+    let name = d.name().to_owned();
+    let board = Board::new(2 * readers + 2);
+    fork_all(readers + 1, |index| {
+        let d: UltraDict<u32, u64> = attach(&name);
+        let start = Instant::now();
+        let mut n = 0u64;
+        if index == 0 {
+            while writing && start.elapsed() < run_for {
+                d.insert((n % 1_000) as u32, n).expect("insert");
+                n += 1;
+            }
+            board.set(0, n);
+        } else {
+            let before = d.status().catch_ups;
+            // The clock is read once every `CLOCK_EVERY` reads: reading it costs more than a
+            // read with no news.
+            while start.elapsed() < run_for {
+                for _ in 0..CLOCK_EVERY {
+                    std::hint::black_box(d.get(&((n % 1_000) as u32)).expect("get"));
+                    n += 1;
+                }
+            }
+            board.set(2 * index, n);
+            board.set(2 * index + 1, d.status().catch_ups - before);
+        }
+    });
+    Ok(Counts {
+        reads: (1..=readers).map(|i| board.get(2 * i)).sum(),
+        writes: board.get(0),
+        catch_ups: (1..=readers).map(|i| board.get(2 * i + 1)).sum(),
+    })
+}
+
+/// The floor of a reader that keeps up with a writer in another process: the writer stores a
+/// payload and then a counter, `writes_per_sec` times a second (or not at all); the reader, in
+/// the loop our readers run, loads the counter and, when it changed, the payload (a record's
+/// bytes on a line of their own). Returns the reader's loads in `run_for`.
+fn changing_word(writing: bool, writes_per_sec: f64, run_for: Duration) -> u64 {
+    const WORD: usize = 0;
+    const PAYLOAD: usize = 8;
+    const READS: usize = 16;
+    let board = Board::new(READS + 1);
+    let interval = Duration::from_secs_f64(1.0 / writes_per_sec.max(1.0));
+    fork_all(2, |index| {
+        let start = Instant::now();
+        if index == 0 {
+            let mut next = start;
+            let mut n = 0u64;
+            while writing && start.elapsed() < run_for {
+                n += 1;
+                board.slots[PAYLOAD].store(n, Ordering::Relaxed);
+                board.slots[WORD].store(n, Ordering::Release);
+                next += interval;
+                while Instant::now() < next {
+                    std::hint::spin_loop();
+                }
+            }
+        } else {
+            let mut seen = 0u64;
+            let mut reads = 0u64;
+            while start.elapsed() < run_for {
+                for _ in 0..CLOCK_EVERY {
+                    let word = board.slots[WORD].load(Ordering::Acquire);
+                    if word != seen {
+                        seen = word;
+                        std::hint::black_box(board.slots[PAYLOAD].load(Ordering::Relaxed));
+                    }
+                    reads += 1;
+                }
+            }
+            board.set(READS, reads);
+        }
+    });
+    board.get(READS)
 }
 
 fn now_ns() -> u64 {

@@ -466,7 +466,7 @@ fn plain_methods(field: &Field<'_>, names: &Names) -> TokenStream {
                         detail: ::std::format!("field `{}`: {}", #bare, e),
                     }
                 }),
-            })?
+            })
         }
 
         #[doc = #setter_doc]

@@ -82,7 +82,7 @@ impl<S: Schema> Storage for Backend<S> {
         each!(self, engine => engine.lifetime())
     }
 
-    fn read<R>(&self, f: impl FnOnce(&View<S>) -> R) -> Result<R> {
+    fn read<R>(&self, f: impl FnOnce(&View<S>) -> Result<R>) -> Result<R> {
         each!(self, engine => engine.read(f))
     }
 

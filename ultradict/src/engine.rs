@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::time::Duration;
 
-use parking_lot::RwLock;
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::control::{Control, HEADER_SIZE, StateWord};
 use crate::dump::{AlignedBuf, Dump, DumpId};
@@ -115,40 +115,20 @@ impl<S: Schema> Storage for Engine<S> {
 
     /// Runs `f` on an up-to-date view. With no news this is one Acquire load and a shared
     /// borrow of the view.
-    fn read<R>(&self, f: impl FnOnce(&View<S>) -> R) -> Result<R> {
+    fn read<R>(&self, f: impl FnOnce(&View<S>) -> Result<R>) -> Result<R> {
         let published = self.control().state.load(Ordering::Acquire);
         {
             let view = self.view.read();
             if view.position.0 == u128::from(published) {
-                return Ok(f(&view));
+                return f(&view);
             }
         }
-        self.catch_up()?;
-        Ok(f(&self.view.read()))
+        self.read_after_catch_up(f)
     }
 
     /// Brings this handle's view up to the published state (UltraDict's `apply_update`).
     fn catch_up(&self) -> Result<()> {
-        self.catch_ups.fetch_add(1, Ordering::Relaxed);
-        let mut view = self.view.write();
-        if self.holds_lock() {
-            return self.catch_up_locked(&mut view);
-        }
-        for _ in 0..LOCK_FREE_ATTEMPTS {
-            match self.try_catch_up(&mut view, false)? {
-                Progress::Done => return Ok(()),
-                Progress::Retry => std::hint::spin_loop(),
-            }
-        }
-        // Writers kept overtaking us: catch up once with them held off. This always ends.
-        drop(view);
-        self.control()
-            .counters
-            .locked_catch_ups
-            .fetch_add(1, Ordering::Relaxed);
-        let _guard = self.lock(&LockOptions::default())?;
-        let mut view = self.view.write();
-        self.catch_up_locked(&mut view)
+        self.caught_up().map(drop)
     }
 
     /// Throws the view away and rebuilds it from the current dump and stream (UltraDict's
@@ -366,6 +346,46 @@ impl<S: Schema> Engine<S> {
                 self.stream_capacity,
             ),
         }
+    }
+
+    /// The read path with news: out of line, so that the path with none inlines into the
+    /// caller's getter.
+    #[cold]
+    #[inline(never)]
+    fn read_after_catch_up<R>(&self, f: impl FnOnce(&View<S>) -> Result<R>) -> Result<R> {
+        let view = self.caught_up()?;
+        f(&view)
+    }
+
+    /// Brings this handle's view up to the published state and keeps it for reading: the
+    /// write guard is downgraded, not dropped and taken again.
+    fn caught_up(&self) -> Result<RwLockReadGuard<'_, View<S>>> {
+        let mut view = self.view.write();
+        // Every catch-up counts under the view's write lock: a load and a store suffice.
+        self.catch_ups.store(
+            self.catch_ups.load(Ordering::Relaxed) + 1,
+            Ordering::Relaxed,
+        );
+        if self.holds_lock() {
+            self.catch_up_locked(&mut view)?;
+            return Ok(RwLockWriteGuard::downgrade(view));
+        }
+        for _ in 0..LOCK_FREE_ATTEMPTS {
+            match self.try_catch_up(&mut view, false)? {
+                Progress::Done => return Ok(RwLockWriteGuard::downgrade(view)),
+                Progress::Retry => std::hint::spin_loop(),
+            }
+        }
+        // Writers kept overtaking us: catch up once with them held off. This always ends.
+        drop(view);
+        self.control()
+            .counters
+            .locked_catch_ups
+            .fetch_add(1, Ordering::Relaxed);
+        let _guard = self.lock(&LockOptions::default())?;
+        let mut view = self.view.write();
+        self.catch_up_locked(&mut view)?;
+        Ok(RwLockWriteGuard::downgrade(view))
     }
 
     /// Catches up while holding the writers' lock: nothing moves underneath.

@@ -52,9 +52,10 @@ pub(crate) fn children(dict: &Place) -> Result<Vec<(String, String)>> {
         Err(Error::NotFound { .. }) => return Ok(Vec::new()),
         Err(err) => return Err(err),
     };
-    let entries = register
-        .read(|view| MapSchema::materialize(view.dump(), &view.overlay))?
-        .map_err(|e| Error::corrupt(&dict.register().control(), e.to_string()))?;
+    let entries = register.read(|view| {
+        MapSchema::materialize(view.dump(), &view.overlay)
+            .map_err(|e| Error::corrupt(&dict.register().control(), e.to_string()))
+    })?;
     let mut children: Vec<_> = entries.into_iter().collect();
     children.sort();
     Ok(children)

@@ -107,15 +107,16 @@ impl<F: StructFields> Dict<StructSchema<F>> {
     }
 
     /// Runs `f` on the mapped dump and the overlay, caught up.
-    pub fn read<R>(&self, f: impl FnOnce(&F::Stored, &F::Overlay) -> R) -> Result<R> {
+    #[inline]
+    pub fn read<R>(&self, f: impl FnOnce(&F::Stored, &F::Overlay) -> Result<R>) -> Result<R> {
         self.engine()
             .read(|view: &View<StructSchema<F>>| match view.dump() {
-                Some(dump) => Ok(f(dump, &view.overlay)),
+                Some(dump) => f(dump, &view.overlay),
                 None => Err(Error::corrupt(
                     self.name(),
                     "a struct dict without its first dump",
                 )),
-            })?
+            })
     }
 
     /// Commits one update.
@@ -125,8 +126,10 @@ impl<F: StructFields> Dict<StructSchema<F>> {
 
     /// The current fields, owned.
     pub fn fields(&self) -> Result<F> {
-        self.read(|dump, overlay| F::materialize(dump, overlay))?
-            .map_err(|e| Error::corrupt(self.name(), format!("deserializing fields: {e}")))
+        self.read(|dump, overlay| {
+            F::materialize(dump, overlay)
+                .map_err(|e| Error::corrupt(self.name(), format!("deserializing fields: {e}")))
+        })
     }
 }
 

@@ -209,7 +209,7 @@ where
                             }
                         })
                 }
-            })?
+            })
     }
     ///Sets `counter` in every process (streams this field's record only).
     ///
@@ -255,7 +255,7 @@ where
                             }
                         })
                 }
-            })?
+            })
     }
     ///Sets `label` in every process (streams this field's record only).
     ///
@@ -389,7 +389,7 @@ impl SharedAppState {
                             }
                         })
                 }
-            })?
+            })
     }
     ///Sets `counter` in every process (streams this field's record only).
     ///
@@ -435,7 +435,7 @@ impl SharedAppState {
                             }
                         })
                 }
-            })?
+            })
     }
     ///Sets `label` in every process (streams this field's record only).
     ///

@@ -165,7 +165,7 @@ where
                             }
                         })
                 }
-            })?
+            })
     }
     ///Sets `type` in every process (streams this field's record only).
     ///
@@ -265,7 +265,7 @@ impl SharedMinimal {
                             }
                         })
                 }
-            })?
+            })
     }
     ///Sets `type` in every process (streams this field's record only).
     ///

@@ -71,6 +71,7 @@ pub(crate) enum Found<'v, K: Data, V: Data> {
 }
 
 impl<K: Key, V: Value> MapSchema<K, V> {
+    #[inline]
     pub(crate) fn find<'v, Q>(
         dump: Option<&'v ArchivedMap<K, V>>,
         overlay: &'v MapOverlay<K, V>,

@@ -1046,16 +1046,16 @@ impl<S: Schema> Storage for RedisEngine<S> {
         self.lifetime
     }
 
-    fn read<R>(&self, f: impl FnOnce(&View<S>) -> R) -> Result<R> {
+    fn read<R>(&self, f: impl FnOnce(&View<S>) -> Result<R>) -> Result<R> {
         let tip = self.feed.tip();
         {
             let view = self.view.read();
             if position_of(&view) >= tip {
-                return Ok(f(&view));
+                return f(&view);
             }
         }
         self.catch_up()?;
-        Ok(f(&self.view.read()))
+        f(&self.view.read())
     }
 
     fn catch_up(&self) -> Result<()> {
