@@ -63,6 +63,16 @@ impl Input<'_> {
                      `HashMap<K, V>`; remove `nested` to store this field as one value",
                 );
             }
+            if let Some(token) = self_in(quote::ToTokens::to_token_stream(field.ty)) {
+                errors.spanned(
+                    token,
+                    format!(
+                        "`Self` in a field's type: the derive puts this type into other types it \
+                         generates, where `Self` would mean them; write `{}` instead",
+                        self.ident()
+                    ),
+                );
+            }
             let name = field.name();
             if HANDLE_METHODS.contains(&name.as_str()) {
                 errors.spanned(
@@ -140,4 +150,13 @@ impl Input<'_> {
             }
         }
     }
+}
+
+/// The first `Self` in `tokens`, nested groups included.
+fn self_in(tokens: proc_macro2::TokenStream) -> Option<proc_macro2::Ident> {
+    tokens.into_iter().find_map(|token| match token {
+        proc_macro2::TokenTree::Ident(ident) if ident == "Self" => Some(ident),
+        proc_macro2::TokenTree::Group(group) => self_in(group.stream()),
+        _ => None,
+    })
 }
