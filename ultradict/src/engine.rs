@@ -72,7 +72,7 @@ pub(crate) struct Engine<S: Schema> {
     pub(crate) view: RwLock<View<S>>,
     /// Scratch space for copying stream ranges out; guarded by its own lock so a catching-up
     /// thread does not block readers of the view while it copies.
-    pub(crate) scratch: parking_lot::Mutex<AlignedBuf>,
+    pub(crate) scratch: parking_lot::Mutex<Scratch<S::Update>>,
     /// The re-entrant hold of the writers' lock by one thread of this handle.
     pub(crate) reentrant: Reentrant,
     pub(crate) membership: Membership,
@@ -222,7 +222,11 @@ impl<S: Schema> Storage for Engine<S> {
                 continue;
             }
             let stream = self.stream_of(&view);
-            if let Some(updates) = self.read_records(stream, position.committed, target, false)? {
+            let updates =
+                self.read_records(stream, position.committed, target, false, |updates| {
+                    std::mem::take(updates)
+                })?;
+            if let Some(updates) = updates {
                 return Ok(Since::Updates(updates, target.position()));
             }
         }
@@ -420,27 +424,31 @@ impl<S: Schema> Engine<S> {
         let View { dump, overlay, .. } = view;
         let dump = dump.as_ref().map(Dump::root);
         // Every record is deserialized before any is applied: a failure changes nothing.
-        let Some(updates) = self.read_records(stream, committed, target, locked)? else {
+        let applied = self.read_records(stream, committed, target, locked, |updates| {
+            for update in updates.drain(..) {
+                S::apply(dump, overlay, update);
+            }
+        })?;
+        if applied.is_none() {
             return Ok(Progress::Retry);
-        };
-        for update in updates {
-            S::apply(dump, overlay, update);
         }
         view.position = target.position();
         Ok(Progress::Done)
     }
 
     /// Reads the records of `target`'s epoch from offset `from` up to `target`, validated and
-    /// deserialized, from `stream` (that epoch's, from [`stream_of`](Self::stream_of)).
+    /// deserialized, from `stream` (that epoch's, from [`stream_of`](Self::stream_of)), and
+    /// hands them to `consume` (in the handle's reused vector, which it leaves empty or takes).
     /// `None` if the range was overwritten while being copied (only possible without the
     /// lock).
-    fn read_records(
+    fn read_records<R>(
         &self,
         (stream, capacity): (*mut u8, usize),
         from: u32,
         target: StateWord,
         locked: bool,
-    ) -> Result<Option<Vec<S::Update>>> {
+        consume: impl FnOnce(&mut Vec<S::Update>) -> R,
+    ) -> Result<Option<R>> {
         let (from, to) = (from as usize, target.committed as usize);
         if to < from || to > capacity || !to.is_multiple_of(stream::RECORD_ALIGN) {
             if locked {
@@ -452,7 +460,8 @@ impl<S: Schema> Engine<S> {
             return Ok(None);
         }
         let mut scratch = self.scratch.lock();
-        let bytes = scratch.zeroed_mut(to - from);
+        let Scratch { bytes, updates } = &mut *scratch;
+        let bytes = bytes.zeroed_mut(to - from);
         // SAFETY: `from..to` lies within the stream (checked above), which the caller keeps
         // mapped; the copy uses atomic loads, so bytes a writer changes meanwhile are merely
         // stale, and the epoch re-check below throws such a copy away.
@@ -461,8 +470,9 @@ impl<S: Schema> Engine<S> {
         if self.control().state().epoch != target.epoch {
             return Ok(None);
         }
-        match stream::decode::<S::Update>(bytes, from, target.epoch) {
-            Ok(updates) => Ok(Some(updates)),
+        updates.clear();
+        match stream::decode_into::<S::Update>(bytes, from, target.epoch, updates) {
+            Ok(()) => Ok(Some(consume(updates))),
             Err(stream::DecodeError::Overwritten) if !locked => Ok(None),
             Err(stream::DecodeError::Overwritten) => Err(Error::corrupt(
                 self.segment.object(),
@@ -633,6 +643,22 @@ unsafe fn copy_out(src: *const u8, dst: &mut [u8]) {
         // u64, and shared memory may be read atomically whatever others do to it.
         let word = unsafe { (*words.add(i)).load(Ordering::Relaxed) };
         chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+}
+
+/// What a catch-up copies records into and decodes them into, reused from one catch-up to
+/// the next.
+pub(crate) struct Scratch<U> {
+    bytes: AlignedBuf,
+    updates: Vec<U>,
+}
+
+impl<U> Scratch<U> {
+    pub(crate) fn new() -> Self {
+        Scratch {
+            bytes: AlignedBuf::with_capacity(0),
+            updates: Vec::new(),
+        }
     }
 }
 

@@ -31,7 +31,8 @@ pub fn decode_stream(bytes: &[u8], epoch: u32) -> Result<usize> {
     let buf = aligned(bytes);
     // SAFETY: `aligned` initialized all `bytes.len()` bytes.
     let bytes = unsafe { buf.initialized(bytes.len()) };
-    let updates = stream::decode::<MapUpdate<String, u64>>(bytes, 0, epoch).map_err(|e| {
+    let mut updates = Vec::new();
+    stream::decode_into::<MapUpdate<String, u64>>(bytes, 0, epoch, &mut updates).map_err(|e| {
         crate::Error::corrupt(
             "fuzz stream",
             match e {

@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 
 use crate::control::{Control, HEADER_SIZE, Identity};
-use crate::dump::AlignedBuf;
-use crate::engine::{Engine, Membership};
+use crate::engine::{Engine, Membership, Scratch};
 use crate::error::{Error, Result};
 use crate::liveness::Anchor;
 use crate::lock_guard::Reentrant;
@@ -254,7 +253,7 @@ impl<S: Schema> Engine<S> {
             fingerprint: fingerprint.clone(),
             instance,
             view: RwLock::new(View::empty()),
-            scratch: parking_lot::Mutex::new(AlignedBuf::with_capacity(0)),
+            scratch: parking_lot::Mutex::new(Scratch::new()),
             reentrant: Reentrant::default(),
             membership: Membership::new(anchor, slot),
             creator: creator.then(crate::os::fork_generation),

@@ -99,13 +99,17 @@ pub(crate) enum DecodeError {
 }
 
 /// Decodes a copied-out range of committed records of `epoch` (from stream offset `base`):
-/// validates every record (frame and rkyv archive) before deserializing any, then returns the
-/// updates in order. The one decoder: readers catching up and the fuzzers run this.
-pub(crate) fn decode<U: Data>(
+/// validates every record (frame and rkyv archive) before deserializing any, then pushes the
+/// updates in order onto `updates`, which must be empty and is left empty on an error (a
+/// reader catching up reuses one vector rather than allocating one per catch-up). The one
+/// decoder: readers catching up, the Redis backend and the fuzzers run this.
+pub(crate) fn decode_into<U: Data>(
     bytes: &[u8],
     base: usize,
     epoch: u32,
-) -> Result<Vec<U>, DecodeError> {
+    updates: &mut Vec<U>,
+) -> Result<(), DecodeError> {
+    debug_assert!(updates.is_empty());
     // Two passes over the records, so that nothing is collected but the updates: the first
     // validates every frame and archive, the second reads the same bytes again, unchecked.
     let mut count = 0;
@@ -119,17 +123,22 @@ pub(crate) fn decode<U: Data>(
             .map_err(|e| DecodeError::Corrupt(format!("record failed validation: {e}")))?;
         count += 1;
     }
-    let mut updates = Vec::with_capacity(count);
+    updates.reserve(count);
     for record in records(bytes, base, epoch).flatten() {
         // SAFETY: the first pass validated this very archive, in `bytes`, which nobody
         // changes while they are borrowed here.
         let stored = unsafe { rkyv::access_unchecked::<U::Stored>(record.archive) };
-        updates.push(
-            crate::schema::deserialize::<U>(stored)
-                .map_err(|e| DecodeError::Corrupt(format!("record could not be read: {e}")))?,
-        );
+        match crate::schema::deserialize::<U>(stored) {
+            Ok(update) => updates.push(update),
+            Err(e) => {
+                updates.clear();
+                return Err(DecodeError::Corrupt(format!(
+                    "record could not be read: {e}"
+                )));
+            }
+        }
     }
-    Ok(updates)
+    Ok(())
 }
 
 /// A record found in a copied-out stream range.

@@ -256,9 +256,10 @@ impl<S: Schema> RedisEngine<S> {
         let mut updates = Vec::with_capacity(records.len());
         for record in records {
             let copy = aligned(record);
-            match crate::stream::decode::<S::Update>(copy.bytes(), 0, epoch) {
-                Ok(mut one) if one.len() == 1 => updates.extend(one.pop()),
-                Ok(_) => {
+            let mut one = Vec::with_capacity(1);
+            match crate::stream::decode_into::<S::Update>(copy.bytes(), 0, epoch, &mut one) {
+                Ok(()) if one.len() == 1 => updates.extend(one.pop()),
+                Ok(()) => {
                     return Err(self.corrupt("stream", "an entry that is not exactly one record"));
                 }
                 Err(crate::stream::DecodeError::Overwritten) => {
