@@ -70,8 +70,8 @@ pub(crate) struct Engine<S: Schema> {
     /// This instance of the dict (see `naming::dump`).
     pub(crate) instance: u64,
     pub(crate) view: RwLock<View<S>>,
-    /// Scratch space for copying stream ranges out; guarded by its own lock so a catching-up
-    /// thread does not block readers of the view while it copies.
+    /// Scratch space for copying stream ranges out and decoding them; guarded by its own lock
+    /// so that a watcher's `updates_since` does not take the view's.
     pub(crate) scratch: parking_lot::Mutex<Scratch<S::Update>>,
     /// The re-entrant hold of the writers' lock by one thread of this handle.
     pub(crate) reentrant: Reentrant,
@@ -352,8 +352,7 @@ impl<S: Schema> Engine<S> {
         }
     }
 
-    /// The read path with news: out of line, so that the path with none inlines into the
-    /// caller's getter.
+    /// The read path with news: cold and out of line, so that the path with none stays small.
     #[cold]
     #[inline(never)]
     fn read_after_catch_up<R>(&self, f: impl FnOnce(&View<S>) -> Result<R>) -> Result<R> {

@@ -201,17 +201,10 @@ pub trait Storable:
 
 // Not recommended: a type that falls short gets the one message above, not one error per
 // missing rkyv trait.
+// `Data + Clone` is the same requirement, said through `Data`: for a given type the compiler
+// proves it from the impls, which is where `Data` is no trouble.
 #[diagnostic::do_not_recommend]
-impl<T> Storable for T where
-    T: Archive<
-            Archived: Portable + Deserialize<T, Deserializer> + for<'a> CheckBytes<Validator<'a>>,
-        > + for<'a, 'b> Serialize<RecordSerializer<'a, 'b>>
-        + Clone
-        + Send
-        + Sync
-        + 'static
-{
-}
+impl<T: Data + Clone> Storable for T {}
 
 /// Names `T` where it must be [`Storable`] (used by generated code, once per plain field).
 #[doc(hidden)]

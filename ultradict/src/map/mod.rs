@@ -51,7 +51,7 @@ impl<T: Data + Clone> Value for T {}
 #[doc(hidden)]
 pub trait StorableKey: Storable + Archive<Archived: PartialEq<Self>> + Hash + Eq {}
 #[diagnostic::do_not_recommend]
-impl<T: Storable + Archive<Archived: PartialEq<T>> + Hash + Eq> StorableKey for T {}
+impl<T: Key> StorableKey for T {}
 
 /// Names `K` where it must be a [`Key`] (generated code, once per nested map, on its type).
 #[doc(hidden)]
