@@ -424,8 +424,9 @@ struct Block([u8; 16]);
 
 impl AlignedBuf {
     pub(crate) fn with_capacity(bytes: usize) -> Self {
-        let mut blocks = Vec::with_capacity(bytes.div_ceil(16));
+        let mut blocks: Vec<MaybeUninit<Block>> = Vec::with_capacity(bytes.div_ceil(16));
         blocks.resize(bytes.div_ceil(16), MaybeUninit::uninit());
+        crate::os::advise_huge_pages(blocks.as_mut_ptr().cast(), blocks.len() * 16);
         AlignedBuf { blocks }
     }
 

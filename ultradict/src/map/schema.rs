@@ -7,16 +7,13 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::marker::PhantomData;
 
-use rkyv::collections::swiss_table::{ArchivedHashMap, HashMapResolver};
+use rkyv::collections::swiss_table::ArchivedHashMap;
 use rkyv::rancor::{self, Fallible, Source};
 use rkyv::ser::{Allocator, Writer};
 use rkyv::{Archive, Place, Serialize};
 
 use super::{Key, Value};
 use crate::schema::{self, Data, Fingerprint, Schema};
-
-/// Load factor of archived maps (rkyv's default for `HashMap`).
-const LOAD_FACTOR: (usize, usize) = (7, 8);
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -285,15 +282,16 @@ impl<K: Key, V: Value> Schema for MapSchema<K, V> {
 }
 
 /// Serializes distinct key-value pairs as rkyv's `ArchivedHashMap`, straight from the list the
-/// writer built (no `HashMap` in between: the archive hashes each key once).
+/// writer built (no `HashMap` in between: the archive hashes each key once), with a faster
+/// builder than rkyv's that writes the same bytes (see `table.rs`).
 struct DumpEntries<'a, K, V>(&'a [(K, V)]);
 
 impl<K: Archive, V: Archive> Archive for DumpEntries<'_, K, V> {
     type Archived = ArchivedHashMap<K::Archived, V::Archived>;
-    type Resolver = HashMapResolver;
+    type Resolver = super::table::TableResolver;
 
     fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
-        ArchivedHashMap::resolve_from_len(self.0.len(), LOAD_FACTOR, resolver, out);
+        super::table::resolve(self.0.len(), resolver, out);
     }
 }
 
@@ -305,10 +303,6 @@ where
     S::Error: Source,
 {
     fn serialize(&self, serializer: &mut S) -> std::result::Result<Self::Resolver, S::Error> {
-        ArchivedHashMap::<K::Archived, V::Archived>::serialize_from_iter::<_, _, _, K, V, _>(
-            self.0.iter().map(|(key, value)| (key, value)),
-            LOAD_FACTOR,
-            serializer,
-        )
+        super::table::serialize(self.0, serializer)
     }
 }
