@@ -1,6 +1,9 @@
 //! A reader of a large dict maps the dump and reads it in place: its own memory does not grow
-//! with the dict (invariant 5). Measured as `RssAnon`, which leaves out shared pages.
+//! with the dict (invariant 5). Measured as `RssAnon`, which leaves out shared pages. And the
+//! stream that follows a large dict's dump takes /dev/shm space as records fill it, whichever
+//! process writes them.
 
+use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use ultradict::{Create, UltraDict};
@@ -11,6 +14,19 @@ const ENTRIES: u64 = 1_000_000;
 #[test]
 fn child_entry() {
     let Some(role) = role() else { return };
+    if role == "write_stream" {
+        let d: UltraDict<u64, u64> = UltraDict::builder()
+            .name(arg("NAME"))
+            .create(Create::Open)
+            .open()
+            .unwrap();
+        let from: u64 = arg("FROM").parse().unwrap();
+        for key in from..from + STREAM_WRITES {
+            d.insert(key, key + 1).unwrap();
+        }
+        report(format!("epoch {}", d.status().epoch));
+        return;
+    }
     assert_eq!(role, "read_everything");
     let before = rss_anon_kib();
     let d: UltraDict<u64, u64> = UltraDict::builder()
@@ -51,6 +67,74 @@ fn a_reader_does_not_copy_the_dict() {
         grew < dict_kib / 10,
         "the reader grew by {grew} KiB, the dict is {dict_kib} KiB"
     );
+    drop(d);
+    assert_no_segments(&name);
+}
+
+/// Inserts each process makes into the stream in `a_dumps_stream_is_reserved_as_it_fills`:
+/// over a megabyte of records (the unit a writer reserves), well under the stream.
+const STREAM_WRITES: u64 = 30_000;
+
+/// Bytes of /dev/shm the object `file` (a name in /dev/shm) takes, and its length.
+fn allocated_and_len(file: &str) -> (u64, u64) {
+    let meta = std::fs::metadata(format!("/dev/shm/{file}")).unwrap();
+    (meta.blocks() * 512, meta.len())
+}
+
+#[test]
+fn a_dumps_stream_is_reserved_as_it_fills() {
+    let name = unique_name("stream-space");
+    let d: UltraDict<u64, u64> = UltraDict::open(&name).unwrap();
+    d.extend((0..300_000).map(|k| (k, k))).unwrap();
+    d.dump().unwrap();
+    let status = d.status();
+    let dump = status.dump_segment.clone().unwrap();
+    let (archive, stream) = (status.dump_bytes, status.buffer_size as u64);
+    assert!(
+        stream > 4 << 20,
+        "a stream of its own after the archive: {stream} bytes"
+    );
+    let (taken, len) = allocated_and_len(&dump);
+    assert!(
+        len >= archive + stream,
+        "{len} bytes for {archive} + {stream}"
+    );
+    assert!(
+        taken < archive + (64 << 10),
+        "an empty stream takes no space: {taken} bytes taken for a {archive}-byte archive"
+    );
+
+    // Three writers in turn, this process, another, this one again, each over a megabyte of
+    // records into the same stream: each writes where it reserved, or reserves first.
+    let epoch = status.epoch;
+    for key in 1_000_000..1_000_000 + STREAM_WRITES {
+        d.insert(key, key + 1).unwrap();
+    }
+    let reports = Spawn::test("child_entry", "write_stream")
+        .env("NAME", &name)
+        .env("FROM", (2_000_000).to_string())
+        .start()
+        .wait(Duration::from_secs(120));
+    assert_eq!(reports[0], format!("epoch {epoch}"), "the same stream");
+    for key in 3_000_000..3_000_000 + STREAM_WRITES {
+        d.insert(key, key + 1).unwrap();
+    }
+    let status = d.status();
+    assert_eq!(status.epoch, epoch, "all of it in one stream");
+    let used = status.buffer_used as u64;
+    let (taken, _) = allocated_and_len(&dump);
+    assert!(
+        taken >= archive + used && taken <= archive + used + (3 << 20),
+        "{taken} bytes taken for {archive} of archive and {used} of records"
+    );
+    for from in [1_000_000, 2_000_000, 3_000_000] {
+        for key in (from..from + STREAM_WRITES).step_by(97) {
+            assert_eq!(d.get(&key).unwrap(), Some(key + 1));
+        }
+    }
+    let fresh: UltraDict<u64, u64> = UltraDict::open(&name).unwrap();
+    assert_eq!(fresh.len().unwrap(), 300_000 + 3 * STREAM_WRITES as usize);
+    drop(fresh);
     drop(d);
     assert_no_segments(&name);
 }

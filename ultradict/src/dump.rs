@@ -18,6 +18,8 @@
 
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
+use std::ops::Range;
+use std::os::fd::{AsFd, OwnedFd};
 
 use rkyv::Portable;
 use rkyv::bytecheck::CheckBytes;
@@ -58,8 +60,19 @@ pub(crate) struct Dump<T> {
     archive_len: usize,
     /// Where the epoch's stream starts in a mapped dump that has one (see `immutable_len`).
     stream_at: Option<usize>,
+    /// The dump's object, open, while it has a stream: to reserve the stream's space as
+    /// records need it (see [`reserve_stream`](Dump::reserve_stream)).
+    stream_fd: Option<OwnedFd>,
+    /// The part of the stream this process reserved (offsets in the stream): it may write
+    /// there. Other processes may have reserved more.
+    reserved: Range<usize>,
     _root: PhantomData<fn() -> T>,
 }
+
+/// How much stream a writer reserves at a time (or less, where the stream ends): the space a
+/// stream takes in /dev/shm follows its records, a megabyte at a time, instead of all of it
+/// being taken (and mapped) when the dump is written.
+const STREAM_CHUNK: usize = 1 << 20;
 
 /// Where a dump's bytes (header and archive) live.
 enum DumpBytes {
@@ -142,8 +155,14 @@ where
     /// [`Error::Io`] of kind `NotFound`; see [`segment::is_not_found`].
     pub(crate) fn open(id: DumpId<'_>, epoch: u32) -> Result<Self> {
         let object = id.place.dump(id.instance, epoch);
-        let segment = Segment::open(&object, true)?;
-        Self::validate(DumpBytes::Mapped(segment), id, epoch, Trust::Nothing)
+        let (segment, fd) = Segment::open_with_fd(&object, true)?;
+        Self::validate(
+            DumpBytes::Mapped(segment),
+            Some(fd),
+            id,
+            epoch,
+            Trust::Nothing,
+        )
     }
 
     /// Validates `bytes` (header and archive, in an aligned heap buffer) as the dump of
@@ -163,6 +182,7 @@ where
     ) -> Result<Self> {
         Self::validate(
             DumpBytes::Heap(bytes, label.to_owned()),
+            None,
             id,
             epoch,
             Trust::Nothing,
@@ -170,7 +190,8 @@ where
     }
 
     /// Writes `archive` as the dump of `epoch` of dict `name`, followed by an empty stream of
-    /// `stream_len` bytes (a multiple of 16), and maps it.
+    /// `stream_len` bytes (a multiple of 16) whose space is reserved as records need it, and
+    /// maps it.
     ///
     /// A segment already under that name can only be the unpublished leftover of a writer
     /// that died before publishing it (the caller holds the lock and `epoch` is not yet
@@ -195,10 +216,11 @@ where
                 .copy_from_slice(&(stream_len as u64).to_le_bytes());
         }
         let head: [&[u8]; 2] = [&header, archive];
-        let segment = match Segment::create_with(&object, &head, len, mode) {
+        let written = (DUMP_HEADER + archive.len()) as u64;
+        let (segment, fd) = match Segment::create_with(&object, &head, written, len, mode) {
             Err(err) if segment::is_already_exists(&err) => {
                 segment::unlink(&object)?;
-                Segment::create_with(&object, &head, len, mode)?
+                Segment::create_with(&object, &head, written, len, mode)?
             }
             other => other?,
         };
@@ -206,18 +228,25 @@ where
         // are the ones it wrote: validating them again would only re-check rkyv (a full pass
         // over the archive, a third of a large dump's time). Every other process validates
         // the dump when it maps it.
-        let dump = Self::validate(DumpBytes::Mapped(segment), id, epoch, Trust::OwnOutput)
-            .inspect_err(|_| {
-                let _ = segment::unlink(&object);
-            })?;
-        if let Some((stream, len)) = dump.stream() {
-            // The writer that made the dump is the likeliest to write the epoch's records.
-            crate::os::prefault_for_writing(stream, len);
-        }
-        Ok(dump)
+        Self::validate(
+            DumpBytes::Mapped(segment),
+            Some(fd),
+            id,
+            epoch,
+            Trust::OwnOutput,
+        )
+        .inspect_err(|_| {
+            let _ = segment::unlink(&object);
+        })
     }
 
-    fn validate(bytes: DumpBytes, id: DumpId<'_>, epoch: u32, trust: Trust) -> Result<Self> {
+    fn validate(
+        bytes: DumpBytes,
+        fd: Option<OwnedFd>,
+        id: DumpId<'_>,
+        epoch: u32,
+        trust: Trust,
+    ) -> Result<Self> {
         let archive_len = match trust {
             Trust::Nothing => check::<T>(bytes.all(), bytes.object(), id, epoch)?.len(),
             Trust::OwnOutput => check_header(bytes.all(), bytes.object(), id, epoch)?.len(),
@@ -236,6 +265,8 @@ where
             bytes,
             archive_len,
             stream_at,
+            stream_fd: fd.filter(|_| stream_at.is_some()),
+            reserved: 0..0,
             _root: PhantomData,
         })
     }
@@ -380,7 +411,8 @@ impl<T> Dump<T> {
     /// aligned) and length. `None` for a dump without one (a heap dump).
     ///
     /// The stream is shared memory that writers holding the lock append to: access it only as
-    /// `stream.rs` does.
+    /// `stream.rs` does. Its committed records lie in space their writers reserved; a writer
+    /// may write only where it reserved (see [`writable_to`](Self::writable_to)).
     pub(crate) fn stream(&self) -> Option<(*mut u8, usize)> {
         match (&self.bytes, self.stream_at) {
             (DumpBytes::Mapped(segment), Some(at)) => {
@@ -390,6 +422,50 @@ impl<T> Dump<T> {
             }
             _ => None,
         }
+    }
+}
+
+impl<T> Dump<T> {
+    /// How far from stream offset `offset` this process may write: the end of the part it
+    /// reserved if that holds `offset`, else `offset` (nothing).
+    pub(crate) fn writable_to(&self, offset: usize) -> usize {
+        if self.reserved.contains(&offset) {
+            self.reserved.end
+        } else {
+            offset
+        }
+    }
+
+    /// Reserves more of the stream for a record at `offset` that did not fit before
+    /// `writable_to(offset)`: up to a chunk past that, or twice the room it had for a record
+    /// larger than a chunk, within the stream. Returns the new `writable_to(offset)`. A full
+    /// /dev/shm is [`Error::OutOfSpace`], and nothing is written.
+    pub(crate) fn reserve_stream(&mut self, offset: usize) -> Result<usize> {
+        let (Some(at), Some(fd), DumpBytes::Mapped(segment)) =
+            (self.stream_at, self.stream_fd.as_ref(), &self.bytes)
+        else {
+            return Ok(offset);
+        };
+        let stream_len = segment.len() - at;
+        if offset >= stream_len {
+            return Ok(offset);
+        }
+        let page = crate::os::page_size();
+        let from = self.writable_to(offset);
+        let room = from - offset;
+        // Keep what is reserved past `offset`, or start afresh on `offset`'s page.
+        let (start, from) = if room > 0 {
+            (self.reserved.start, from)
+        } else {
+            (offset / page * page, offset / page * page)
+        };
+        let end = from
+            .saturating_add(STREAM_CHUNK.max(room))
+            .next_multiple_of(page)
+            .min(stream_len);
+        segment.reserve(fd.as_fd(), at + from, end - from)?;
+        self.reserved = start..end;
+        Ok(self.writable_to(offset))
     }
 }
 

@@ -164,9 +164,33 @@ impl<S: Schema> Storage for Engine<S> {
         let state = at(&view);
         let offset = state.committed as usize;
         let (stream, capacity) = self.stream_of(&view);
-        // SAFETY: `stream_of` gives the caught-up epoch's stream, which `view` keeps mapped;
-        // we hold the writers' lock and nobody reads past the committed offset `at`.
-        let appended = unsafe { stream::append(stream, capacity, offset, state.epoch, &update) };
+        // A dump's stream is reserved as records need it: a record that does not fit in what
+        // this process reserved gets more reserved, up to the stream's end, and is tried again.
+        let mut writable = match view.dump.as_ref().and_then(Dump::stream) {
+            Some(_) => view
+                .dump
+                .as_ref()
+                .map_or(0, |dump| dump.writable_to(offset)),
+            None => capacity,
+        };
+        let appended = loop {
+            // SAFETY: `stream_of` gives the caught-up epoch's stream, which `view` keeps
+            // mapped, and up to `writable` its space is reserved; we hold the writers' lock and
+            // nobody reads past the committed offset `at`.
+            match unsafe { stream::append(stream, writable, offset, state.epoch, &update) } {
+                Err(stream::AppendError::StreamFull) if writable < capacity => {
+                    let dump = view
+                        .dump
+                        .as_mut()
+                        .expect("only a dump's stream is reserved");
+                    match dump.reserve_stream(offset)? {
+                        more if more > writable => writable = more,
+                        _ => break Err(stream::AppendError::StreamFull),
+                    }
+                }
+                appended => break appended,
+            }
+        };
         match appended {
             Ok(end) => {
                 crate::fault::point("record-written");
@@ -563,7 +587,8 @@ impl<S: Schema> Engine<S> {
     /// A full dump costs time in proportion to the archive. A stream at least that large
     /// needs records of at least that many bytes before the next dump, so each byte
     /// written pays for at most one byte dumped, however large the dict: a write's amortized
-    /// cost does not grow with the dict. The memory it takes is at most the archive's again.
+    /// cost does not grow with the dict. The /dev/shm space it takes follows its records (see
+    /// `Dump::reserve_stream`), at most the archive's again.
     /// Small dicts keep streaming into the control segment, whose pages every handle has
     /// mapped and touched already: a fresh stream per epoch would cost each of them a page
     /// fault per page written (see the README's growth figures).

@@ -109,12 +109,13 @@ pub enum Error {
         reason: String,
     },
 
-    /// /dev/shm has no room for a segment; nothing was changed.
+    /// /dev/shm has no room for a segment, or for more of a dump's stream; nothing was
+    /// changed.
     #[error("no space in /dev/shm for {bytes} bytes of segment {segment:?}")]
     OutOfSpace {
-        /// The object that could not be created.
+        /// The object that could not be created or grown.
         segment: String,
-        /// Its size.
+        /// The bytes it needed.
         bytes: u64,
     },
 

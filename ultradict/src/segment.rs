@@ -7,7 +7,7 @@
 
 use std::io;
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use memmap2::{MmapOptions, MmapRaw};
 
@@ -30,17 +30,20 @@ impl Segment {
     /// Fails with `AlreadyExists` as an [`io::ErrorKind::AlreadyExists`] wrapped in
     /// [`Error::Io`]: callers turn that into the error their context needs.
     pub(crate) fn create_with_fd(object: &str, len: u64, mode: u32) -> Result<(Self, OwnedFd)> {
-        Self::create_filled(object, &[], len, mode)
+        Self::create_with(object, &[], len, len, mode)
     }
 
     /// Like [`create_with_fd`](Self::create_with_fd), with the first bytes written from
-    /// `head`'s parts (see `os::create_object`) and the rest of the `len` bytes reserved.
-    pub(crate) fn create_with(object: &str, head: &[&[u8]], len: u64, mode: u32) -> Result<Self> {
-        Self::create_filled(object, head, len, mode).map(|(segment, _)| segment)
-    }
-
-    fn create_filled(object: &str, head: &[&[u8]], len: u64, mode: u32) -> Result<(Self, OwnedFd)> {
-        let fd = os::create_object(object, head, len, mode)
+    /// `head`'s parts (see `os::create_object`), the rest up to `reserved` reserved, and the
+    /// rest up to `len` a hole to reserve (see [`reserve`](Self::reserve)) before touching it.
+    pub(crate) fn create_with(
+        object: &str,
+        head: &[&[u8]],
+        reserved: u64,
+        len: u64,
+        mode: u32,
+    ) -> Result<(Self, OwnedFd)> {
+        let fd = os::create_object(object, head, reserved, len, mode)
             .map_err(|e| map_open_error(object, len, e))?;
         let segment = Self::map(object, &fd, len, true).inspect_err(|_| {
             let _ = os::unlink_object(object);
@@ -48,12 +51,26 @@ impl Segment {
         Ok((segment, fd))
     }
 
-    /// Opens and maps an existing object.
-    pub(crate) fn open(object: &str, writable: bool) -> Result<Self> {
-        Self::open_with_fd(object, writable).map(|(segment, _)| segment)
+    /// Reserves `len` bytes from `start` of this segment's object (`fd` describes it), so that
+    /// this process may write them, and maps them for writing now (see
+    /// `os::prefault_for_writing`). A full /dev/shm is [`Error::OutOfSpace`].
+    pub(crate) fn reserve(&self, fd: BorrowedFd<'_>, start: usize, len: usize) -> Result<()> {
+        assert!(start.checked_add(len).is_some_and(|end| end <= self.len));
+        os::reserve_range(fd, start as u64, len as u64).map_err(|err| {
+            match err.raw_os_error() {
+                Some(libc::ENOSPC) | Some(libc::EFBIG) => Error::OutOfSpace {
+                    segment: self.object.clone(),
+                    bytes: len as u64,
+                },
+                _ => Error::io(format!("reserving {len} bytes of {}", self.object), err),
+            }
+        })?;
+        // SAFETY: in bounds of the mapping (asserted), which lives as long as `self`.
+        os::prefault_for_writing(unsafe { self.as_mut_ptr().add(start) }, len);
+        Ok(())
     }
 
-    /// Like [`open`](Self::open), and also hands back the descriptor.
+    /// Opens and maps an existing object, and hands back the descriptor too.
     pub(crate) fn open_with_fd(object: &str, writable: bool) -> Result<(Self, OwnedFd)> {
         let fd = open_fd(object, writable)?;
         let len =

@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::sync::Once;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -37,7 +37,7 @@ pub(crate) fn is_not_regular(err: &io::Error) -> bool {
 /// arrives (tmpfs checks for one while it allocates): it is tried again, the part done stays
 /// done. A test that sent signals during large dumps never saw EINTR on this kernel, so this
 /// retry is untested.
-fn reserve(fd: &OwnedFd, offset: u64, len: u64) -> rustix::io::Result<()> {
+fn reserve(fd: BorrowedFd<'_>, offset: u64, len: u64) -> rustix::io::Result<()> {
     loop {
         match rustix::fs::fallocate(fd, FallocateFlags::empty(), offset, len) {
             Err(rustix::io::Errno::INTR) => continue,
@@ -47,12 +47,15 @@ fn reserve(fd: &OwnedFd, offset: u64, len: u64) -> rustix::io::Result<()> {
 }
 
 /// Creates the object at path `object` exclusively with permissions `mode` (the umask does
-/// not narrow them), its first bytes written from `head` (its parts in order: one copy into
-/// the object, and no zeroing of pages about to be overwritten) and the rest, up to `len`,
-/// reserved. A full /dev/shm fails here with `ENOSPC` instead of a SIGBUS on first touch.
+/// not narrow them), `len` bytes long: its first bytes written from `head` (its parts in
+/// order: one copy into the object, and no zeroing of pages about to be overwritten), the rest
+/// up to `reserved` reserved, and what lies beyond that a hole that must be reserved (see
+/// [`reserve_range`]) before it is touched. A full /dev/shm fails here with `ENOSPC` instead
+/// of a SIGBUS on first touch.
 pub(crate) fn create_object(
     object: &str,
     head: &[&[u8]],
+    reserved: u64,
     len: u64,
     mode: u32,
 ) -> io::Result<OwnedFd> {
@@ -78,8 +81,12 @@ pub(crate) fn create_object(
                 at += written as u64;
             }
         }
-        if len > at {
-            reserve(&fd, at, len - at)?;
+        let reserved = reserved.min(len);
+        if reserved > at {
+            reserve(fd.as_fd(), at, reserved - at)?;
+        }
+        if len > reserved.max(at) {
+            rustix::fs::ftruncate(&fd, len)?;
         }
         Ok(())
     })();
@@ -88,6 +95,12 @@ pub(crate) fn create_object(
         return Err(err);
     }
     Ok(fd)
+}
+
+/// Reserves `len` bytes of the object `fd` describes from `offset` (allocating what is not
+/// yet), so that touching them cannot raise SIGBUS: a full /dev/shm fails here with `ENOSPC`.
+pub(crate) fn reserve_range(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    Ok(reserve(fd, offset, len)?)
 }
 
 /// Asks the kernel to map the pages of `len` bytes at `ptr` for writing now, in one call,
