@@ -7,7 +7,9 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use ultradict::{Create, UltraDict};
-use ultradict_test_kit::{Spawn, arg, assert_no_segments, report, role, rss_anon_kib, unique_name};
+use ultradict_test_kit::{
+    Spawn, arg, assert_no_segments, fork, report, role, rss_anon_kib, unique_name, wait_forked,
+};
 
 const ENTRIES: u64 = 1_000_000;
 
@@ -136,5 +138,78 @@ fn a_dumps_stream_is_reserved_as_it_fills() {
     assert_eq!(fresh.len().unwrap(), 300_000 + 3 * STREAM_WRITES as usize);
     drop(fresh);
     drop(d);
+    assert_no_segments(&name);
+}
+
+/// This process's mappings of `name`'s dumps that were unlinked (superseded).
+fn superseded_mappings(name: &str) -> usize {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let object = format!("/dev/shm/ultradict.{name}~");
+    maps.lines()
+        .filter(|line| line.contains(&object) && line.ends_with("(deleted)"))
+        .count()
+}
+
+/// Waits until this process maps none of `name`'s superseded dumps; false after `within`.
+fn superseded_dumps_freed(name: &str, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while superseded_mappings(name) > 0 {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+/// Dumps of a dict this large are freed by a helper thread (see `reaper.rs`).
+fn large_dict(name: &str) -> UltraDict<u64, u64> {
+    let d: UltraDict<u64, u64> = UltraDict::open(name).unwrap();
+    d.extend((0..300_000).map(|k| (k, k))).unwrap();
+    assert!(d.status().dump_bytes > 4 << 20);
+    d
+}
+
+#[test]
+fn superseded_dumps_are_unmapped_here_and_in_a_forked_child() {
+    let name = unique_name("reaper");
+    let writer = large_dict(&name);
+    let reader: UltraDict<u64, u64> = UltraDict::open(&name).unwrap();
+    for round in 0..4 {
+        writer.insert(round, round + 7).unwrap();
+        writer.dump().unwrap();
+        // The reader switches to the new dump, and lets go of the one before.
+        assert_eq!(reader.get(&round).unwrap(), Some(round + 7));
+    }
+    assert!(
+        superseded_dumps_freed(&name, Duration::from_secs(10)),
+        "{} mappings of superseded dumps left",
+        superseded_mappings(&name)
+    );
+
+    // A forked child has no helper thread (threads do not survive fork): it starts its own.
+    let child = fork(|| {
+        for round in 10..13 {
+            writer.insert(round, round).unwrap();
+            writer.dump().unwrap();
+        }
+        // The child's copy of the reader handle switches too.
+        if !matches!(reader.get(&12), Ok(Some(12))) {
+            return 3;
+        }
+        if !superseded_dumps_freed(&name, Duration::from_secs(10)) {
+            return 1;
+        }
+        match writer.get(&12) {
+            Ok(Some(12)) => 0,
+            _ => 2,
+        }
+    });
+    assert_eq!(wait_forked(child, Duration::from_secs(60)), 0);
+    // Each handle lets go of a superseded dump when it next catches up.
+    assert_eq!(reader.get(&12).unwrap(), Some(12));
+    assert_eq!(writer.get(&12).unwrap(), Some(12));
+    assert!(superseded_dumps_freed(&name, Duration::from_secs(10)));
+    drop((reader, writer));
     assert_no_segments(&name);
 }

@@ -402,6 +402,14 @@ impl<T> Dump<T> {
         unsafe { std::slice::from_raw_parts(base.add(DUMP_HEADER), self.archive_len) }
     }
 
+    /// Bytes of memory the dump takes in this process: its whole mapping, or heap buffer.
+    pub(crate) fn mapped_len(&self) -> usize {
+        match &self.bytes {
+            DumpBytes::Mapped(segment) => segment.len(),
+            DumpBytes::Heap(bytes, _) => bytes.bytes().len(),
+        }
+    }
+
     /// Bytes of archive.
     pub(crate) fn archive_len(&self) -> usize {
         self.archive_len

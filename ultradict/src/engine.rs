@@ -328,7 +328,10 @@ impl<S: Schema> Storage for Engine<S> {
 /// Resets `view` to the start of `epoch`, whose dump (none for epoch 0) is `dump`.
 fn start_epoch<S: Schema>(view: &mut View<S>, epoch: u32, dump: Option<Dump<S::Dump>>) {
     view.overlay = S::overlay_for(dump.as_ref().map(Dump::root));
-    view.dump = dump;
+    if let Some(old) = std::mem::replace(&mut view.dump, dump) {
+        let bytes = old.mapped_len();
+        crate::reaper::retire(old, bytes);
+    }
     view.position = StateWord {
         epoch,
         committed: 0,

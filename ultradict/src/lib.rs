@@ -99,6 +99,7 @@ mod naming;
 mod open;
 mod options;
 mod os;
+mod reaper;
 mod register;
 #[cfg(feature = "redis")]
 mod remote;

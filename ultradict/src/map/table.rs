@@ -192,6 +192,65 @@ pub(super) fn resolve<K, V>(
     }
 }
 
+/// Which bucket of a map's table an entry lies in, found from the entry's address (an entry
+/// a lookup or an iteration of that map gave): bucket `i` lies `i + 1` entries before the
+/// control bytes.
+pub(super) struct Buckets {
+    controls: usize,
+    entry_size: usize,
+    capacity: usize,
+}
+
+impl Buckets {
+    pub(super) fn of<K, V>(map: &ArchivedHashMap<K, V>) -> Self {
+        // SAFETY: `map` is a valid reference to the 12 bytes of an archived map (its size is
+        // asserted in `resolve`), which have no padding; its first 4 are the relative pointer
+        // to the control bytes (see the module's comment).
+        let pointer: [u8; 4] = unsafe {
+            (map as *const ArchivedHashMap<K, V>)
+                .cast::<[u8; 4]>()
+                .read()
+        };
+        let from = (map as *const ArchivedHashMap<K, V>).addr();
+        Buckets {
+            controls: from.wrapping_add_signed(i32::from_le_bytes(pointer) as isize),
+            entry_size: std::mem::size_of::<Entry<K, V>>(),
+            capacity: map.capacity(),
+        }
+    }
+
+    /// The bucket of the entry whose key is `key`; `None` if `key` is not where an entry of
+    /// this table would be (which a validated table's entries always are).
+    pub(super) fn of_key<K>(&self, key: &K) -> Option<usize> {
+        // An entry starts with its key (`Entry` is `repr(C)`, key first).
+        let behind = self.controls.checked_sub((key as *const K).addr())?;
+        let bucket = (behind / self.entry_size.max(1)).checked_sub(1)?;
+        (behind.is_multiple_of(self.entry_size.max(1)) && bucket < self.capacity).then_some(bucket)
+    }
+
+    /// A set of this table's buckets, empty.
+    pub(super) fn none(&self) -> BucketSet {
+        BucketSet(vec![0; self.capacity.div_ceil(64)])
+    }
+}
+
+/// A set of buckets of one table, a bit each.
+pub(super) struct BucketSet(Vec<u64>);
+
+impl BucketSet {
+    pub(super) fn insert(&mut self, bucket: usize) {
+        if let Some(word) = self.0.get_mut(bucket / 64) {
+            *word |= 1 << (bucket % 64);
+        }
+    }
+
+    pub(super) fn contains(&self, bucket: usize) -> bool {
+        self.0
+            .get(bucket / 64)
+            .is_some_and(|word| word & (1 << (bucket % 64)) != 0)
+    }
+}
+
 /// A map with more entries than rkyv's 32-bit lengths hold.
 #[derive(Debug)]
 struct TooManyEntries(usize);
@@ -363,6 +422,42 @@ mod tests {
                         .is_none()
                 );
             }
+        }
+    }
+
+    #[test]
+    fn an_entrys_bucket_is_found_from_its_address() {
+        for n in SIZES {
+            let entries: Vec<(String, u64)> = (0..n).map(|i| (format!("key-{i}"), i)).collect();
+            let archive = archive_of(entries);
+            let map = rkyv::access::<ArchivedMap<String, u64>, rancor::Error>(&archive).unwrap();
+            let buckets = Buckets::of(map);
+            let Some(controls) = control_bytes(map, &archive).unwrap() else {
+                assert_eq!(n, 0);
+                continue;
+            };
+            let mut seen = buckets.none();
+            for (key, _) in map.iter() {
+                let bucket = buckets.of_key(key).expect("an entry's bucket");
+                assert!(!seen.contains(bucket), "one entry per bucket");
+                seen.insert(bucket);
+                let hash = hash_value::<str, FxHasher64>(key.as_str());
+                assert_eq!(controls[bucket], (hash >> 57) as u8, "its control byte");
+                let (found, _) = map.get_key_value_with(key.as_str(), |q, k| k == q).unwrap();
+                assert_eq!(
+                    buckets.of_key(found),
+                    Some(bucket),
+                    "a lookup finds the same"
+                );
+            }
+            // Addresses that are not an entry's.
+            let stray = 0u32;
+            assert_eq!(buckets.of_key(&stray), None);
+            assert_eq!(
+                buckets.of_key(map),
+                None,
+                "the map itself lies after its controls"
+            );
         }
     }
 

@@ -360,7 +360,8 @@ extern "C" fn after_fork_in_child() {
     }
 }
 
-fn install_fork_handler() {
+/// Installs the handler that counts forks (see [`fork_generation`]), once per process.
+pub(crate) fn install_fork_handler() {
     ATFORK.call_once(|| {
         // SAFETY: `after_fork_in_child` only does atomic operations and close(2), which are
         // async-signal-safe, as a handler running in a freshly forked child must be.
