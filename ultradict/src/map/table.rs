@@ -235,6 +235,7 @@ impl Buckets {
 }
 
 /// A set of buckets of one table, a bit each.
+#[derive(Clone)]
 pub(super) struct BucketSet(Vec<u64>);
 
 impl BucketSet {
