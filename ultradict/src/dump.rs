@@ -471,7 +471,9 @@ impl<T> Dump<T> {
             .saturating_add(STREAM_CHUNK.max(room))
             .next_multiple_of(page)
             .min(stream_len);
-        segment.reserve(fd.as_fd(), at + from, end - from)?;
+        if end > from {
+            segment.reserve(fd.as_fd(), at + from, end - from)?;
+        }
         self.reserved = start..end;
         Ok(self.writable_to(offset))
     }
@@ -486,7 +488,7 @@ pub(crate) struct AlignedBytes {
 impl AlignedBytes {
     /// The first `len` bytes of `buf`, which a serializer wrote.
     pub(crate) fn new(buf: AlignedBuf, len: usize) -> Self {
-        assert!(len <= buf.blocks.len() * 16);
+        assert!(len <= buf.len());
         AlignedBytes { buf, len }
     }
 
@@ -500,6 +502,11 @@ impl AlignedBytes {
 /// A heap buffer aligned for rkyv archives, for building a dump before it has a segment.
 pub(crate) struct AlignedBuf {
     blocks: Vec<MaybeUninit<Block>>,
+    /// A large buffer's own anonymous mapping, used instead of `blocks`: it asks for huge
+    /// pages (a fault per 2 MiB instead of per 4 KiB: writing a 1M-entry dump's 19 MB archive
+    /// took 13.4 ms in 4 KiB faults, 5.5 ms in huge ones), which advice on the allocator's
+    /// heap would leave behind on memory it hands out later.
+    mapped: Option<memmap2::MmapMut>,
 }
 
 #[derive(Clone, Copy)]
@@ -507,19 +514,52 @@ pub(crate) struct AlignedBuf {
 struct Block([u8; 16]);
 
 impl AlignedBuf {
+    /// Buffers at least this large get their own mapping.
+    const MAPPED: usize = 4 << 20;
+
     pub(crate) fn with_capacity(bytes: usize) -> Self {
-        let mut blocks: Vec<MaybeUninit<Block>> = Vec::with_capacity(bytes.div_ceil(16));
-        blocks.resize(bytes.div_ceil(16), MaybeUninit::uninit());
-        crate::os::advise_huge_pages(blocks.as_mut_ptr().cast(), blocks.len() * 16);
-        AlignedBuf { blocks }
+        let len = bytes.next_multiple_of(16);
+        let map = (len >= Self::MAPPED)
+            .then(|| memmap2::MmapOptions::new().len(len).map_anon().ok())
+            .flatten();
+        if let Some(mut map) = map {
+            crate::os::advise_huge_pages(map.as_mut_ptr(), len);
+            return AlignedBuf {
+                blocks: Vec::new(),
+                mapped: Some(map),
+            };
+        }
+        let mut blocks: Vec<MaybeUninit<Block>> = Vec::with_capacity(len / 16);
+        blocks.resize(len / 16, MaybeUninit::uninit());
+        AlignedBuf {
+            blocks,
+            mapped: None,
+        }
+    }
+
+    /// Where the buffer starts (16-byte aligned) and its length.
+    fn raw(&self) -> (*const u8, usize) {
+        match &self.mapped {
+            Some(map) => (map.as_ptr(), map.len()),
+            None => (self.blocks.as_ptr().cast(), self.blocks.len() * 16),
+        }
+    }
+
+    /// Bytes in the buffer.
+    pub(crate) fn len(&self) -> usize {
+        self.raw().1
     }
 
     /// The whole buffer, for a serializer to fill.
     pub(crate) fn as_uninit_mut(&mut self) -> &mut [MaybeUninit<u8>] {
-        let len = self.blocks.len() * 16;
-        // SAFETY: `blocks` owns `len` bytes of `MaybeUninit`, which any byte pattern (or none)
-        // inhabits, and the borrow of `self` keeps them exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.blocks.as_mut_ptr().cast(), len) }
+        let (start, len) = match &mut self.mapped {
+            Some(map) => (map.as_mut_ptr(), map.len()),
+            None => (self.blocks.as_mut_ptr().cast(), self.blocks.len() * 16),
+        };
+        // SAFETY: the buffer (the mapping, page aligned, or `blocks`) owns `len` bytes at
+        // `start`, which any byte pattern (or none) inhabits as `MaybeUninit`, and the borrow
+        // of `self` keeps them exclusive.
+        unsafe { std::slice::from_raw_parts_mut(start.cast(), len) }
     }
 
     /// The first `len` bytes, which a serializer has written.
@@ -527,13 +567,15 @@ impl AlignedBuf {
     /// # Safety
     /// The first `len` bytes were initialized.
     pub(crate) unsafe fn initialized(&self, len: usize) -> &[u8] {
-        assert!(len <= self.blocks.len() * 16);
+        let (start, capacity) = self.raw();
+        assert!(len <= capacity);
         // SAFETY: in bounds (asserted) and initialized (caller).
-        unsafe { std::slice::from_raw_parts(self.blocks.as_ptr().cast(), len) }
+        unsafe { std::slice::from_raw_parts(start, len) }
     }
 
     /// The whole buffer, zero-initialized first, as aligned bytes.
     pub(crate) fn zeroed_mut(&mut self, len: usize) -> &mut [u8] {
+        self.mapped = None;
         let blocks = len.div_ceil(16);
         self.blocks.clear();
         self.blocks.resize(blocks, MaybeUninit::new(Block([0; 16])));

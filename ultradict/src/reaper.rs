@@ -1,16 +1,22 @@
 //! Frees superseded dumps off the caller's path.
 //!
 //! A superseded dump's object is already unlinked, so the process that unmaps it last frees
-//! its pages: about 10 ms for a 1M-entry dict (its archive and full stream, 38 MB), which a
-//! writer's dump or a reader's switch to the next dump would otherwise wait for. Large dumps
-//! are handed to one helper thread per process, which drops them; small ones are dropped in
-//! place, where that costs less than the hand-over.
+//! its pages: milliseconds for a large dict (about 4 ms for the 19 MB archive of a 1M-entry
+//! dict, and as much again for a stream its records filled), which a writer's dump or a
+//! reader's switch to the next dump would otherwise wait for. Large dumps are handed to one
+//! helper thread per process, which drops them; small ones are dropped in place, where that
+//! costs less than the hand-over.
 //!
+//! At most one dump waits for the thread at a time: one more is dropped in place, so that
+//! memory (and /dev/shm space) a superseded dump holds is never kept waiting behind a queue.
 //! The thread starts with the first large dump to free, and again in a forked child (threads
-//! do not survive `fork`; what the parent's thread had not yet freed stays mapped in the
-//! child until it exits). If the thread cannot be started, or the hand-over is busy in
-//! another thread, the dump is dropped in place: never a wait, never a leak.
+//! do not survive `fork`): unless the child was forked while another thread was handing a dump
+//! over, in which case the child drops its dumps in place. A dump the parent's thread had not
+//! yet freed when the child was forked stays mapped in the child until the child exits. If the
+//! thread cannot be started, dumps are dropped in place: the hand-over never waits.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
 
 use parking_lot::Mutex;
@@ -20,11 +26,18 @@ pub(crate) const LARGE: usize = 4 << 20;
 
 type Parcel = Box<dyn Send>;
 
-/// The helper thread's channel, and the fork generation it was started in.
-static REAPER: Mutex<Option<(u64, Sender<Parcel>)>> = Mutex::new(None);
+/// The helper thread: its channel, whether a dump waits for it, and the fork generation it
+/// was started in.
+struct Reaper {
+    sender: Sender<Parcel>,
+    busy: Arc<AtomicBool>,
+    generation: u64,
+}
+
+static REAPER: Mutex<Option<Reaper>> = Mutex::new(None);
 
 /// Drops `value`, which holds `bytes` of mapped memory: in the helper thread if that is
-/// large, else here.
+/// large and the thread is free, else here.
 pub(crate) fn retire<T: Send + 'static>(value: T, bytes: usize) {
     if bytes < LARGE {
         return drop(value);
@@ -35,39 +48,51 @@ pub(crate) fn retire<T: Send + 'static>(value: T, bytes: usize) {
         return drop(value);
     };
     let generation = crate::os::fork_generation();
-    let current = slot.as_ref().filter(|(started, _)| *started == generation);
-    let sender = match current {
-        Some((_, sender)) => sender.clone(),
-        None => {
-            // A channel from before a fork has no thread behind it here: forget it (dropping
-            // it would touch state the parent's threads may have left half-changed).
-            if let Some(stale) = slot.take() {
-                std::mem::forget(stale);
-            }
-            match start() {
-                Some(sender) => slot.insert((generation, sender)).1.clone(),
-                None => return drop(value),
-            }
-        }
+    if slot
+        .as_ref()
+        .is_some_and(|reaper| reaper.generation != generation)
+    {
+        // A thread of the parent, which does not run here: forget its channel (dropping it
+        // would touch state the parent's threads may have left half-changed).
+        std::mem::forget(slot.take());
+    }
+    if slot.is_none() {
+        *slot = start(generation);
+    }
+    let Some(reaper) = slot.as_ref() else {
+        return drop(value);
     };
-    drop(slot);
-    if let Err(returned) = sender.send(Box::new(value)) {
-        // The thread is gone (it only ends when every sender is): free it here.
+    if reaper.busy.swap(true, Ordering::AcqRel) {
+        // The thread still frees the previous one.
+        drop(slot);
+        return drop(value);
+    }
+    if let Err(returned) = reaper.sender.send(Box::new(value)) {
+        // The thread is gone (it ends only when every sender is): free it here.
+        reaper.busy.store(false, Ordering::Release);
+        drop(slot);
         drop(returned.0);
     }
 }
 
 /// Starts the helper thread; `None` if the system would not.
-fn start() -> Option<Sender<Parcel>> {
+fn start(generation: u64) -> Option<Reaper> {
     crate::os::install_fork_handler();
     let (sender, parcels) = mpsc::channel::<Parcel>();
+    let busy = Arc::new(AtomicBool::new(false));
+    let done = Arc::clone(&busy);
     std::thread::Builder::new()
         .name("ultradict-reaper".into())
         .spawn(move || {
             for parcel in parcels {
                 drop(parcel);
+                done.store(false, Ordering::Release);
             }
         })
         .ok()?;
-    Some(sender)
+    Some(Reaper {
+        sender,
+        busy,
+        generation,
+    })
 }

@@ -44,7 +44,7 @@ impl Segment {
         mode: u32,
     ) -> Result<(Self, OwnedFd)> {
         let fd = os::create_object(object, head, reserved, len, mode)
-            .map_err(|e| map_open_error(object, len, e))?;
+            .map_err(|e| map_open_error(object, reserved.min(len), e))?;
         let segment = Self::map(object, &fd, len, true).inspect_err(|_| {
             let _ = os::unlink_object(object);
         })?;

@@ -4,9 +4,10 @@
 //! The layout, pinned by the rkyv version in Cargo.toml and by the tests below: the map is 12
 //! bytes (a 32-bit relative pointer to the control bytes, then the length and the capacity as
 //! 32-bit little-endian numbers). The buckets lie just before the control bytes, bucket `i` at
-//! `i + 1` entries before them; there are `capacity` control bytes, rounded up to 16, plus 15
-//! more that repeat the first ones. A full bucket's control byte is the top 7 bits of its key's
-//! hash (below 0x80), an empty one's 0xFF.
+//! `i + 1` entries before them. There is a control byte per bucket, then more up to the
+//! capacity rounded up to 16, plus 15: byte `capacity + i` repeats byte `i` (as far as there is
+//! a byte `i`; past that, in tables of under 16 buckets, they stay empty). A full bucket's
+//! control byte is the top 7 bits of its key's hash (below 0x80), an empty one's 0xFF.
 
 use std::hash::Hash;
 
@@ -203,17 +204,12 @@ pub(super) struct Buckets {
 
 impl Buckets {
     pub(super) fn of<K, V>(map: &ArchivedHashMap<K, V>) -> Self {
-        // SAFETY: `map` is a valid reference to the 12 bytes of an archived map (its size is
-        // asserted in `resolve`), which have no padding; its first 4 are the relative pointer
-        // to the control bytes (see the module's comment).
-        let pointer: [u8; 4] = unsafe {
-            (map as *const ArchivedHashMap<K, V>)
-                .cast::<[u8; 4]>()
-                .read()
-        };
-        let from = (map as *const ArchivedHashMap<K, V>).addr();
+        // SAFETY: `map` is a valid reference to an archived map, which starts with the
+        // relative pointer to its control bytes (see the module's comment; the tests check
+        // the layout), a `RawRelPtr` read in place, aligned like the map.
+        let pointer = unsafe { &*(map as *const ArchivedHashMap<K, V>).cast::<RawRelPtr>() };
         Buckets {
-            controls: from.wrapping_add_signed(i32::from_le_bytes(pointer) as isize),
+            controls: pointer.as_ptr_wrapping().addr(),
             entry_size: std::mem::size_of::<Entry<K, V>>(),
             capacity: map.capacity(),
         }
@@ -235,7 +231,6 @@ impl Buckets {
 }
 
 /// A set of buckets of one table, a bit each.
-#[derive(Clone)]
 pub(super) struct BucketSet(Vec<u64>);
 
 impl BucketSet {
