@@ -78,6 +78,43 @@ fn child_entry() {
             d.insert(0, "small".into()).unwrap();
             report(format!("committed {committed} then: {err}"));
         }
+        "fill_shm_under_a_stream" => {
+            // Runs with a 1 MiB tmpfs over /dev/shm. A dump with a stream of its own, whose
+            // space is reserved only as records reach it; then /dev/shm filled by something
+            // else: the write that needs stream space fails, and nothing is lost.
+            let d: UltraDict<u32, String> = UltraDict::builder()
+                .name(&name)
+                .buffer_size(64 << 10)
+                .open()
+                .unwrap();
+            d.extend((0..100).map(|key| (key, "v".repeat(1_000))))
+                .unwrap();
+            d.dump().unwrap();
+            let stream = d.status().buffer_size;
+            assert!(
+                stream > 64 << 10,
+                "the dump has a stream of its own: {stream} bytes"
+            );
+            let filler = "/dev/shm/filler";
+            let mut file = std::fs::File::create(filler).unwrap();
+            let chunk = vec![1u8; 4096];
+            while std::io::Write::write_all(&mut file, &chunk).is_ok() {}
+            drop(file);
+            let err = d.insert(1_000, "new".into()).unwrap_err();
+            assert!(matches!(err, Error::OutOfSpace { .. }), "{err:?}");
+            assert_eq!(d.get(&1_000).unwrap(), None);
+            assert_eq!(d.len().unwrap(), 100);
+            let fresh: UltraDict<u32, String> = UltraDict::open(&name).unwrap();
+            assert_eq!(fresh.len().unwrap(), 100);
+            assert_eq!(fresh.get(&99).unwrap().map(|v| v.len()), Some(1_000));
+            // Space again: the same write goes through, into the same stream.
+            std::fs::remove_file(filler).unwrap();
+            let epoch = d.status().epoch;
+            d.insert(1_000, "new".into()).unwrap();
+            assert_eq!(d.status().epoch, epoch);
+            assert_eq!(fresh.get(&1_000).unwrap().as_deref(), Some("new"));
+            report(format!("stream of {stream} bytes, then: {err}"));
+        }
         "attach_and_wait" => {
             let _d = UltraDict::<u32, u32>::builder()
                 .name(&name)
@@ -174,6 +211,34 @@ fn a_full_dev_shm_is_an_error_and_loses_nothing() {
     assert!(reports[0].starts_with("committed "), "{reports:?}");
     assert!(reports[0].contains("no space in /dev/shm"), "{reports:?}");
     // The child's /dev/shm was private: nothing of it is here.
+    assert_no_segments(&name);
+}
+
+#[test]
+fn a_full_dev_shm_under_a_dumps_stream_is_an_error_and_loses_nothing() {
+    let probe = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /dev/shm"])
+        .status();
+    if !probe.is_ok_and(|status| status.success()) {
+        println!("skipped: cannot mount a private tmpfs over /dev/shm (not root?)");
+        return;
+    }
+    let name = unique_name("fullstream");
+    let wrapper = [
+        "unshare",
+        "-m",
+        "sh",
+        "-c",
+        "mount -t tmpfs -o size=1m tmpfs /dev/shm && exec \"$@\"",
+        "sh",
+    ];
+    let reports = Spawn::test_under(&wrapper, "child_entry", "fill_shm_under_a_stream")
+        .env("NAME", &name)
+        .start()
+        .wait(WATCHDOG);
+    println!("{reports:?}");
+    assert!(reports[0].starts_with("stream of "), "{reports:?}");
+    assert!(reports[0].contains("no space in /dev/shm"), "{reports:?}");
     assert_no_segments(&name);
 }
 
