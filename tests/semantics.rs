@@ -183,18 +183,17 @@ fn another_user_cannot_attach_or_remove() {
     assert_no_segments(&name);
 }
 
-#[test]
-fn a_full_dev_shm_is_an_error_and_loses_nothing() {
-    // A private mount namespace with a 1 MiB tmpfs over /dev/shm; needs root (or the right
-    // capabilities), otherwise the test says so and passes without checking.
+/// Runs this test binary's `role` in a private mount namespace with a 1 MiB tmpfs over
+/// /dev/shm, and returns its reports; `None` (the test then passes without checking) where
+/// that cannot be set up (not root, or no `unshare`).
+fn with_a_tiny_dev_shm(role: &str, name: &str) -> Option<Vec<String>> {
     let probe = std::process::Command::new("unshare")
         .args(["-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /dev/shm"])
         .status();
     if !probe.is_ok_and(|status| status.success()) {
         println!("skipped: cannot mount a private tmpfs over /dev/shm (not root?)");
-        return;
+        return None;
     }
-    let name = unique_name("fullshm");
     let wrapper = [
         "unshare",
         "-m",
@@ -203,43 +202,34 @@ fn a_full_dev_shm_is_an_error_and_loses_nothing() {
         "mount -t tmpfs -o size=1m tmpfs /dev/shm && exec \"$@\"",
         "sh",
     ];
-    let reports = Spawn::test_under(&wrapper, "child_entry", "fill_shm")
-        .env("NAME", &name)
+    let reports = Spawn::test_under(&wrapper, "child_entry", role)
+        .env("NAME", name)
         .start()
         .wait(WATCHDOG);
     println!("{reports:?}");
+    // The child's /dev/shm was private: nothing of it is here.
+    assert_no_segments(name);
+    Some(reports)
+}
+
+#[test]
+fn a_full_dev_shm_is_an_error_and_loses_nothing() {
+    let name = unique_name("fullshm");
+    let Some(reports) = with_a_tiny_dev_shm("fill_shm", &name) else {
+        return;
+    };
     assert!(reports[0].starts_with("committed "), "{reports:?}");
     assert!(reports[0].contains("no space in /dev/shm"), "{reports:?}");
-    // The child's /dev/shm was private: nothing of it is here.
-    assert_no_segments(&name);
 }
 
 #[test]
 fn a_full_dev_shm_under_a_dumps_stream_is_an_error_and_loses_nothing() {
-    let probe = std::process::Command::new("unshare")
-        .args(["-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /dev/shm"])
-        .status();
-    if !probe.is_ok_and(|status| status.success()) {
-        println!("skipped: cannot mount a private tmpfs over /dev/shm (not root?)");
-        return;
-    }
     let name = unique_name("fullstream");
-    let wrapper = [
-        "unshare",
-        "-m",
-        "sh",
-        "-c",
-        "mount -t tmpfs -o size=1m tmpfs /dev/shm && exec \"$@\"",
-        "sh",
-    ];
-    let reports = Spawn::test_under(&wrapper, "child_entry", "fill_shm_under_a_stream")
-        .env("NAME", &name)
-        .start()
-        .wait(WATCHDOG);
-    println!("{reports:?}");
+    let Some(reports) = with_a_tiny_dev_shm("fill_shm_under_a_stream", &name) else {
+        return;
+    };
     assert!(reports[0].starts_with("stream of "), "{reports:?}");
     assert!(reports[0].contains("no space in /dev/shm"), "{reports:?}");
-    assert_no_segments(&name);
 }
 
 #[test]
