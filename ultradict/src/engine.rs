@@ -166,12 +166,9 @@ impl<S: Schema> Storage for Engine<S> {
         let (stream, capacity) = self.stream_of(&view);
         // A dump's stream is reserved as records need it: a record that does not fit in what
         // this process reserved gets more reserved, up to the stream's end, and is tried again.
-        let mut writable = match view.dump.as_ref().and_then(Dump::stream) {
-            Some(_) => view
-                .dump
-                .as_ref()
-                .map_or(0, |dump| dump.writable_to(offset)),
-            None => capacity,
+        let mut writable = match view.dump.as_ref() {
+            Some(dump) if dump.stream().is_some() => dump.writable_to(offset),
+            _ => capacity,
         };
         let appended = loop {
             // SAFETY: `stream_of` gives the caught-up epoch's stream, which `view` keeps
