@@ -37,11 +37,14 @@ pub(crate) fn is_not_regular(err: &io::Error) -> bool {
 /// arrives (tmpfs checks for one while it allocates): it is tried again, the part done stays
 /// done. A test that sent signals during large dumps never saw EINTR on this kernel, so this
 /// retry is untested.
-fn reserve(fd: BorrowedFd<'_>, offset: u64, len: u64) -> rustix::io::Result<()> {
+///
+/// Reserving makes touching the bytes safe: a full /dev/shm fails here with `ENOSPC` instead of
+/// a SIGBUS on first touch.
+pub(crate) fn reserve_range(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
     loop {
         match rustix::fs::fallocate(fd, FallocateFlags::empty(), offset, len) {
             Err(rustix::io::Errno::INTR) => continue,
-            other => return other,
+            other => return Ok(other?),
         }
     }
 }
@@ -83,7 +86,7 @@ pub(crate) fn create_object(
         }
         let reserved = reserved.min(len);
         if reserved > at {
-            reserve(fd.as_fd(), at, reserved - at)?;
+            reserve_range(fd.as_fd(), at, reserved - at)?;
         }
         if len > reserved.max(at) {
             rustix::fs::ftruncate(&fd, len)?;
@@ -95,12 +98,6 @@ pub(crate) fn create_object(
         return Err(err);
     }
     Ok(fd)
-}
-
-/// Reserves `len` bytes of the object `fd` describes from `offset` (allocating what is not
-/// yet), so that touching them cannot raise SIGBUS: a full /dev/shm fails here with `ENOSPC`.
-pub(crate) fn reserve_range(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
-    Ok(reserve(fd, offset, len)?)
 }
 
 /// Asks the kernel to map the pages of `len` bytes at `ptr` for writing now, in one call,
@@ -115,12 +112,9 @@ pub(crate) fn prefault_for_writing(ptr: *mut u8, len: usize) {
 /// Asks the kernel to back the whole 2 MiB pages within `len` bytes of anonymous memory at
 /// `ptr` with huge pages when they are first touched (transparent huge pages, where the
 /// system leaves them to `madvise`): a large buffer written once then costs a fault per
-/// 2 MiB instead of per 4 KiB. Only a hint; buffers under 4 MiB are left alone.
+/// 2 MiB instead of per 4 KiB. Only a hint.
 pub(crate) fn advise_huge_pages(ptr: *mut u8, len: usize) {
     const HUGE: usize = 2 << 20;
-    if len < 2 * HUGE {
-        return;
-    }
     let start = ptr.addr().next_multiple_of(HUGE);
     let end = (ptr.addr() + len) / HUGE * HUGE;
     if end > start {
