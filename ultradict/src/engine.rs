@@ -153,7 +153,7 @@ impl<S: Schema> Storage for Engine<S> {
         update: S::Update,
         mut decide: impl FnMut(&View<S>, &S::Update) -> Result<(bool, R)>,
     ) -> Result<R> {
-        let _guard = self.lock(&LockOptions::default())?;
+        let _held = self.hold(&LockOptions::default())?;
         let mut view = self.view.write();
         self.catch_up_locked(&mut view)?;
         let (commit, result) = decide(&view, &update)?;
@@ -216,7 +216,7 @@ impl<S: Schema> Storage for Engine<S> {
     }
 
     fn write_via_dump(&self, update: Option<&S::Update>) -> Result<()> {
-        let _guard = self.lock(&LockOptions::default())?;
+        let _held = self.hold(&LockOptions::default())?;
         let mut view = self.view.write();
         self.catch_up_locked(&mut view)?;
         self.switch_epoch(&mut view, update)

@@ -200,7 +200,7 @@ fn backoff(at_most: Duration) {
 const BACKOFF: Duration = Duration::from_micros(20);
 
 /// Takes a free word as `me`, with the `bits` (the waiters bit or none) set.
-fn take_free(lock: &LockFields, bits: u32, me: u32) -> bool {
+pub(crate) fn take_free(lock: &LockFields, bits: u32, me: u32) -> bool {
     let taken = lock
         .word
         .compare_exchange(0, me | bits, Ordering::Acquire, Ordering::Relaxed)

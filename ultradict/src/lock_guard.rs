@@ -215,10 +215,46 @@ impl<S: Schema> Engine<S> {
 
     /// Takes the writers' lock for the calling thread (re-entrantly).
     pub(crate) fn acquire(&self, options: &LockOptions) -> Result<LockGuard<'_>> {
+        self.hold(options).map(Held::into_guard)
+    }
+
+    /// Takes the writers' lock for the calling thread (re-entrantly), for the engine's own
+    /// writes: the uncontended path is inlined into the caller and the hold is released
+    /// without the public guard's dynamic call. A profile of a hot `insert` put a tenth of it
+    /// in passing the guard out of an out-of-line `acquire` (stores reloaded before they
+    /// could be forwarded).
+    #[inline]
+    pub(crate) fn hold(&self, options: &LockOptions) -> Result<Held<'_, S>> {
         let me = crate::os::current_thread();
         if let Some(key) = self.reentrant.reenter(me) {
-            return Ok(LockGuard::new(self, key));
+            return Ok(Held { engine: self, key });
         }
+        if let Some(slot) = self.membership.slot_in(me.generation) {
+            let word = lock::holder_word(slot, me.tid);
+            // A free lock is held by nobody, this thread through another handle included.
+            if lock::take_free(&self.control().lock.0, 0, word) {
+                return Ok(self.entered(me, word));
+            }
+        }
+        self.hold_contended(me, options)
+    }
+
+    /// The hold just taken as `word` by `me`.
+    #[inline]
+    fn entered(&self, me: ThreadId, word: u32) -> Held<'_, S> {
+        let held = Held {
+            engine: self,
+            key: self.reentrant.enter(me, word),
+        };
+        crate::fault::point("locked");
+        held
+    }
+
+    /// [`hold`](Self::hold) when the lock was not free at the first look (or this thread has
+    /// no slot yet in a forked child).
+    #[cold]
+    #[inline(never)]
+    fn hold_contended(&self, me: ThreadId, options: &LockOptions) -> Result<Held<'_, S>> {
         let slot = match self.membership.slot_in(me.generation) {
             Some(slot) => slot,
             None => self.attach_in_fork(me.generation)?,
@@ -247,12 +283,15 @@ impl<S: Schema> Engine<S> {
         };
         match acquired {
             Ok(how) => {
-                let guard = LockGuard::new(self, self.reentrant.enter(me, word));
+                let held = Held {
+                    engine: self,
+                    key: self.reentrant.enter(me, word),
+                };
                 if let Acquired::FromDead { dead_slot } = how {
                     self.tidy_after_dead_holder(dead_slot);
                 }
                 crate::fault::point("locked");
-                Ok(guard)
+                Ok(held)
             }
             Err(busy) => {
                 let holder_pid = busy.holder_slot.map_or(0, |slot| control.slot_pid(slot).0);
@@ -334,9 +373,33 @@ impl<S: Schema> Engine<S> {
 }
 
 impl<S: Schema> Unlock for Engine<S> {
+    #[inline]
     fn unlock(&self, key: u64) {
         if let Some(word) = self.reentrant.leave(key) {
             lock::release(&self.control().lock.0, word);
         }
+    }
+}
+
+/// The writers' lock as the engine holds it for one of its own operations: what a
+/// [`LockGuard`] is, without the dynamic call (see [`Engine::hold`]).
+#[must_use = "the lock is released as soon as the hold is dropped"]
+pub(crate) struct Held<'a, S: Schema> {
+    engine: &'a Engine<S>,
+    key: u64,
+}
+
+impl<'a, S: Schema> Held<'a, S> {
+    /// The same hold as a public guard.
+    fn into_guard(self) -> LockGuard<'a> {
+        let this = std::mem::ManuallyDrop::new(self);
+        LockGuard::new(this.engine, this.key)
+    }
+}
+
+impl<S: Schema> Drop for Held<'_, S> {
+    #[inline]
+    fn drop(&mut self) {
+        self.engine.unlock(self.key);
     }
 }
