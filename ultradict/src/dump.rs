@@ -573,6 +573,29 @@ impl AlignedBuf {
         unsafe { std::slice::from_raw_parts(start, len) }
     }
 
+    /// The first `len` bytes as `fill` writes them, without zeroing them first (a reader's
+    /// catch-up copies every record into this buffer).
+    ///
+    /// # Safety
+    /// `fill` writes every one of the `len` bytes it is given.
+    pub(crate) unsafe fn filled_with(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [MaybeUninit<u8>]),
+    ) -> &mut [u8] {
+        self.mapped = None;
+        let blocks = len.div_ceil(16);
+        if self.blocks.len() < blocks {
+            self.blocks.resize(blocks, MaybeUninit::uninit());
+        }
+        let start = self.blocks.as_mut_ptr().cast::<u8>();
+        // SAFETY: `blocks` owns at least `len` bytes at `start`, any byte pattern inhabits
+        // `MaybeUninit<u8>`, and the borrow of `self` keeps them exclusive.
+        fill(unsafe { std::slice::from_raw_parts_mut(start.cast(), len) });
+        // SAFETY: as above, and `fill` initialized all `len` bytes (the caller's contract).
+        unsafe { std::slice::from_raw_parts_mut(start, len) }
+    }
+
     /// The whole buffer, zero-initialized first, as aligned bytes.
     pub(crate) fn zeroed_mut(&mut self, len: usize) -> &mut [u8] {
         self.mapped = None;

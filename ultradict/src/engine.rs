@@ -6,11 +6,12 @@
 //! Storage steps (append a record, publish, read records since an offset, write and read a
 //! dump, lock) each live in one function, so that another backend can take them over.
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::time::Duration;
 
-use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::{RwLock, RwLockWriteGuard};
 
 use crate::control::{Control, HEADER_SIZE, StateWord};
 use crate::dump::{AlignedBuf, Dump, DumpId};
@@ -69,9 +70,13 @@ pub(crate) struct Engine<S: Schema> {
     pub(crate) fingerprint: Fingerprint,
     /// This instance of the dict (see `naming::dump`).
     pub(crate) instance: u64,
-    pub(crate) view: RwLock<View<S>>,
-    /// Scratch space for copying stream ranges out and decoding them; guarded by its own lock
-    /// so that a watcher's `updates_since` does not take the view's.
+    pub(crate) view: RwLock<Local<S>>,
+    /// The state word the view last reached, packed: a hint that lets a read with news go
+    /// straight to the catch-up, without first taking the view for reading. Only a hint: the
+    /// view's own position, under its lock, decides.
+    pub(crate) reached: AtomicU64,
+    /// Scratch space for a watcher's `updates_since`, which copies records out without taking
+    /// the view for writing (catch-ups use the view's own, see [`Local`]).
     pub(crate) scratch: parking_lot::Mutex<Scratch<S::Update>>,
     /// The re-entrant hold of the writers' lock by one thread of this handle.
     pub(crate) reentrant: Reentrant,
@@ -117,7 +122,7 @@ impl<S: Schema> Storage for Engine<S> {
     /// borrow of the view.
     fn read<R>(&self, f: impl FnOnce(&View<S>) -> Result<R>) -> Result<R> {
         let published = self.control().state.load(Ordering::Acquire);
-        {
+        if self.reached.load(Ordering::Relaxed) == published {
             let view = self.view.read();
             if view.position.0 == u128::from(published) {
                 return f(&view);
@@ -200,9 +205,10 @@ impl<S: Schema> Storage for Engine<S> {
                 // read-modify-write (one atomic RMW less per write, about 5 ns here).
                 let records = &control.counters.records;
                 records.store(records.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-                let View { dump, overlay, .. } = &mut *view;
+                let View { dump, overlay, .. } = &mut view.view;
                 S::apply(dump.as_ref().map(Dump::root), overlay, update);
                 view.position = next.position();
+                self.reached.store(next.pack(), Ordering::Relaxed);
             }
             Err(stream::AppendError::StreamFull) => self.switch_epoch(&mut view, Some(&update))?,
             Err(stream::AppendError::Failed(detail)) => {
@@ -242,11 +248,11 @@ impl<S: Schema> Storage for Engine<S> {
                 self.catch_up()?;
                 continue;
             }
-            let stream = self.stream_of(&view);
-            let updates =
-                self.read_records(stream, position.committed, target, false, |updates| {
-                    std::mem::take(updates)
-                })?;
+            let records = (self.stream_of(&view), position.committed, target);
+            let mut scratch = self.scratch.lock();
+            let updates = self.read_records(records, &mut scratch, false, |updates| {
+                std::mem::take(updates)
+            })?;
             if let Some(updates) = updates {
                 return Ok(Since::Updates(updates, target.position()));
             }
@@ -384,39 +390,46 @@ impl<S: Schema> Engine<S> {
         f(&view)
     }
 
-    /// Brings this handle's view up to the published state and keeps it for reading: the
-    /// write guard is downgraded, not dropped and taken again.
-    fn caught_up(&self) -> Result<RwLockReadGuard<'_, View<S>>> {
+    /// Brings this handle's view up to the published state and keeps it, still taken for
+    /// writing: the read that found news reads under the same hold (one atomic operation
+    /// less than downgrading it, and another less than letting it go and taking it again).
+    fn caught_up(&self) -> Result<RwLockWriteGuard<'_, Local<S>>> {
         let mut view = self.view.write();
+        self.catch_up_here(&mut view)?;
+        self.reached.store(at(&view).pack(), Ordering::Relaxed);
+        Ok(view)
+    }
+
+    /// The catch-up of [`caught_up`](Self::caught_up), on the view it holds for writing.
+    fn catch_up_here(&self, view: &mut RwLockWriteGuard<'_, Local<S>>) -> Result<()> {
         // Every catch-up counts under the view's write lock: a load and a store suffice.
         self.catch_ups.store(
             self.catch_ups.load(Ordering::Relaxed) + 1,
             Ordering::Relaxed,
         );
         if self.holds_lock() {
-            self.catch_up_locked(&mut view)?;
-            return Ok(RwLockWriteGuard::downgrade(view));
+            return self.catch_up_locked(view);
         }
         for _ in 0..LOCK_FREE_ATTEMPTS {
-            match self.try_catch_up(&mut view, false)? {
-                Progress::Done => return Ok(RwLockWriteGuard::downgrade(view)),
+            match self.try_catch_up(view, false)? {
+                Progress::Done => return Ok(()),
                 Progress::Retry => std::hint::spin_loop(),
             }
         }
         // Writers kept overtaking us: catch up once with them held off. This always ends.
-        drop(view);
         self.control()
             .counters
             .locked_catch_ups
             .fetch_add(1, Ordering::Relaxed);
-        let _guard = self.lock(&LockOptions::default())?;
-        let mut view = self.view.write();
-        self.catch_up_locked(&mut view)?;
-        Ok(RwLockWriteGuard::downgrade(view))
+        RwLockWriteGuard::unlocked(view, || -> Result<()> {
+            let _held = self.hold(&LockOptions::default())?;
+            let mut view = self.view.write();
+            self.catch_up_locked(&mut view)
+        })
     }
 
     /// Catches up while holding the writers' lock: nothing moves underneath.
-    fn catch_up_locked(&self, view: &mut View<S>) -> Result<()> {
+    fn catch_up_locked(&self, view: &mut Local<S>) -> Result<()> {
         loop {
             if let Progress::Done = self.try_catch_up(view, true)? {
                 return Ok(());
@@ -425,7 +438,7 @@ impl<S: Schema> Engine<S> {
     }
 
     /// One attempt at reaching the published state.
-    fn try_catch_up(&self, view: &mut View<S>, locked: bool) -> Result<Progress> {
+    fn try_catch_up(&self, view: &mut Local<S>, locked: bool) -> Result<Progress> {
         let control = self.control();
         let target = control.state();
         if target.position() == view.position {
@@ -444,10 +457,14 @@ impl<S: Schema> Engine<S> {
         }
         let committed = at(view).committed;
         let stream = self.stream_of(view);
-        let View { dump, overlay, .. } = view;
+        let Local {
+            view: View { dump, overlay, .. },
+            scratch,
+        } = view;
         let dump = dump.as_ref().map(Dump::root);
         // Every record is deserialized before any is applied: a failure changes nothing.
-        let applied = self.read_records(stream, committed, target, locked, |updates| {
+        let records = (stream, committed, target);
+        let applied = self.read_records(records, scratch, locked, |updates| {
             for update in updates.drain(..) {
                 S::apply(dump, overlay, update);
             }
@@ -461,14 +478,13 @@ impl<S: Schema> Engine<S> {
 
     /// Reads the records of `target`'s epoch from offset `from` up to `target`, validated and
     /// deserialized, from `stream` (that epoch's, from [`stream_of`](Self::stream_of)), and
-    /// hands them to `consume` (in the handle's reused vector, which it leaves empty or takes).
+    /// hands them to `consume` (in `scratch`'s reused vector, which it leaves empty or takes).
     /// `None` if the range was overwritten while being copied (only possible without the
     /// lock).
     fn read_records<R>(
         &self,
-        (stream, capacity): (*mut u8, usize),
-        from: u32,
-        target: StateWord,
+        ((stream, capacity), from, target): ((*mut u8, usize), u32, StateWord),
+        scratch: &mut Scratch<S::Update>,
         locked: bool,
         consume: impl FnOnce(&mut Vec<S::Update>) -> R,
     ) -> Result<Option<R>> {
@@ -482,13 +498,13 @@ impl<S: Schema> Engine<S> {
             }
             return Ok(None);
         }
-        let mut scratch = self.scratch.lock();
-        let Scratch { bytes, updates } = &mut *scratch;
-        let bytes = bytes.zeroed_mut(to - from);
-        // SAFETY: `from..to` lies within the stream (checked above), which the caller keeps
-        // mapped; the copy uses atomic loads, so bytes a writer changes meanwhile are merely
-        // stale, and the epoch re-check below throws such a copy away.
-        unsafe { copy_out(stream.add(from), bytes) };
+        let Scratch { bytes, updates } = scratch;
+        // SAFETY: `copy_out` writes every byte it is given. `from..to` lies within the stream
+        // (checked above), which the caller keeps mapped, and is a multiple of 8 bytes long
+        // at an 8-byte aligned offset (records are aligned); the copy uses atomic loads, so
+        // bytes a writer changes meanwhile are merely stale, and the epoch re-check below
+        // throws such a copy away.
+        let bytes = unsafe { bytes.filled_with(to - from, |out| copy_out(stream.add(from), out)) };
         fence(Ordering::Acquire);
         if self.control().state().epoch != target.epoch {
             return Ok(None);
@@ -655,18 +671,52 @@ impl<S: Schema> Engine<S> {
     }
 }
 
-/// Copies `dst.len()` bytes (a multiple of 8) from shared memory with relaxed atomic loads.
+/// Copies `dst.len()` bytes (a multiple of 8) from shared memory with relaxed atomic loads,
+/// writing every byte of `dst`.
 ///
 /// # Safety
 /// `src` is 8-byte aligned and valid for reads of `dst.len()` bytes.
-unsafe fn copy_out(src: *const u8, dst: &mut [u8]) {
+unsafe fn copy_out(src: *const u8, dst: &mut [MaybeUninit<u8>]) {
     debug_assert_eq!(dst.len() % 8, 0);
     let words = src.cast::<AtomicU64>();
     for (i, chunk) in dst.chunks_exact_mut(8).enumerate() {
         // SAFETY: aligned and in bounds by the caller's contract; AtomicU64 has the layout of
         // u64, and shared memory may be read atomically whatever others do to it.
         let word = unsafe { (*words.add(i)).load(Ordering::Relaxed) };
-        chunk.copy_from_slice(&word.to_ne_bytes());
+        for (out, byte) in chunk.iter_mut().zip(word.to_ne_bytes()) {
+            out.write(byte);
+        }
+    }
+}
+
+/// What a handle holds under its view lock: the view, and the scratch space its catch-ups copy
+/// records into and decode them into. A catch-up holds the view for writing anyway, so its
+/// scratch needs no lock of its own (a second lock took two atomic operations per catch-up).
+pub(crate) struct Local<S: Schema> {
+    pub(crate) view: View<S>,
+    scratch: Scratch<S::Update>,
+}
+
+impl<S: Schema> Local<S> {
+    pub(crate) fn new(view: View<S>) -> Self {
+        Local {
+            view,
+            scratch: Scratch::new(),
+        }
+    }
+}
+
+impl<S: Schema> std::ops::Deref for Local<S> {
+    type Target = View<S>;
+
+    fn deref(&self) -> &View<S> {
+        &self.view
+    }
+}
+
+impl<S: Schema> std::ops::DerefMut for Local<S> {
+    fn deref_mut(&mut self) -> &mut View<S> {
+        &mut self.view
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 
 use crate::control::{Control, HEADER_SIZE, Identity};
-use crate::engine::{Engine, Membership, Scratch};
+use crate::engine::{Engine, Local, Membership, Scratch};
 use crate::error::{Error, Result};
 use crate::liveness::Anchor;
 use crate::lock_guard::Reentrant;
@@ -252,7 +252,8 @@ impl<S: Schema> Engine<S> {
             segment: Arc::new(segment),
             fingerprint: fingerprint.clone(),
             instance,
-            view: RwLock::new(View::empty()),
+            view: RwLock::new(Local::new(View::empty())),
+            reached: AtomicU64::new(0),
             scratch: parking_lot::Mutex::new(Scratch::new()),
             reentrant: Reentrant::default(),
             membership: Membership::new(anchor, slot),
