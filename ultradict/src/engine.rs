@@ -175,7 +175,13 @@ impl<S: Schema> Storage for Engine<S> {
             Some(dump) if dump.stream().is_some() => dump.writable_to(offset),
             _ => capacity,
         };
+        // A record that cannot fit in what is left of the stream goes straight to a full dump:
+        // neither archived into the stream until it runs out (a bulk `extend`) nor reserved for.
+        let fits = offset + stream::FRAME_LEN + S::record_len_hint(&update) <= capacity;
         let appended = loop {
+            if !fits {
+                break Err(stream::AppendError::StreamFull);
+            }
             // SAFETY: `stream_of` gives the caught-up epoch's stream, which `view` keeps
             // mapped, and up to `writable` its space is reserved; we hold the writers' lock and
             // nobody reads past the committed offset `at`.
@@ -632,7 +638,9 @@ impl<S: Schema> Engine<S> {
             )
         })?;
         let current = view.dump.as_ref().map_or(0, Dump::archive_len);
-        let initial = (2 * (current + at(view).committed as usize)).max(64 << 10);
+        let initial = (2 * (current + at(view).committed as usize))
+            .max(S::archive_len_hint(&snapshot).saturating_add(4 << 10))
+            .max(64 << 10);
         let archive = crate::schema::archive_to_vec(initial, |out| S::archive(&snapshot, out))
             .map_err(|detail| Error::Serialize {
                 name: self.place.name().to_owned(),

@@ -333,6 +333,19 @@ impl<K: Key, V: Value> Schema for MapSchema<K, V> {
     ) -> std::result::Result<usize, schema::Unwritten> {
         schema::archive_into(&DumpEntries(entries), out)
     }
+
+    fn record_len_hint(update: &MapUpdate<K, V>) -> usize {
+        match update {
+            MapUpdate::Extend(pairs) | MapUpdate::Replace(pairs) => {
+                pairs.len() * std::mem::size_of::<rkyv::Archived<(K, V)>>()
+            }
+            MapUpdate::Insert(..) | MapUpdate::Remove(_) | MapUpdate::Clear => 0,
+        }
+    }
+
+    fn archive_len_hint(entries: &Vec<(K, V)>) -> usize {
+        super::table::inline_len::<K::Archived, V::Archived>(entries.len())
+    }
 }
 
 /// Serializes distinct key-value pairs as rkyv's `ArchivedHashMap`, straight from the list the
