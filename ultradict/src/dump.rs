@@ -597,6 +597,7 @@ impl AlignedBuf {
     }
 
     /// The whole buffer, zero-initialized first, as aligned bytes.
+    #[cfg(any(feature = "redis", feature = "fuzzing"))]
     pub(crate) fn zeroed_mut(&mut self, len: usize) -> &mut [u8] {
         self.mapped = None;
         let blocks = len.div_ceil(16);

@@ -252,37 +252,41 @@ impl<K: Key, V: Value> Schema for MapSchema<K, V> {
         super::table::lookups_terminate(dump, archive)
     }
 
-    type Snapshot = Vec<(K, V)>;
+    type Snapshot = Snapshot<K, V>;
 
     fn snapshot(
         dump: Option<&Self::Dump>,
         overlay: &Self::Overlay,
         pending: Option<&Self::Update>,
-    ) -> std::result::Result<Vec<(K, V)>, rancor::Error> {
-        // What the pending update writes: it wins over the dump and the overlay. Later pairs
-        // of a batch win over earlier ones.
-        let mut written: FastMap<&K, Option<&V>> = FastMap::default();
+    ) -> std::result::Result<Snapshot<K, V>, rancor::Error> {
+        // What the pending update writes: it wins over the dump and the overlay. A single key
+        // is looked up here; a batch goes last, and the table's builder lets the last entry of
+        // a key win (later pairs of a batch win over earlier ones, as in `HashMap::extend`).
+        let mut written: Option<(&K, Option<&V>)> = None;
+        let mut batch: Option<&[(K, V)]> = None;
         let keep_old = match pending {
             None => true,
             Some(MapUpdate::Insert(key, value)) => {
-                written.insert(key, Some(value));
+                written = Some((key, Some(value)));
                 true
             }
             Some(MapUpdate::Remove(key)) => {
-                written.insert(key, None);
+                written = Some((key, None));
                 true
             }
             Some(MapUpdate::Extend(pairs)) => {
-                written.extend(pairs.iter().map(|(key, value)| (key, Some(value))));
+                batch = Some(pairs);
                 true
             }
             Some(MapUpdate::Replace(pairs)) => {
-                written.extend(pairs.iter().map(|(key, value)| (key, Some(value))));
+                batch = Some(pairs);
                 false
             }
             Some(MapUpdate::Clear) => false,
         };
-        let mut entries = Vec::with_capacity(overlay.len + written.len());
+        let is_written = |key: &K| written.is_some_and(|(written, _)| written == key);
+        let added = batch.map_or(usize::from(written.is_some()), <[_]>::len);
+        let mut entries = Vec::with_capacity(overlay.len + added);
         if keep_old {
             if let (Some(dump), false) = (dump, overlay.cleared) {
                 // The dump's entries that the overlay shadows (noted as records were applied)
@@ -292,8 +296,8 @@ impl<K: Key, V: Value> Schema for MapSchema<K, V> {
                 for &bucket in &overlay.shadows.buckets {
                     shadowed.insert(bucket as usize);
                 }
-                for key in written.keys() {
-                    let found = dump.get_key_value_with(*key, |q, stored: &K::Stored| stored == q);
+                if let Some((key, _)) = written {
+                    let found = dump.get_key_value_with(key, |q, stored: &K::Stored| stored == q);
                     if let Some(bucket) = found.and_then(|(stored, _)| buckets.of_key(stored)) {
                         shadowed.insert(bucket);
                     }
@@ -304,7 +308,7 @@ impl<K: Key, V: Value> Schema for MapSchema<K, V> {
                         // Never for a validated table (see `Shadows`): looked up instead.
                         None => {
                             let key: K = schema::deserialize(stored_key)?;
-                            overlay.entries.contains_key(&key) || written.contains_key(&key)
+                            overlay.entries.contains_key(&key) || is_written(&key)
                         }
                     };
                     if !hidden {
@@ -314,24 +318,28 @@ impl<K: Key, V: Value> Schema for MapSchema<K, V> {
                 }
             }
             for (key, value) in &overlay.entries {
-                if let (Some(value), false) = (value, written.contains_key(key)) {
+                if let (Some(value), false) = (value, is_written(key)) {
                     entries.push((key.clone(), value.clone()));
                 }
             }
         }
-        entries.extend(
-            written
-                .into_iter()
-                .filter_map(|(key, value)| Some((key.clone(), value?.clone()))),
-        );
-        Ok(entries)
+        if let Some((key, Some(value))) = written {
+            entries.push((key.clone(), value.clone()));
+        }
+        if let Some(pairs) = batch {
+            entries.extend_from_slice(pairs);
+        }
+        Ok(Snapshot {
+            entries,
+            repeats: batch.is_some(),
+        })
     }
 
     fn archive(
-        entries: &Vec<(K, V)>,
+        snapshot: &Snapshot<K, V>,
         out: &mut [std::mem::MaybeUninit<u8>],
     ) -> std::result::Result<usize, schema::Unwritten> {
-        schema::archive_into(&DumpEntries(entries), out)
+        schema::archive_into(&DumpEntries(snapshot), out)
     }
 
     fn record_len_hint(update: &MapUpdate<K, V>) -> usize {
@@ -343,22 +351,50 @@ impl<K: Key, V: Value> Schema for MapSchema<K, V> {
         }
     }
 
-    fn archive_len_hint(entries: &Vec<(K, V)>) -> usize {
-        super::table::inline_len::<K::Archived, V::Archived>(entries.len())
+    fn archive_len_hint(snapshot: &Snapshot<K, V>) -> usize {
+        super::table::inline_len::<K::Archived, V::Archived>(snapshot.entries.len())
     }
 }
 
-/// Serializes distinct key-value pairs as rkyv's `ArchivedHashMap`, straight from the list the
-/// writer built (no `HashMap` in between: the archive hashes each key once), with a faster
-/// builder than rkyv's that writes the same bytes (see `table.rs`).
-struct DumpEntries<'a, K, V>(&'a [(K, V)]);
+/// The entries of a map's next full dump, as a writer gathers them.
+pub(crate) struct Snapshot<K, V> {
+    /// The entries, in the order the table is built from.
+    entries: Vec<(K, V)>,
+    /// A key may come more than once (a pending batch goes last); its last entry counts.
+    repeats: bool,
+}
+
+impl<K, V> Snapshot<K, V> {
+    /// A snapshot of `entries`, whose keys are distinct.
+    #[cfg(test)]
+    pub(super) fn distinct(entries: Vec<(K, V)>) -> Self {
+        Snapshot {
+            entries,
+            repeats: false,
+        }
+    }
+
+    /// A snapshot of `entries`, where a key may come more than once.
+    #[cfg(test)]
+    pub(super) fn repeating(entries: Vec<(K, V)>) -> Self {
+        Snapshot {
+            entries,
+            repeats: true,
+        }
+    }
+}
+
+/// Serializes a snapshot as rkyv's `ArchivedHashMap`, straight from the list the writer built
+/// (no `HashMap` in between: the archive hashes each key once), with a faster builder than
+/// rkyv's that writes the same bytes (see `table.rs`).
+struct DumpEntries<'a, K, V>(&'a Snapshot<K, V>);
 
 impl<K: Archive, V: Archive> Archive for DumpEntries<'_, K, V> {
     type Archived = ArchivedHashMap<K::Archived, V::Archived>;
     type Resolver = super::table::TableResolver;
 
     fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
-        super::table::resolve(self.0.len(), resolver, out);
+        super::table::resolve(resolver, out);
     }
 }
 
@@ -370,7 +406,7 @@ where
     S::Error: Source,
 {
     fn serialize(&self, serializer: &mut S) -> std::result::Result<Self::Resolver, S::Error> {
-        super::table::serialize(self.0, serializer)
+        super::table::serialize(&self.0.entries, self.0.repeats, serializer)
     }
 }
 
@@ -432,9 +468,7 @@ mod tests {
         let mut cases = Cases(0x9E37_79B9_7F4A_7C15);
         for case in 0..300 {
             let base: Vec<(u64, u64)> = (0..cases.next(300)).map(|k| (k, k * 10)).collect();
-            let built = schema::archive_to_vec(1 << 10, |out| Map::archive(&base, out)).unwrap();
-            let mut archive = rkyv::util::AlignedVec::<16>::new();
-            archive.extend_from_slice(built.bytes());
+            let archive = archived(&Snapshot::distinct(base.clone()));
             let dump = rkyv::access::<ArchivedMap<u64, u64>, rancor::Error>(&archive).unwrap();
             let mut model: HashMap<u64, u64> = base.iter().copied().collect();
             let mut overlay = Map::overlay_for(Some(dump));
@@ -448,11 +482,27 @@ mod tests {
             if let Some(update) = &pending {
                 apply_to(&mut model, update);
             }
-            let mut snapshot = Map::snapshot(Some(dump), &overlay, pending.as_ref()).unwrap();
-            snapshot.sort_unstable();
+            // The next dump, as the writer archives it and any process reads it.
+            let snapshot = Map::snapshot(Some(dump), &overlay, pending.as_ref()).unwrap();
+            let next = archived(&snapshot);
+            let next = rkyv::access::<ArchivedMap<u64, u64>, rancor::Error>(&next).unwrap();
+            let mut read: Vec<(u64, u64)> = next
+                .iter()
+                .map(|(key, value)| (key.to_native(), value.to_native()))
+                .collect();
+            read.sort_unstable();
             let mut expected: Vec<(u64, u64)> = model.into_iter().collect();
             expected.sort_unstable();
-            assert_eq!(snapshot, expected, "case {case}");
+            assert_eq!(read, expected, "case {case}");
+            assert_eq!(next.len(), expected.len(), "case {case}: the length");
         }
+    }
+
+    /// `snapshot` archived as a dump, in an aligned buffer.
+    fn archived(snapshot: &Snapshot<u64, u64>) -> rkyv::util::AlignedVec<16> {
+        let built = schema::archive_to_vec(1 << 10, |out| Map::archive(snapshot, out)).unwrap();
+        let mut archive = rkyv::util::AlignedVec::<16>::new();
+        archive.extend_from_slice(built.bytes());
+        archive
     }
 }

@@ -65,16 +65,21 @@ pub(super) fn inline_len<K, V>(len: usize) -> usize {
     capacity * std::mem::size_of::<Entry<K, V>>() + control_count
 }
 
-/// Where [`serialize`] wrote the control bytes, and the table's capacity.
+/// Where [`serialize`] wrote the control bytes, how many entries the table holds, and its
+/// capacity.
 pub(super) struct TableResolver {
     pos: usize,
+    len: usize,
     capacity: usize,
 }
 
-/// Writes `entries` (distinct keys) as rkyv's `ArchivedHashMap` writes them with
-/// `serialize_from_iter`, byte for byte (the tests compare the two, with the load factor that
+/// Writes `entries` as rkyv's `ArchivedHashMap` writes them with `serialize_from_iter`, byte
+/// for byte when their keys are distinct (the tests compare the two, with the load factor that
 /// gives rkyv our [`table_capacity`]), in about half the time for a large map (a million
-/// `u64` entries: README, "Cost as the dict grows").
+/// `u64` entries: README, "Cost as the dict grows"). With `repeats`, a key may come more
+/// than once and its last entry wins, as in `HashMap::extend`: the placement compares keys
+/// where control bytes match, which a bulk `extend` or `replace_all` needs instead of a
+/// `HashMap` of a million entries built first (that took two thirds of the extend).
 ///
 /// rkyv's builder keeps a 16-byte slot per bucket while it places the entries, reads it back
 /// in a second and third pass, and divides twice per entry; at a million entries the slots
@@ -83,71 +88,45 @@ pub(super) struct TableResolver {
 /// and divides once per entry.
 pub(super) fn serialize<K, V, S>(
     entries: &[(K, V)],
+    repeats: bool,
     serializer: &mut S,
 ) -> Result<TableResolver, S::Error>
 where
-    K: Serialize<S> + Hash,
+    K: Serialize<S> + Hash + Eq,
     V: Serialize<S>,
     S: Fallible + Writer + Allocator + ?Sized,
     S::Error: Source,
 {
-    let len = entries.len();
-    if len == 0 {
+    if entries.is_empty() {
         return Ok(TableResolver {
             pos: 0,
+            len: 0,
             capacity: 0,
         });
     }
-    if u32::try_from(len).is_err() {
-        rkyv::rancor::fail!(TooManyEntries(len));
+    if u32::try_from(entries.len()).is_err() {
+        rkyv::rancor::fail!(TooManyEntries(entries.len()));
     }
-    let capacity = table_capacity(len);
-    let probe_cap = capacity.next_multiple_of(GROUP);
-    let control_count = probe_cap + GROUP - 1;
-    let bucket_mask = control_count.next_power_of_two() - 1;
-    let mirrored = control_count - capacity;
-    SerVec::<u32>::with_capacity(serializer, capacity, |slots, serializer| {
-        // The bucket each entry lands in: the first empty one of the first group on its probe
-        // sequence that has one (rkyv's insertion, in the entries' order).
-        // SAFETY: `with_capacity` gave room for `capacity` slots, which this fills with
-        // VACANT's bytes (all 0xFF) before they count as initialized.
-        unsafe {
-            slots.as_mut_ptr().write_bytes(0xFF, capacity);
-            slots.set_len(capacity);
-        }
-        SerVec::<u8>::with_capacity(serializer, control_count, |controls, serializer| {
-            // SAFETY: as for `slots`, all `control_count` bytes EMPTY.
+    let most = Table::new(table_capacity(entries.len()));
+    SerVec::<u32>::with_capacity(serializer, most.capacity, |slots, serializer| {
+        SerVec::<u8>::with_capacity(serializer, most.control_count, |controls, serializer| {
+            // SAFETY: `with_capacity` gave room for this many slots and control bytes; `place`
+            // fills them before they count as initialized.
             unsafe {
-                controls.as_mut_ptr().write_bytes(EMPTY, control_count);
-                controls.set_len(control_count);
+                slots.set_len(most.capacity);
+                controls.set_len(most.control_count);
             }
             let (slots, controls) = (slots.as_mut_slice(), controls.as_mut_slice());
-            for (i, (key, _)) in entries.iter().enumerate() {
-                let hash = hash_value::<K, FxHasher64>(key);
-                let h2 = (hash >> 57) as u8;
-                let mut pos = (hash % capacity as u64) as usize;
-                let mut stride = 0;
-                let bucket = loop {
-                    if let Some(bit) = first_empty(&controls[pos..pos + GROUP]) {
-                        break match pos + bit {
-                            at if at < capacity => at,
-                            at => at % capacity,
-                        };
-                    }
-                    loop {
-                        stride += GROUP;
-                        pos = (pos + stride) & bucket_mask;
-                        if pos < probe_cap {
-                            break;
-                        }
-                    }
-                };
-                controls[bucket] = h2;
-                if bucket < mirrored {
-                    controls[capacity + bucket] = h2;
-                }
-                slots[bucket] = i as u32;
+            let mut table = most;
+            let mut len = table.place(entries, 0..entries.len() as u32, repeats, slots, controls);
+            if table_capacity(len) != table.capacity {
+                // Repeated keys: the table for the distinct ones is smaller. Place the winners
+                // again, in the order their buckets hold them.
+                let winners: Vec<u32> = slots.iter().copied().filter(|&s| s != VACANT).collect();
+                table = Table::new(table_capacity(len));
+                len = table.place(entries, winners.into_iter(), false, slots, controls);
             }
+            let (slots, controls) = (&slots[..table.capacity], &controls[..table.control_count]);
             let entry = |slot: u32| {
                 let (key, value) = &entries[slot as usize];
                 EntryAdapter::<&K, &V, K, V>::new(key, value)
@@ -180,10 +159,111 @@ where
                 }
                 let pos = serializer.pos();
                 serializer.write(controls)?;
-                Ok(TableResolver { pos, capacity })
+                Ok(TableResolver {
+                    pos,
+                    len,
+                    capacity: table.capacity,
+                })
             })?
         })?
     })?
+}
+
+/// The shape of a table of `capacity` buckets, as rkyv lays it out and probes it.
+#[derive(Clone, Copy)]
+struct Table {
+    capacity: usize,
+    probe_cap: usize,
+    control_count: usize,
+    bucket_mask: usize,
+}
+
+impl Table {
+    fn new(capacity: usize) -> Self {
+        let probe_cap = capacity.next_multiple_of(GROUP);
+        let control_count = probe_cap + GROUP - 1;
+        Table {
+            capacity,
+            probe_cap,
+            control_count,
+            bucket_mask: control_count.next_power_of_two() - 1,
+        }
+    }
+
+    /// Places the entries of `entries` that `order` names, in that order, in the first
+    /// `capacity` of `slots` and the first `control_count` of `controls`, which it first
+    /// empties: each in the first empty bucket of the first group on its probe sequence that
+    /// has one (rkyv's insertion). With `repeats`, an entry whose key a bucket on its way
+    /// already holds takes that bucket over instead. Returns how many buckets it filled.
+    fn place<K: Hash + Eq, V>(
+        &self,
+        entries: &[(K, V)],
+        order: impl Iterator<Item = u32>,
+        repeats: bool,
+        slots: &mut [u32],
+        controls: &mut [u8],
+    ) -> usize {
+        let Table {
+            capacity,
+            probe_cap,
+            control_count,
+            bucket_mask,
+        } = *self;
+        let (slots, controls) = (&mut slots[..capacity], &mut controls[..control_count]);
+        slots.fill(VACANT);
+        controls.fill(EMPTY);
+        let mirrored = control_count - capacity;
+        let mut filled = 0;
+        'entries: for i in order {
+            let key = &entries[i as usize].0;
+            let hash = hash_value::<K, FxHasher64>(key);
+            let h2 = (hash >> 57) as u8;
+            let mut pos = (hash % capacity as u64) as usize;
+            let mut stride = 0;
+            let bucket = loop {
+                let group = &controls[pos..pos + GROUP];
+                if repeats {
+                    let mut matches = matching(group, h2);
+                    while matches != 0 {
+                        let at = (pos + matches.trailing_zeros() as usize / 8) % capacity;
+                        matches &= matches - 1;
+                        if entries[slots[at] as usize].0 == *key {
+                            slots[at] = i;
+                            continue 'entries;
+                        }
+                    }
+                }
+                if let Some(bit) = first_empty(group) {
+                    break (pos + bit) % capacity;
+                }
+                loop {
+                    stride += GROUP;
+                    pos = (pos + stride) & bucket_mask;
+                    if pos < probe_cap {
+                        break;
+                    }
+                }
+            };
+            controls[bucket] = h2;
+            if bucket < mirrored {
+                controls[capacity + bucket] = h2;
+            }
+            slots[bucket] = i;
+            filled += 1;
+        }
+        filled
+    }
+}
+
+/// The top bit of each byte of `group` (16 control bytes) that equals `h2` (a full bucket's
+/// control byte: its top bit is clear, so an empty bucket never matches).
+#[inline]
+fn matching(group: &[u8], h2: u8) -> u128 {
+    const LOW: u128 = u128::from_le_bytes([0x7F; GROUP]);
+    let bytes: [u8; GROUP] = group.try_into().expect("a group is 16 bytes");
+    let x = u128::from_le_bytes(bytes) ^ u128::from_le_bytes([h2; GROUP]);
+    // A byte's top bit ends up set exactly when the byte is zero: no carry crosses a byte.
+    !(((x & LOW) + LOW) | x | LOW)
 }
 
 /// The index in `group` (16 control bytes) of its first empty bucket's byte, if any.
@@ -195,16 +275,12 @@ fn first_empty(group: &[u8]) -> Option<usize> {
     (tops != 0).then(|| tops.trailing_zeros() as usize / 8)
 }
 
-/// Writes the map's 12 bytes at `out`: the relative pointer to the control bytes `resolver`
-/// says where, the length, the capacity (what rkyv's `ArchivedHashMap::resolve_from_len`
+/// Writes the map's 12 bytes at `out`: the relative pointer to the control bytes, the length
+/// and the capacity that `resolver` gives (what rkyv's `ArchivedHashMap::resolve_from_len`
 /// writes for that capacity).
-pub(super) fn resolve<K, V>(
-    len: usize,
-    resolver: TableResolver,
-    out: Place<ArchivedHashMap<K, V>>,
-) {
+pub(super) fn resolve<K, V>(resolver: TableResolver, out: Place<ArchivedHashMap<K, V>>) {
     const _: () = assert!(std::mem::size_of::<ArchivedHashMap<u8, u8>>() == 12);
-    let at = out.pos();
+    let (at, len) = (out.pos(), resolver.len);
     // SAFETY: the map is 12 bytes (asserted) that `out` lets us write, laid out as the module
     // says (the tests compare whole archives with rkyv's): a relative pointer at offset 0,
     // the length at 4, the capacity at 8, each 4-byte aligned like the map. Only the places
@@ -362,10 +438,12 @@ fn control_bytes<'a, K, V>(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use rkyv::rancor;
 
     use super::*;
-    use crate::map::schema::{ArchivedMap, MapSchema};
+    use crate::map::schema::{ArchivedMap, MapSchema, Snapshot};
     use crate::map::{Key, Value};
     use crate::schema::{self, Schema};
 
@@ -409,7 +487,7 @@ mod tests {
     /// Our archive of `entries` and rkyv's.
     fn both<K: Key, V: Value>(entries: &[(K, V)]) -> (Vec<u8>, Vec<u8>) {
         let ours = schema::archive_to_vec(1 << 10, |out| {
-            MapSchema::<K, V>::archive(&entries.to_vec(), out)
+            MapSchema::<K, V>::archive(&Snapshot::distinct(entries.to_vec()), out)
         })
         .unwrap();
         let rkyvs = schema::archive_to_vec(1 << 10, |out| {
@@ -516,14 +594,69 @@ mod tests {
         }
     }
 
-    fn archive_of(entries: Vec<(String, u64)>) -> rkyv::util::AlignedVec<16> {
-        let built = schema::archive_to_vec(64 << 10, |out| {
-            MapSchema::<String, u64>::archive(&entries, out)
-        })
-        .unwrap();
+    /// The archive of `snapshot`, in an aligned buffer.
+    fn archived<K: Key, V: Value>(snapshot: &Snapshot<K, V>) -> rkyv::util::AlignedVec<16> {
+        let built =
+            schema::archive_to_vec(1 << 10, |out| MapSchema::<K, V>::archive(snapshot, out))
+                .unwrap();
         let mut archive = rkyv::util::AlignedVec::<16>::new();
         archive.extend_from_slice(built.bytes());
         archive
+    }
+
+    #[test]
+    fn with_repeated_keys_the_last_entry_of_each_wins() {
+        for n in SIZES {
+            // Distinct keys: the same bytes as without the comparisons (and so as rkyv's).
+            let spread: Vec<(u64, u64)> = (0..n).map(|i| (i.wrapping_mul(0x9E37), !i)).collect();
+            assert_eq!(
+                archived(&Snapshot::repeating(spread.clone())).as_slice(),
+                archived(&Snapshot::distinct(spread)).as_slice(),
+                "{n} distinct entries"
+            );
+            // A few repeats keep the capacity: the bytes of the distinct keys in the order they
+            // first came, each with its last value. Many repeats make the table smaller.
+            for distinct in [n, n - n / 50, n / 3, 1] {
+                let keys = distinct.max(1);
+                let entries: Vec<(String, String)> = (0..n)
+                    .map(|i| (format!("key-{}", i % keys), format!("value-{i}")))
+                    .collect();
+                let mut last: HashMap<&str, &str> = HashMap::new();
+                for (key, value) in &entries {
+                    last.insert(key, value);
+                }
+                let archive = archived(&Snapshot::repeating(entries.clone()));
+                let map =
+                    rkyv::access::<ArchivedMap<String, String>, rancor::Error>(&archive).unwrap();
+                assert!(lookups_terminate(map, &archive).is_ok());
+                assert_eq!(map.len(), last.len(), "{n} entries of {keys} keys");
+                for (key, value) in &last {
+                    let found = map.get_with(*key, |q, k| k == q).map(|v| v.as_str());
+                    assert_eq!(found, Some(*value), "{key} of {n} entries of {keys} keys");
+                }
+                let mut firsts: Vec<(String, String)> = Vec::new();
+                for (key, _) in &entries {
+                    if !firsts.iter().any(|(first, _)| first == key) {
+                        firsts.push((key.clone(), last[key.as_str()].to_owned()));
+                    }
+                }
+                let (ours, rkyvs) = both(&firsts);
+                assert_eq!(ours, rkyvs);
+                if table_capacity(n as usize) == table_capacity(last.len()) {
+                    assert_eq!(
+                        archive.as_slice(),
+                        ours.as_slice(),
+                        "{n} entries, {keys} keys"
+                    );
+                } else {
+                    assert!(archive.len() < archived(&Snapshot::distinct(entries)).len());
+                }
+            }
+        }
+    }
+
+    fn archive_of(entries: Vec<(String, u64)>) -> rkyv::util::AlignedVec<16> {
+        archived(&Snapshot::distinct(entries))
     }
 
     #[test]
