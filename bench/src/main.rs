@@ -15,7 +15,8 @@
 //!    and a cache-line hand-off between two processes as the physical floor;
 //! 4. dumps: time to dump and to switch to a dump at 10k, 100k, 1M entries; own memory
 //!    (`RssAnon`) of 4 readers of a large dict;
-//! 5. bulk load: `extend` of 100k entries against Python UltraDict built from a dict;
+//! 5. bulk load: `extend` of 100k entries against Python UltraDict built from a dict, and
+//!    of 1M entries (keys in order and spread) alone;
 //! 6. a derived state against Cloudflare's `mmap-sync`: a field's write against a whole-state
 //!    write, a getter against a read of the archived state.
 
