@@ -118,8 +118,8 @@ impl<S: Schema> Storage for Engine<S> {
         self.lifetime
     }
 
-    /// Runs `f` on an up-to-date view. With no news this is one Acquire load and a shared
-    /// borrow of the view.
+    /// Runs `f` on an up-to-date view. With no news this is one Acquire load, one relaxed load
+    /// of this handle's hint of where its view is, and a shared borrow of the view.
     fn read<R>(&self, f: impl FnOnce(&View<S>) -> Result<R>) -> Result<R> {
         let published = self.control().state.load(Ordering::Acquire);
         if self.reached.load(Ordering::Relaxed) == published {
@@ -214,7 +214,7 @@ impl<S: Schema> Storage for Engine<S> {
                 let View { dump, overlay, .. } = &mut view.view;
                 S::apply(dump.as_ref().map(Dump::root), overlay, update);
                 view.position = next.position();
-                self.reached.store(next.pack(), Ordering::Relaxed);
+                self.note_reached(&view);
             }
             Err(stream::AppendError::StreamFull) => self.switch_epoch(&mut view, Some(&update))?,
             Err(stream::AppendError::Failed(detail)) => {
@@ -392,17 +392,17 @@ impl<S: Schema> Engine<S> {
     #[cold]
     #[inline(never)]
     fn read_after_catch_up<R>(&self, f: impl FnOnce(&View<S>) -> Result<R>) -> Result<R> {
-        let view = self.caught_up()?;
+        // Read shared, not under the write hold: `f` may take long (a whole dict's contents),
+        // and other threads of this handle read meanwhile.
+        let view = RwLockWriteGuard::downgrade(self.caught_up()?);
         f(&view)
     }
 
     /// Brings this handle's view up to the published state and keeps it, still taken for
-    /// writing: the read that found news reads under the same hold (one atomic operation
-    /// less than downgrading it, and another less than letting it go and taking it again).
+    /// writing (downgraded by a read, not let go and taken again).
     fn caught_up(&self) -> Result<RwLockWriteGuard<'_, Local<S>>> {
         let mut view = self.view.write();
         self.catch_up_here(&mut view)?;
-        self.reached.store(at(&view).pack(), Ordering::Relaxed);
         Ok(view)
     }
 
@@ -448,6 +448,7 @@ impl<S: Schema> Engine<S> {
         let control = self.control();
         let target = control.state();
         if target.position() == view.position {
+            self.note_reached(view);
             return Ok(Progress::Done);
         }
         if target.epoch != at(view).epoch {
@@ -479,7 +480,14 @@ impl<S: Schema> Engine<S> {
             return Ok(Progress::Retry);
         }
         view.position = target.position();
+        self.note_reached(view);
         Ok(Progress::Done)
+    }
+
+    /// Keeps the hint of where the view is (see [`reached`](Self::reached)) current; called
+    /// under the view's write lock wherever its position moves to the published state.
+    fn note_reached(&self, view: &View<S>) {
+        self.reached.store(at(view).pack(), Ordering::Relaxed);
     }
 
     /// Reads the records of `target`'s epoch from offset `from` up to `target`, validated and
@@ -495,7 +503,9 @@ impl<S: Schema> Engine<S> {
         consume: impl FnOnce(&mut Vec<S::Update>) -> R,
     ) -> Result<Option<R>> {
         let (from, to) = (from as usize, target.committed as usize);
-        if to < from || to > capacity || !to.is_multiple_of(stream::RECORD_ALIGN) {
+        let aligned =
+            from.is_multiple_of(stream::RECORD_ALIGN) && to.is_multiple_of(stream::RECORD_ALIGN);
+        if to < from || to > capacity || !aligned {
             if locked {
                 return Err(Error::corrupt(
                     self.segment.object(),
@@ -506,8 +516,9 @@ impl<S: Schema> Engine<S> {
         }
         let Scratch { bytes, updates } = scratch;
         // SAFETY: `copy_out` writes every byte it is given. `from..to` lies within the stream
-        // (checked above), which the caller keeps mapped, and is a multiple of 8 bytes long
-        // at an 8-byte aligned offset (records are aligned); the copy uses atomic loads, so
+        // (checked above), which the caller keeps mapped, and starts and ends at offsets
+        // aligned for records (checked above; the stream is 16-byte aligned), so it is 8-byte
+        // aligned and a multiple of 8 bytes long; the copy uses atomic loads, so
         // bytes a writer changes meanwhile are merely stale, and the epoch re-check below
         // throws such a copy away.
         let bytes = unsafe { bytes.filled_with(to - from, |out| copy_out(stream.add(from), out)) };
@@ -599,6 +610,7 @@ impl<S: Schema> Engine<S> {
             let _ = segment::unlink(&self.dump_object(old_epoch));
         }
         start_epoch(view, next_epoch, Some(dump));
+        self.note_reached(view);
         Ok(())
     }
 
@@ -679,11 +691,12 @@ impl<S: Schema> Engine<S> {
     }
 }
 
-/// Copies `dst.len()` bytes (a multiple of 8) from shared memory with relaxed atomic loads,
-/// writing every byte of `dst`.
+/// Copies `dst.len()` bytes from shared memory with relaxed atomic loads, writing every byte
+/// of `dst`.
 ///
 /// # Safety
-/// `src` is 8-byte aligned and valid for reads of `dst.len()` bytes.
+/// `src` is 8-byte aligned and valid for reads of `dst.len()` bytes, and `dst.len()` is a
+/// multiple of 8 (else its last bytes would be left unwritten).
 unsafe fn copy_out(src: *const u8, dst: &mut [MaybeUninit<u8>]) {
     debug_assert_eq!(dst.len() % 8, 0);
     let words = src.cast::<AtomicU64>();

@@ -227,7 +227,11 @@ impl<S: Schema> Engine<S> {
     pub(crate) fn hold(&self, options: &LockOptions) -> Result<Held<'_, S>> {
         let me = crate::os::current_thread();
         if let Some(key) = self.reentrant.reenter(me) {
-            return Ok(Held { engine: self, key });
+            return Ok(Held {
+                engine: self,
+                key,
+                _not_send: std::marker::PhantomData,
+            });
         }
         if let Some(slot) = self.membership.slot_in(me.generation) {
             let word = lock::holder_word(slot, me.tid);
@@ -245,6 +249,7 @@ impl<S: Schema> Engine<S> {
         let held = Held {
             engine: self,
             key: self.reentrant.enter(me, word),
+            _not_send: std::marker::PhantomData,
         };
         crate::fault::point("locked");
         held
@@ -286,6 +291,7 @@ impl<S: Schema> Engine<S> {
                 let held = Held {
                     engine: self,
                     key: self.reentrant.enter(me, word),
+                    _not_send: std::marker::PhantomData,
                 };
                 if let Acquired::FromDead { dead_slot } = how {
                     self.tidy_after_dead_holder(dead_slot);
@@ -387,6 +393,8 @@ impl<S: Schema> Unlock for Engine<S> {
 pub(crate) struct Held<'a, S: Schema> {
     engine: &'a Engine<S>,
     key: u64,
+    /// Not `Send`, like [`LockGuard`]: the hold belongs to the thread that took it.
+    _not_send: std::marker::PhantomData<*const ()>,
 }
 
 impl<'a, S: Schema> Held<'a, S> {

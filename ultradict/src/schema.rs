@@ -304,18 +304,20 @@ pub trait Schema: Send + Sync + 'static {
     #[doc(hidden)]
     fn archive(snapshot: &Self::Snapshot, out: &mut [MaybeUninit<u8>]) -> Result<usize, Unwritten>;
 
-    /// At least how many bytes [`archive`](Self::archive) will write for `snapshot`, so that
-    /// the engine's first buffer is large enough: each retry archives everything again into a
-    /// buffer twice as large, from fresh pages (a bulk `extend` of a million entries went
-    /// through ten). The default knows nothing.
+    /// About how many bytes [`archive`](Self::archive) will write for `snapshot` (the map's
+    /// estimate is exact for distinct keys of types kept inline, low when they keep bytes out
+    /// of line, high when keys repeat), so that the engine's first buffer is large enough:
+    /// each retry archives everything again into a buffer twice as large, from fresh pages
+    /// (a bulk `extend` of a million entries went through ten). The default knows nothing.
     #[doc(hidden)]
     fn archive_len_hint(_snapshot: &Self::Snapshot) -> usize {
         0
     }
 
-    /// At least how many bytes `update`'s record takes in the stream, without archiving it:
-    /// a record that cannot fit in what is left of the stream goes straight to a full dump.
-    /// The default knows nothing.
+    /// A lower bound of the bytes `update`'s archive takes, its frame not counted (never
+    /// more than `archive_into` writes for it), found without archiving it: a record that
+    /// cannot fit in what is left of the stream goes straight to a full dump. The default
+    /// knows nothing.
     #[doc(hidden)]
     fn record_len_hint(_update: &Self::Update) -> usize {
         0

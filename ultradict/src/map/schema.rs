@@ -431,9 +431,11 @@ mod tests {
             self.0 % below
         }
 
+        /// Up to 11 pairs; half the batches draw from 8 keys, so that a key often comes twice.
         fn pairs(&mut self) -> Vec<(u64, u64)> {
-            (0..self.next(6))
-                .map(|_| (self.next(400), self.next(1000)))
+            let keys = if self.next(2) == 0 { 8 } else { 400 };
+            (0..self.next(12))
+                .map(|_| (self.next(keys), self.next(1000)))
                 .collect()
         }
 
@@ -484,8 +486,9 @@ mod tests {
             }
             // The next dump, as the writer archives it and any process reads it.
             let snapshot = Map::snapshot(Some(dump), &overlay, pending.as_ref()).unwrap();
-            let next = archived(&snapshot);
-            let next = rkyv::access::<ArchivedMap<u64, u64>, rancor::Error>(&next).unwrap();
+            let archived_next = archived(&snapshot);
+            let next =
+                rkyv::access::<ArchivedMap<u64, u64>, rancor::Error>(&archived_next).unwrap();
             let mut read: Vec<(u64, u64)> = next
                 .iter()
                 .map(|(key, value)| (key.to_native(), value.to_native()))
@@ -495,6 +498,15 @@ mod tests {
             expected.sort_unstable();
             assert_eq!(read, expected, "case {case}");
             assert_eq!(next.len(), expected.len(), "case {case}: the length");
+            assert!(super::super::table::lookups_terminate(next, &archived_next).is_ok());
+            for (key, value) in &expected {
+                let found = next.get_with(key, |q, k: &rkyv::rend::u64_le| k.to_native() == *q);
+                assert_eq!(
+                    found.map(|v| v.to_native()),
+                    Some(*value),
+                    "case {case}: {key}"
+                );
+            }
         }
     }
 

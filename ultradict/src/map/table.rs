@@ -110,10 +110,13 @@ where
     let most = Table::new(table_capacity(entries.len()));
     SerVec::<u32>::with_capacity(serializer, most.capacity, |slots, serializer| {
         SerVec::<u8>::with_capacity(serializer, most.control_count, |controls, serializer| {
-            // SAFETY: `with_capacity` gave room for this many slots and control bytes; `place`
-            // fills them before they count as initialized.
+            // SAFETY: `with_capacity` gave room for this many slots and control bytes, all
+            // set here (slots VACANT, whose bytes are all 0xFF, and controls EMPTY) before they
+            // count as initialized.
             unsafe {
+                slots.as_mut_ptr().write_bytes(0xFF, most.capacity);
                 slots.set_len(most.capacity);
+                controls.as_mut_ptr().write_bytes(EMPTY, most.control_count);
                 controls.set_len(most.control_count);
             }
             let (slots, controls) = (slots.as_mut_slice(), controls.as_mut_slice());
@@ -124,6 +127,8 @@ where
                 // again, in the order their buckets hold them.
                 let winners: Vec<u32> = slots.iter().copied().filter(|&s| s != VACANT).collect();
                 table = Table::new(table_capacity(len));
+                slots[..table.capacity].fill(VACANT);
+                controls[..table.control_count].fill(EMPTY);
                 len = table.place(entries, winners.into_iter(), false, slots, controls);
             }
             let (slots, controls) = (&slots[..table.capacity], &controls[..table.control_count]);
@@ -191,10 +196,11 @@ impl Table {
     }
 
     /// Places the entries of `entries` that `order` names, in that order, in the first
-    /// `capacity` of `slots` and the first `control_count` of `controls`, which it first
-    /// empties: each in the first empty bucket of the first group on its probe sequence that
-    /// has one (rkyv's insertion). With `repeats`, an entry whose key a bucket on its way
-    /// already holds takes that bucket over instead. Returns how many buckets it filled.
+    /// `capacity` of `slots` and the first `control_count` of `controls`, which must be empty
+    /// (VACANT and EMPTY): each in the first empty bucket of the first group on its probe
+    /// sequence that has one (rkyv's insertion). With `repeats`, an entry whose key a bucket on
+    /// its way already holds takes that bucket over instead. Returns how many buckets it
+    /// filled.
     fn place<K: Hash + Eq, V>(
         &self,
         entries: &[(K, V)],
@@ -210,8 +216,6 @@ impl Table {
             bucket_mask,
         } = *self;
         let (slots, controls) = (&mut slots[..capacity], &mut controls[..control_count]);
-        slots.fill(VACANT);
-        controls.fill(EMPTY);
         let mirrored = control_count - capacity;
         let mut filled = 0;
         'entries: for i in order {
