@@ -54,6 +54,24 @@ fn child_entry() {
             }
             drop(guard);
         }
+        // Reads every key each time the parent names a round, with every catch-up under the
+        // writers' lock (the parent sets ULTRADICT_LOCK_FREE_ATTEMPTS=0).
+        "read_under_lock" => {
+            use std::io::BufRead;
+            let d = attach(&name);
+            report("attached");
+            for line in std::io::stdin().lock().lines() {
+                let line = line.unwrap();
+                if line == "end" {
+                    break;
+                }
+                let round: u32 = line.parse().unwrap();
+                let right = (0..KEYS)
+                    .filter(|i| d.get(i).unwrap() == Some(format!("round {round} key {i}")))
+                    .count();
+                report(format!("read {right} of {KEYS}"));
+            }
+        }
         "threads_increment" => {
             let d = Arc::new(
                 UltraDict::<u32, u64>::builder()
@@ -66,6 +84,48 @@ fn child_entry() {
         }
         other => panic!("unknown role {other}"),
     }
+}
+
+/// Keys the locked catch-up test writes each round.
+const KEYS: u32 = 40;
+
+/// A reader whose catch-ups all go down the locked path (the one it takes when writers overtake
+/// its lock-free attempts again and again) sees every write, across full dumps of a 1 KiB
+/// stream between two of its reads.
+#[test]
+fn a_reader_that_catches_up_under_the_lock_sees_every_write() {
+    let name = unique_name("locked-catch-up");
+    let d: Dict = UltraDict::builder()
+        .name(&name)
+        .buffer_size(1024)
+        .open()
+        .unwrap();
+    let mut child = Spawn::test("child_entry", "read_under_lock")
+        .env("NAME", &name)
+        .raw_env("ULTRADICT_LOCK_FREE_ATTEMPTS", 0)
+        .start();
+    child.wait_for_report("attached", WATCHDOG);
+    let dumps = d.status().dumps;
+    for round in 0..5 {
+        for i in 0..KEYS {
+            d.insert(i, format!("round {round} key {i}")).unwrap();
+        }
+        let read = child.request(&round.to_string(), WATCHDOG);
+        assert_eq!(read, format!("read {KEYS} of {KEYS}"), "round {round}");
+    }
+    child.send("end");
+    child.wait(WATCHDOG);
+    let status = d.status();
+    assert!(
+        status.dumps >= dumps + 5,
+        "full dumps between reads: {status}"
+    );
+    assert!(
+        status.locked_catch_ups >= 5,
+        "catch-ups under the lock: {status}"
+    );
+    d.close().unwrap();
+    assert_no_segments(&name);
 }
 
 /// A child SIGKILLs itself at `point` inside a write of a value of `size` bytes; the parent

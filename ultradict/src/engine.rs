@@ -416,7 +416,7 @@ impl<S: Schema> Engine<S> {
         if self.holds_lock() {
             return self.catch_up_locked(view);
         }
-        for _ in 0..LOCK_FREE_ATTEMPTS {
+        for _ in 0..crate::fault::lock_free_attempts(LOCK_FREE_ATTEMPTS) {
             match self.try_catch_up(view, false)? {
                 Progress::Done => return Ok(()),
                 Progress::Retry => std::hint::spin_loop(),

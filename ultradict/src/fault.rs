@@ -18,6 +18,9 @@
 //! | `attach-claimed` | an opener took its process-table slot, still holding the gate |
 //! | `detach-released` | a closer gave its slot back, before deciding whether to remove the dict |
 //! | `removing` | a remover marked the dict removed and removed its nested dicts, not yet the rest |
+//!
+//! And one knob: `ULTRADICT_LOCK_FREE_ATTEMPTS=<n>` sets how many lock-free catch-ups a reader
+//! tries before it catches up under the writers' lock (see [`lock_free_attempts`]).
 
 /// Crashes the process here if the environment asks for this point. Unarmed (no
 /// `ULTRADICT_CRASH_AT`), a point costs one relaxed load, so that builds with the feature on
@@ -64,6 +67,29 @@ fn armed_point(name: &'static str, state: &std::sync::atomic::AtomicU8, unarmed:
         // SAFETY: sending a signal to the calling thread has no memory-safety preconditions.
         unsafe { libc::raise(signal) };
     }
+}
+
+/// How many lock-free catch-up attempts a reader makes before it catches up under the
+/// writers' lock: `default`, or `ULTRADICT_LOCK_FREE_ATTEMPTS` when that is set. Only writers
+/// that overtake a reader again and again send it down the locked path otherwise; 0 sends
+/// every catch-up there, so that a test can run that path.
+#[cfg(feature = "fault-injection")]
+pub(crate) fn lock_free_attempts(default: u32) -> u32 {
+    static ATTEMPTS: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    ATTEMPTS
+        .get_or_init(|| {
+            std::env::var("ULTRADICT_LOCK_FREE_ATTEMPTS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(default)
+}
+
+/// Without the feature, the default.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub(crate) fn lock_free_attempts(default: u32) -> u32 {
+    default
 }
 
 /// Without the feature, crash points compile to nothing.
