@@ -1,5 +1,6 @@
 //! Model-based test: random sequences of insert, remove, update, extend, clear, dump and load
-//! spread over three handles in three processes, compared after every step with a `HashMap`.
+//! spread over three handles in three processes, compared after every step with a `HashMap`
+//! (the contents, and what each operation returned).
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -66,28 +67,50 @@ impl Op {
         }
     }
 
-    /// Runs the operation on a handle.
-    fn run(&self, d: &Dict) {
+    /// Runs the operation on a handle; returns what it returned, as text.
+    fn run(&self, d: &Dict) -> String {
         match self {
-            Op::Insert(k, v) => drop(d.insert(*k, *v).unwrap()),
-            Op::Remove(k) => drop(d.remove(k).unwrap()),
-            Op::Add(k, delta) => drop(d.update(k, |v| v.unwrap_or(0) + delta).unwrap()),
-            Op::Extend(pairs) => d.extend(pairs.iter().copied()).unwrap(),
-            Op::Clear => d.clear().unwrap(),
-            Op::Dump => d.dump().unwrap(),
-            Op::Load(force) => d.load(*force).unwrap(),
+            Op::Insert(k, v) => format!("{:?}", d.insert(*k, *v).unwrap()),
+            Op::Remove(k) => format!("{:?}", d.remove(k).unwrap()),
+            Op::Add(k, delta) => format!("{}", d.update(k, |v| v.unwrap_or(0) + delta).unwrap()),
+            Op::Extend(pairs) => {
+                d.extend(pairs.iter().copied()).unwrap();
+                "done".into()
+            }
+            Op::Clear => {
+                d.clear().unwrap();
+                "done".into()
+            }
+            Op::Dump => {
+                d.dump().unwrap();
+                "done".into()
+            }
+            Op::Load(force) => {
+                d.load(*force).unwrap();
+                "done".into()
+            }
         }
     }
 
-    /// Applies the operation to the model.
-    fn model(&self, model: &mut BTreeMap<u32, u64>) {
+    /// Applies the operation to the model; returns what the handle should have returned.
+    fn model(&self, model: &mut BTreeMap<u32, u64>) -> String {
         match self {
-            Op::Insert(k, v) => drop(model.insert(*k, *v)),
-            Op::Remove(k) => drop(model.remove(k)),
-            Op::Add(k, delta) => *model.entry(*k).or_insert(0) += delta,
-            Op::Extend(pairs) => model.extend(pairs.iter().copied()),
-            Op::Clear => model.clear(),
-            Op::Dump | Op::Load(_) => {}
+            Op::Insert(k, v) => format!("{:?}", model.insert(*k, *v)),
+            Op::Remove(k) => format!("{:?}", model.remove(k)),
+            Op::Add(k, delta) => {
+                let value = model.entry(*k).or_insert(0);
+                *value += delta;
+                format!("{value}")
+            }
+            Op::Extend(pairs) => {
+                model.extend(pairs.iter().copied());
+                "done".into()
+            }
+            Op::Clear => {
+                model.clear();
+                "done".into()
+            }
+            Op::Dump | Op::Load(_) => "done".into(),
         }
     }
 }
@@ -133,8 +156,7 @@ fn child_entry() {
         } else if line == "show" {
             report(contents(dict.as_ref().unwrap()));
         } else {
-            Op::decode(&line).run(dict.as_ref().unwrap());
-            report("ok");
+            report(Op::decode(&line).run(dict.as_ref().unwrap()));
         }
     }
 }
@@ -165,11 +187,12 @@ fn three_processes_agree_with_a_hashmap() {
         }
         let mut model = BTreeMap::new();
         for (who, op) in &steps {
-            match who {
+            // What the operation returned (an insert's or a remove's old value) as well.
+            let returned = match who {
                 0 => op.run(&parent),
-                n => prop_assert_eq!(children[n - 1].request(&op.encode(), TIMEOUT), "ok"),
-            }
-            op.model(&mut model);
+                n => children[n - 1].request(&op.encode(), TIMEOUT),
+            };
+            prop_assert_eq!(returned, op.model(&mut model), "returned by {:?}", op);
             let expected = format!("{model:?}");
             prop_assert_eq!(contents(&parent), expected.clone(), "parent after {:?}", op);
             for (i, child) in children.iter_mut().enumerate() {

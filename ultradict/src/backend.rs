@@ -106,6 +106,14 @@ impl<S: Schema> Storage for Backend<S> {
         each!(self, engine => engine.write(update, decide))
     }
 
+    fn write_displacing(
+        &self,
+        update: S::Update,
+        decide: impl FnMut(&View<S>, &S::Update) -> Result<bool>,
+    ) -> Result<Option<S::Displaced>> {
+        each!(self, engine => engine.write_displacing(update, decide))
+    }
+
     fn write_via_dump(&self, update: Option<&S::Update>) -> Result<()> {
         each!(self, engine => engine.write_via_dump(update))
     }

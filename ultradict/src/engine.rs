@@ -156,75 +156,21 @@ impl<S: Schema> Storage for Engine<S> {
     fn write<R>(
         &self,
         update: S::Update,
-        mut decide: impl FnMut(&View<S>, &S::Update) -> Result<(bool, R)>,
+        decide: impl FnMut(&View<S>, &S::Update) -> Result<(bool, R)>,
     ) -> Result<R> {
-        let _held = self.hold(&LockOptions::default())?;
-        let mut view = self.view.write();
-        self.catch_up_locked(&mut view)?;
-        let (commit, result) = decide(&view, &update)?;
-        if !commit {
-            return Ok(result);
-        }
-        let control = self.control();
-        let state = at(&view);
-        let offset = state.committed as usize;
-        let (stream, capacity) = self.stream_of(&view);
-        // A dump's stream is reserved as records need it: a record that does not fit in what
-        // this process reserved gets more reserved, up to the stream's end, and is tried again.
-        let mut writable = match view.dump.as_ref() {
-            Some(dump) if dump.stream().is_some() => dump.writable_to(offset),
-            _ => capacity,
-        };
-        // A record that cannot fit in what is left of the stream goes straight to a full dump:
-        // neither archived into the stream until it runs out (a bulk `extend`) nor reserved for.
-        let fits = offset + stream::FRAME_LEN + S::record_len_hint(&update) <= capacity;
-        let appended = loop {
-            if !fits {
-                break Err(stream::AppendError::StreamFull);
-            }
-            // SAFETY: `stream_of` gives the caught-up epoch's stream, which `view` keeps
-            // mapped, and up to `writable` its space is reserved; we hold the writers' lock and
-            // nobody reads past the committed offset `at`.
-            match unsafe { stream::append(stream, writable, offset, state.epoch, &update) } {
-                Err(stream::AppendError::StreamFull) if writable < capacity => {
-                    let dump = view
-                        .dump
-                        .as_mut()
-                        .expect("only a dump's stream is reserved");
-                    match dump.reserve_stream(offset)? {
-                        more if more > writable => writable = more,
-                        _ => break Err(stream::AppendError::StreamFull),
-                    }
-                }
-                appended => break appended,
-            }
-        };
-        match appended {
-            Ok(end) => {
-                crate::fault::point("record-written");
-                let next = StateWord {
-                    epoch: state.epoch,
-                    committed: end as u32,
-                };
-                control.publish(next);
-                // Only lock holders change the counter: a load and a store, not a
-                // read-modify-write (one atomic RMW less per write, about 5 ns here).
-                let records = &control.counters.records;
-                records.store(records.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-                let View { dump, overlay, .. } = &mut view.view;
-                S::apply(dump.as_ref().map(Dump::root), overlay, update);
-                view.position = next.position();
-                self.note_reached(&view);
-            }
-            Err(stream::AppendError::StreamFull) => self.switch_epoch(&mut view, Some(&update))?,
-            Err(stream::AppendError::Failed(detail)) => {
-                return Err(Error::Serialize {
-                    name: self.place.name().to_owned(),
-                    detail,
-                });
-            }
-        }
-        Ok(result)
+        self.commit::<R, false>(update, decide)
+            .map(|(result, _)| result)
+    }
+
+    /// [`write`](Self::write), returning what the update displaced: moved out of the overlay
+    /// as the record is applied, or looked up before a full dump that includes it.
+    fn write_displacing(
+        &self,
+        update: S::Update,
+        mut decide: impl FnMut(&View<S>, &S::Update) -> Result<bool>,
+    ) -> Result<Option<S::Displaced>> {
+        self.commit::<(), true>(update, |view, update| Ok((decide(view, update)?, ())))
+            .map(|((), displaced)| displaced)
     }
 
     fn write_via_dump(&self, update: Option<&S::Update>) -> Result<()> {
@@ -354,6 +300,105 @@ fn at<S: Schema>(view: &View<S>) -> StateWord {
 }
 
 impl<S: Schema> Engine<S> {
+    /// The engine's write ([`Storage::write`]); with `DISPLACE`, it also returns what the
+    /// update displaced (`None` if `decide` did not commit it).
+    fn commit<R, const DISPLACE: bool>(
+        &self,
+        update: S::Update,
+        mut decide: impl FnMut(&View<S>, &S::Update) -> Result<(bool, R)>,
+    ) -> Result<(R, Option<S::Displaced>)> {
+        let _held = self.hold(&LockOptions::default())?;
+        let mut view = self.view.write();
+        self.catch_up_locked(&mut view)?;
+        let (commit, result) = decide(&view, &update)?;
+        if !commit {
+            return Ok((result, None));
+        }
+        let control = self.control();
+        let state = at(&view);
+        let offset = state.committed as usize;
+        let (stream, capacity) = self.stream_of(&view);
+        // A dump's stream is reserved as records need it: a record that does not fit in what
+        // this process reserved gets more reserved, up to the stream's end, and is tried again.
+        let mut writable = match view.dump.as_ref() {
+            Some(dump) if dump.stream().is_some() => dump.writable_to(offset),
+            _ => capacity,
+        };
+        // A record that cannot fit in what is left of the stream goes straight to a full dump:
+        // neither archived into the stream until it runs out (a bulk `extend`) nor reserved for.
+        let fits = offset + stream::FRAME_LEN + S::record_len_hint(&update) <= capacity;
+        let appended = loop {
+            if !fits {
+                break Err(stream::AppendError::StreamFull);
+            }
+            // SAFETY: `stream_of` gives the caught-up epoch's stream, which `view` keeps
+            // mapped, and up to `writable` its space is reserved; we hold the writers' lock and
+            // nobody reads past the committed offset `at`.
+            match unsafe { stream::append(stream, writable, offset, state.epoch, &update) } {
+                Err(stream::AppendError::StreamFull) if writable < capacity => {
+                    let dump = view
+                        .dump
+                        .as_mut()
+                        .expect("only a dump's stream is reserved");
+                    match dump.reserve_stream(offset)? {
+                        more if more > writable => writable = more,
+                        _ => break Err(stream::AppendError::StreamFull),
+                    }
+                }
+                appended => break appended,
+            }
+        };
+        match appended {
+            Ok(end) => {
+                crate::fault::point("record-written");
+                let next = StateWord {
+                    epoch: state.epoch,
+                    committed: end as u32,
+                };
+                control.publish(next);
+                // Only lock holders change the counter: a load and a store, not a
+                // read-modify-write (one atomic RMW less per write, about 5 ns here).
+                let records = &control.counters.records;
+                records.store(records.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                let View { dump, overlay, .. } = &mut view.view;
+                let dump = dump.as_ref().map(Dump::root);
+                let displaced = if DISPLACE {
+                    Some(S::apply_displacing(dump, overlay, update))
+                } else {
+                    S::apply(dump, overlay, update);
+                    None
+                };
+                view.position = next.position();
+                self.note_reached(&view);
+                // Committed and applied whatever this says: only a displaced value that failed
+                // to deserialize from the dump (see `Schema::apply_displacing`) is an error.
+                let displaced = displaced.transpose().map_err(|e| {
+                    Error::corrupt(
+                        "dump",
+                        format!("the write was committed, but the value it replaced failed to deserialize: {e}"),
+                    )
+                })?;
+                Ok((result, displaced))
+            }
+            Err(stream::AppendError::StreamFull) => {
+                let displaced = if DISPLACE {
+                    let found = S::displaced(view.dump(), &view.overlay, &update);
+                    Some(found.map_err(|e| {
+                        Error::corrupt("dump", format!("value failed to deserialize: {e}"))
+                    })?)
+                } else {
+                    None
+                };
+                self.switch_epoch(&mut view, Some(&update))?;
+                Ok((result, displaced))
+            }
+            Err(stream::AppendError::Failed(detail)) => Err(Error::Serialize {
+                name: self.place.name().to_owned(),
+                detail,
+            }),
+        }
+    }
+
     /// Which dict this handle's dumps belong to.
     fn dump_id(&self) -> DumpId<'_> {
         DumpId {

@@ -279,6 +279,30 @@ pub trait Schema: Send + Sync + 'static {
     /// stream).
     fn apply(dump: Option<&Self::Dump>, overlay: &mut Self::Overlay, update: Self::Update);
 
+    /// What a committed update displaced, for its writer to return: a map's insert or remove,
+    /// the key's old value; `()` where writers return nothing.
+    type Displaced;
+
+    /// [`apply`](Self::apply) on the writer's path, returning what the update displaced: the
+    /// old value is moved out of the overlay, not looked up and cloned before the commit (a
+    /// hot 16-byte `String` insert: 187 -> 137 ns, `cargo bench --bench map_ops`). The update
+    /// is committed: it is applied in full even if the displaced value (found in the dump)
+    /// fails to deserialize, which is the error returned then.
+    fn apply_displacing(
+        dump: Option<&Self::Dump>,
+        overlay: &mut Self::Overlay,
+        update: Self::Update,
+    ) -> Result<Self::Displaced, rancor::Error>;
+
+    /// What `update` would displace, looked up without applying it: for a commit that does
+    /// not go through [`apply_displacing`](Self::apply_displacing) (a full dump, a remote
+    /// backend).
+    fn displaced(
+        dump: Option<&Self::Dump>,
+        overlay: &Self::Overlay,
+        update: &Self::Update,
+    ) -> Result<Self::Displaced, rancor::Error>;
+
     /// Checks what validating the archive does not cover but reading it relies on; `archive`
     /// holds the bytes `dump` lies in. The default has nothing to check.
     ///

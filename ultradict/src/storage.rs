@@ -110,6 +110,28 @@ pub(crate) trait Storage: Send + Sync + Sized {
         decide: impl FnMut(&View<Self::Schema>, &<Self::Schema as Schema>::Update) -> Result<(bool, R)>,
     ) -> Result<R>;
 
+    /// [`write`](Self::write) for an update that displaces something (a map's insert or
+    /// remove: the key's old value): commits `update` if `decide` says so, and returns what it
+    /// displaced, or `None` if nothing was committed. The default looks the displaced value up
+    /// before committing; the shared-memory engine moves it out of the overlay as it applies
+    /// the record instead, which saves a lookup and a clone on the hot path.
+    fn write_displacing(
+        &self,
+        update: <Self::Schema as Schema>::Update,
+        mut decide: impl FnMut(&View<Self::Schema>, &<Self::Schema as Schema>::Update) -> Result<bool>,
+    ) -> Result<Option<<Self::Schema as Schema>::Displaced>> {
+        self.write(update, |view, update| {
+            if !decide(view, update)? {
+                return Ok((false, None));
+            }
+            let displaced =
+                Self::Schema::displaced(view.dump(), &view.overlay, update).map_err(|e| {
+                    crate::Error::corrupt("dump", format!("value failed to deserialize: {e}"))
+                })?;
+            Ok((true, Some(displaced)))
+        })
+    }
+
     /// Starts a new epoch with a full dump of the state plus `update`, all or nothing.
     fn write_via_dump(&self, update: Option<&<Self::Schema as Schema>::Update>) -> Result<()>;
 

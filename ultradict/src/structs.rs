@@ -62,6 +62,25 @@ impl<F: StructFields> Schema for StructSchema<F> {
         F::apply(overlay, update);
     }
 
+    type Displaced = ();
+
+    fn apply_displacing(
+        dump: Option<&Self::Dump>,
+        overlay: &mut Self::Overlay,
+        update: Self::Update,
+    ) -> Result<(), rancor::Error> {
+        Self::apply(dump, overlay, update);
+        Ok(())
+    }
+
+    fn displaced(
+        _dump: Option<&Self::Dump>,
+        _overlay: &Self::Overlay,
+        _update: &Self::Update,
+    ) -> Result<(), rancor::Error> {
+        Ok(())
+    }
+
     type Snapshot = F;
 
     fn snapshot(

@@ -68,24 +68,18 @@ struct Shadows {
 }
 
 impl Shadows {
-    /// Whether `dump` (if any) holds `key`; if so, notes its bucket as shadowed.
-    fn note<K: Key, Stored>(
+    /// `key`'s value in `dump`, if any; if there is one, notes its bucket as shadowed.
+    fn note<'d, K: Key, Stored>(
         &mut self,
-        dump: Option<&ArchivedHashMap<K::Stored, Stored>>,
+        dump: Option<&'d ArchivedHashMap<K::Stored, Stored>>,
         key: &K,
-    ) -> bool {
-        let Some(dump) = dump else {
-            return false;
-        };
-        let Some((stored, _)) = dump.get_key_value_with(key, |q, stored: &K::Stored| stored == q)
-        else {
-            return false;
-        };
-        if let Some(bucket) = Buckets::of(dump).of_key(stored) {
+    ) -> Option<&'d Stored> {
+        let (stored, value) = dump?.get_key_value_with(key, |q, stored: &K::Stored| stored == q)?;
+        if let Some(bucket) = Buckets::of(dump?).of_key(stored) {
             // A bucket is below the capacity, which fits 32 bits (see `table::serialize`).
             self.buckets.push(bucket as u32);
         }
-        true
+        Some(value)
     }
 }
 
@@ -105,6 +99,28 @@ pub(crate) enum Found<'v, K: Data, V: Data> {
     Local(&'v V),
     Mapped(&'v V::Stored),
     Missing(PhantomData<K>),
+}
+
+/// What a key held before a record changed it.
+enum Previous<'d, V: Data> {
+    /// A value in the overlay, or `None`: removed there, or nowhere.
+    Local(Option<V>),
+    /// A value in the dump, shadowed from now on.
+    Mapped(&'d V::Stored),
+}
+
+impl<V: Value> Previous<'_, V> {
+    fn existed(&self) -> bool {
+        !matches!(self, Previous::Local(None))
+    }
+
+    /// The old value, owned: moved out of the overlay, or deserialized from the dump.
+    fn into_owned(self) -> Result<Option<V>, rancor::Error> {
+        match self {
+            Previous::Local(value) => Ok(value),
+            Previous::Mapped(stored) => schema::deserialize(stored).map(Some),
+        }
+    }
 }
 
 impl<K: Key, V: Value> MapSchema<K, V> {
@@ -135,7 +151,12 @@ impl<K: Key, V: Value> MapSchema<K, V> {
         }
     }
 
-    fn insert(dump: Option<&ArchivedMap<K, V>>, overlay: &mut MapOverlay<K, V>, key: K, value: V) {
+    fn insert<'d>(
+        dump: Option<&'d ArchivedMap<K, V>>,
+        overlay: &mut MapOverlay<K, V>,
+        key: K,
+        value: V,
+    ) -> Previous<'d, V> {
         use std::collections::hash_map::Entry;
         // One hash and probe of the overlay, not two: the writer's hot path.
         let MapOverlay {
@@ -144,33 +165,48 @@ impl<K: Key, V: Value> MapSchema<K, V> {
             cleared,
             len,
         } = overlay;
-        let existed = match entries.entry(key) {
-            Entry::Occupied(mut entry) => entry.insert(Some(value)).is_some(),
+        let previous = match entries.entry(key) {
+            Entry::Occupied(mut entry) => Previous::Local(entry.insert(Some(value))),
             Entry::Vacant(entry) => {
-                let existed = !*cleared && shadows.note(dump, entry.key());
+                let stored = if *cleared {
+                    None
+                } else {
+                    shadows.note(dump, entry.key())
+                };
                 entry.insert(Some(value));
-                existed
+                stored.map_or(Previous::Local(None), Previous::Mapped)
             }
         };
-        if !existed {
+        if !previous.existed() {
             *len += 1;
         }
+        previous
     }
 
-    fn remove(dump: Option<&ArchivedMap<K, V>>, overlay: &mut MapOverlay<K, V>, key: K) {
-        let shadows_dump = !overlay.cleared && overlay.shadows.note(dump, &key);
-        let existed = match overlay.entries.get(&key) {
-            Some(entry) => entry.is_some(),
-            None => shadows_dump,
-        };
-        if shadows_dump {
-            overlay.entries.insert(key, None);
+    fn remove<'d>(
+        dump: Option<&'d ArchivedMap<K, V>>,
+        overlay: &mut MapOverlay<K, V>,
+        key: K,
+    ) -> Previous<'d, V> {
+        let stored = if overlay.cleared {
+            None
         } else {
-            overlay.entries.remove(&key);
-        }
-        if existed {
+            overlay.shadows.note(dump, &key)
+        };
+        // A key the dump holds stays in the overlay as removed; any other leaves it.
+        let local = match stored {
+            Some(_) => overlay.entries.insert(key, None),
+            None => overlay.entries.remove(&key),
+        };
+        let previous = match (local, stored) {
+            (Some(local), _) => Previous::Local(local),
+            (None, Some(stored)) => Previous::Mapped(stored),
+            (None, None) => Previous::Local(None),
+        };
+        if previous.existed() {
             overlay.len -= 1;
         }
+        previous
     }
 
     fn clear(overlay: &mut MapOverlay<K, V>) {
@@ -231,8 +267,12 @@ impl<K: Key, V: Value> Schema for MapSchema<K, V> {
 
     fn apply(dump: Option<&Self::Dump>, overlay: &mut Self::Overlay, update: Self::Update) {
         match update {
-            MapUpdate::Insert(key, value) => Self::insert(dump, overlay, key, value),
-            MapUpdate::Remove(key) => Self::remove(dump, overlay, key),
+            MapUpdate::Insert(key, value) => {
+                Self::insert(dump, overlay, key, value);
+            }
+            MapUpdate::Remove(key) => {
+                Self::remove(dump, overlay, key);
+            }
             MapUpdate::Extend(pairs) => {
                 for (key, value) in pairs {
                     Self::insert(dump, overlay, key, value);
@@ -245,6 +285,39 @@ impl<K: Key, V: Value> Schema for MapSchema<K, V> {
                     Self::insert(dump, overlay, key, value);
                 }
             }
+        }
+    }
+
+    /// A single key's old value (`None` for the batches).
+    type Displaced = Option<V>;
+
+    fn apply_displacing(
+        dump: Option<&Self::Dump>,
+        overlay: &mut Self::Overlay,
+        update: Self::Update,
+    ) -> Result<Option<V>, rancor::Error> {
+        match update {
+            MapUpdate::Insert(key, value) => Self::insert(dump, overlay, key, value).into_owned(),
+            MapUpdate::Remove(key) => Self::remove(dump, overlay, key).into_owned(),
+            batch => {
+                Self::apply(dump, overlay, batch);
+                Ok(None)
+            }
+        }
+    }
+
+    fn displaced(
+        dump: Option<&Self::Dump>,
+        overlay: &Self::Overlay,
+        update: &Self::Update,
+    ) -> Result<Option<V>, rancor::Error> {
+        let (MapUpdate::Insert(key, _) | MapUpdate::Remove(key)) = update else {
+            return Ok(None);
+        };
+        match Self::find(dump, overlay, key) {
+            Found::Local(value) => Ok(Some(value.clone())),
+            Found::Mapped(stored) => schema::deserialize(stored).map(Some),
+            Found::Missing(_) => Ok(None),
         }
     }
 
@@ -452,10 +525,11 @@ mod tests {
         }
     }
 
-    fn apply_to(model: &mut HashMap<u64, u64>, update: &MapUpdate<u64, u64>) {
+    /// Applies `update` to the model; returns the old value a single key's update displaced.
+    fn apply_to(model: &mut HashMap<u64, u64>, update: &MapUpdate<u64, u64>) -> Option<u64> {
         match update {
-            MapUpdate::Insert(key, value) => drop(model.insert(*key, *value)),
-            MapUpdate::Remove(key) => drop(model.remove(key)),
+            MapUpdate::Insert(key, value) => return model.insert(*key, *value),
+            MapUpdate::Remove(key) => return model.remove(key),
             MapUpdate::Extend(pairs) => model.extend(pairs.iter().copied()),
             MapUpdate::Clear => model.clear(),
             MapUpdate::Replace(pairs) => {
@@ -463,6 +537,7 @@ mod tests {
                 model.extend(pairs.iter().copied());
             }
         }
+        None
     }
 
     #[test]
@@ -474,10 +549,22 @@ mod tests {
             let dump = rkyv::access::<ArchivedMap<u64, u64>, rancor::Error>(&archive).unwrap();
             let mut model: HashMap<u64, u64> = base.iter().copied().collect();
             let mut overlay = Map::overlay_for(Some(dump));
-            for _ in 0..cases.next(60) {
+            for step in 0..cases.next(60) {
                 let update = cases.update();
-                apply_to(&mut model, &update);
-                Map::apply(Some(dump), &mut overlay, update);
+                let looked_up = Map::displaced(Some(dump), &overlay, &update).unwrap();
+                let old = apply_to(&mut model, &update);
+                assert_eq!(looked_up, old, "case {case}, step {step}: looked up");
+                // The writer's path and the reader's, in turn.
+                if cases.next(2) == 0 {
+                    let displaced = Map::apply_displacing(Some(dump), &mut overlay, update);
+                    assert_eq!(
+                        displaced.unwrap(),
+                        old,
+                        "case {case}, step {step}: displaced"
+                    );
+                } else {
+                    Map::apply(Some(dump), &mut overlay, update);
+                }
                 assert_eq!(overlay.len, model.len(), "case {case}: the count");
             }
             let pending = (cases.next(4) > 0).then(|| cases.update());
