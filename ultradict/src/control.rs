@@ -71,10 +71,12 @@ pub(crate) struct StateWord {
 }
 
 impl StateWord {
+    #[inline]
     pub(crate) fn pack(self) -> u64 {
         (u64::from(self.epoch) << 32) | u64::from(self.committed)
     }
 
+    #[inline]
     pub(crate) fn unpack(word: u64) -> Self {
         StateWord {
             epoch: (word >> 32) as u32,
@@ -83,11 +85,13 @@ impl StateWord {
     }
 
     /// The state word as a position in the dict's history.
+    #[inline]
     pub(crate) fn position(self) -> Position {
         Position(u128::from(self.pack()))
     }
 
     /// The state word a position of this backend packs.
+    #[inline]
     pub(crate) fn of(position: Position) -> Self {
         Self::unpack(position.0 as u64)
     }
@@ -228,12 +232,14 @@ pub(crate) struct Published<'a> {
 
 impl Published<'_> {
     /// The published state word (Acquire: the records and dump it names are visible).
+    #[inline]
     pub(crate) fn state(&self) -> StateWord {
         StateWord::unpack(self.state.load(Ordering::Acquire))
     }
 
     /// Publishes a new state word (Release: after the bytes it names), then wakes whoever
     /// sleeps waiting for a change.
+    #[inline]
     pub(crate) fn publish(&self, state: StateWord) {
         #[cfg(not(ultradict_loom_broken))]
         self.state.store(state.pack(), Ordering::Release);
@@ -253,6 +259,7 @@ impl Published<'_> {
     /// compare-and-swap on the exact value it then sleeps on, so either this add sees the bit,
     /// or the sleeper's swap or sleep sees the new value; clearing the bit before the wake-up
     /// can only send a sleeper that set it again back to look once more.
+    #[inline]
     fn bump_sequence(&self) {
         let sequence = &self.changes.sequence;
         // The count is 31 bits: a carry into the bit costs one needless wake-up, nothing more.
@@ -407,11 +414,13 @@ impl Control {
         self.ready.load(Ordering::Acquire) == READY
     }
 
+    #[inline]
     pub(crate) fn state(&self) -> StateWord {
         self.published().state()
     }
 
     /// The state word and the change sequence, as the protocol uses them.
+    #[inline]
     pub(crate) fn published(&self) -> Published<'_> {
         Published {
             state: &self.state,

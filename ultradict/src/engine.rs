@@ -52,6 +52,7 @@ impl Membership {
     }
 
     /// The slot held in fork generation `generation`, if any.
+    #[inline]
     pub(crate) fn slot_in(&self, generation: u64) -> Option<usize> {
         let tag = self.tag.load(Ordering::Acquire);
         (tag >> 16 == generation && tag & 0xffff != 0).then(|| (tag & 0xffff) as usize - 1)
@@ -479,8 +480,20 @@ impl<S: Schema> Engine<S> {
         })
     }
 
-    /// Catches up while holding the writers' lock: nothing moves underneath.
+    /// Catches up while holding the writers' lock: nothing moves underneath. A writer's view
+    /// is usually current already (it wrote last): that check is inlined into the write.
+    #[inline]
     fn catch_up_locked(&self, view: &mut Local<S>) -> Result<()> {
+        if self.control().state().position() == view.position {
+            self.note_reached(view);
+            return Ok(());
+        }
+        self.catch_up_locked_behind(view)
+    }
+
+    /// [`catch_up_locked`](Self::catch_up_locked) for a view that is behind.
+    #[inline(never)]
+    fn catch_up_locked_behind(&self, view: &mut Local<S>) -> Result<()> {
         loop {
             if let Progress::Done = self.try_catch_up(view, true)? {
                 return Ok(());
@@ -531,6 +544,7 @@ impl<S: Schema> Engine<S> {
 
     /// Keeps the hint of where the view is (see [`reached`](Self::reached)) current; called
     /// under the view's write lock wherever its position moves to the published state.
+    #[inline]
     fn note_reached(&self, view: &View<S>) {
         self.reached.store(at(view).pack(), Ordering::Relaxed);
     }

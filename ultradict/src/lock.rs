@@ -30,6 +30,7 @@ const TID_MASK: u32 = (1 << 22) - 1;
 const _: () = assert!(PROCESS_SLOTS < (1 << SLOT_BITS));
 
 /// The word of thread `tid` holding the lock through process-table slot `slot`.
+#[inline]
 pub(crate) fn holder_word(slot: usize, tid: u32) -> u32 {
     ((tid & TID_MASK) << SLOT_BITS) | (slot as u32 + 1)
 }
@@ -155,6 +156,7 @@ pub(crate) fn acquire(
 
 /// Releases the lock held as `me`. Does nothing if `me` does not hold it (it was taken over
 /// while wrongly believed dead: never release another's hold).
+#[inline]
 pub(crate) fn release(lock: &LockFields, me: u32) {
     lock.held_since_ns.store(0, Ordering::Relaxed);
     let mut current = lock.word.load(Ordering::Relaxed);
@@ -200,6 +202,7 @@ fn backoff(at_most: Duration) {
 const BACKOFF: Duration = Duration::from_micros(20);
 
 /// Takes a free word as `me`, with the `bits` (the waiters bit or none) set.
+#[inline]
 pub(crate) fn take_free(lock: &LockFields, bits: u32, me: u32) -> bool {
     let taken = lock
         .word
@@ -217,6 +220,7 @@ fn busy(lock: &LockFields) -> Busy {
     }
 }
 
+#[inline]
 fn mark_held(lock: &LockFields) {
     // Reading a clock on every acquire would cost a quarter of an uncontended lock: the
     // holder leaves the time blank and the first observer stamps it (`note_holder_seen`).

@@ -107,6 +107,7 @@ pub(crate) struct Reentrant {
     depth: AtomicU32,
 }
 
+#[inline]
 fn owner_key(thread: ThreadId) -> u64 {
     (thread.generation << 32) | u64::from(thread.tid)
 }
@@ -114,6 +115,7 @@ fn owner_key(thread: ThreadId) -> u64 {
 impl Reentrant {
     /// Enters once more if `thread` already holds the lock through this handle; returns the
     /// key for its guard.
+    #[inline]
     pub(crate) fn reenter(&self, thread: ThreadId) -> Option<u64> {
         let key = owner_key(thread);
         if self.owner.load(Ordering::Relaxed) != key {
@@ -126,6 +128,7 @@ impl Reentrant {
     }
 
     /// Records that `thread` just took the lock as `word`; returns the key for its guard.
+    #[inline]
     pub(crate) fn enter(&self, thread: ThreadId, word: u32) -> u64 {
         let key = owner_key(thread);
         self.word.store(word, Ordering::Relaxed);
@@ -137,6 +140,7 @@ impl Reentrant {
     /// Leaves one level of the hold taken as `key`; after the last, returns the lock word to
     /// release. Does nothing unless the calling thread is the holder that took `key` (a guard
     /// copied into a forked child, or moved to another thread, releases nothing).
+    #[inline]
     pub(crate) fn leave(&self, key: u64) -> Option<u32> {
         // A guard cannot move to another thread (it is not `Send`), so only a fork can put it
         // in the hands of a thread other than the one that took it: compare generations.
