@@ -170,6 +170,65 @@ fn large_dict(name: &str) -> UltraDict<u64, u64> {
     d
 }
 
+/// A writer reserves its stream a chunk at a time and hands the next chunk to its helper
+/// thread meanwhile. A child forked while that runs has no helper: it reserves in place, and
+/// its handle closes without waiting for a job that will never end there.
+#[test]
+fn a_child_forked_while_the_next_chunk_is_reserved_writes_and_closes() {
+    let name = unique_name("ahead");
+    let d: UltraDict<u64, u64> = UltraDict::open(&name).unwrap();
+    d.extend((0..300_000).map(|k| (k, k))).unwrap();
+    d.dump().unwrap();
+    let epoch = d.status().epoch;
+    // The handle in a slot, so that the child can take its copy and close it.
+    let slot = std::cell::Cell::new(Some(d));
+    for round in 0..6u64 {
+        let from = 1_000_000 * (round + 1);
+        let d = slot.take().unwrap();
+        // A record in a fresh stretch reserves it and asks for the next one: fork at once.
+        while d.status().buffer_used % (1 << 20) > 4 << 10 {
+            d.insert(from, from).unwrap();
+        }
+        d.insert(from, from).unwrap();
+        slot.set(Some(d));
+        let child = fork(|| {
+            let Some(d) = slot.take() else { return 9 };
+            for key in from + 1..from + STREAM_WRITES {
+                if d.insert(key, key + 1).is_err() {
+                    return 1;
+                }
+            }
+            let code = match d.get(&(from + STREAM_WRITES - 1)) {
+                Ok(Some(value)) if value == from + STREAM_WRITES => 0,
+                _ => 2,
+            };
+            drop(d);
+            code
+        });
+        assert_eq!(
+            wait_forked(child, Duration::from_secs(60)),
+            0,
+            "round {round}"
+        );
+        // The parent goes on where the child stopped, in space either of them reserved.
+        let d = slot.take().unwrap();
+        for key in from + STREAM_WRITES..from + 2 * STREAM_WRITES {
+            d.insert(key, key + 1).unwrap();
+        }
+        for key in (from + 1..from + 2 * STREAM_WRITES).step_by(101) {
+            assert_eq!(d.get(&key).unwrap(), Some(key + 1), "round {round}");
+        }
+        slot.set(Some(d));
+    }
+    let d = slot.take().unwrap();
+    assert!(
+        d.status().epoch > epoch,
+        "the rounds filled more than one stream"
+    );
+    drop(d);
+    assert_no_segments(&name);
+}
+
 #[test]
 fn superseded_dumps_are_unmapped_here_and_in_a_forked_child() {
     let name = unique_name("reaper");

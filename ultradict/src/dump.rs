@@ -9,8 +9,8 @@
 //! The header and archive are written completely before the epoch is published and never
 //! written again, so readers may hold a plain `&[u8]` over them; this process's mapping of
 //! them is made read-only. The archive is validated once when mapped; lookups then read it in
-//! place. The stream after it, if any, is the epoch's stream (see `stream.rs`), as large as the
-//! archive, so that a dump is paid for by records in proportion to its size (see `engine.rs`,
+//! place. The stream after it, if any, is the epoch's stream (see `stream.rs`), twice as large
+//! as the archive, so that a dump is paid for by records in proportion to its size (see `engine.rs`,
 //! `stream_len_for`); a dump without one (`stream_len` 0 in the header) is followed by records
 //! in the control segment's stream, as epoch 0 is. A dump that came from elsewhere (a fuzzer's
 //! input, another backend) lives in an aligned heap buffer instead, has no stream, and is read
@@ -20,6 +20,8 @@ use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use rkyv::Portable;
 use rkyv::bytecheck::CheckBytes;
@@ -66,7 +68,48 @@ pub(crate) struct Dump<T> {
     /// The part of the stream this process reserved (offsets in the stream): it may write
     /// there. Other processes may have reserved more.
     reserved: Range<usize>,
+    /// The stretch of the stream after `reserved` that the helper thread was asked to
+    /// reserve, while this process's writers fill `reserved` (see `reserve_stream`).
+    ahead: Option<Ahead>,
     _root: PhantomData<fn() -> T>,
+}
+
+/// A stretch of a stream that the helper thread reserves and maps for writing (see
+/// `reaper.rs`), ahead of the writer that will need it.
+struct Ahead {
+    /// Stream offsets.
+    range: Range<usize>,
+    /// [`PENDING`], then [`RESERVED`] or [`FAILED`], set by the helper.
+    state: Arc<AtomicU8>,
+    /// The fork generation the job was handed over in: a forked child has no helper that
+    /// will finish it.
+    generation: u64,
+}
+
+const PENDING: u8 = 0;
+const RESERVED: u8 = 1;
+const FAILED: u8 = 2;
+
+impl Ahead {
+    /// Where the job stands; [`FAILED`] in a forked child, where it never ends.
+    fn state(&self) -> u8 {
+        if self.generation != crate::os::fork_generation() {
+            return FAILED;
+        }
+        self.state.load(Ordering::Acquire)
+    }
+}
+
+impl<T> Drop for Dump<T> {
+    /// Waits for a reservation the helper is making in this mapping: it populates the
+    /// mapping's pages, which must stay mapped until it is done (under a millisecond).
+    fn drop(&mut self) {
+        if let Some(ahead) = &self.ahead {
+            while ahead.state() == PENDING {
+                std::thread::yield_now();
+            }
+        }
+    }
 }
 
 /// How much stream a writer reserves at a time (or less, where the stream ends): the space a
@@ -267,6 +310,7 @@ where
             stream_at,
             stream_fd: fd.filter(|_| stream_at.is_some()),
             reserved: 0..0,
+            ahead: None,
             _root: PhantomData,
         })
     }
@@ -448,15 +492,49 @@ impl<T> Dump<T> {
     /// `writable_to(offset)`: up to a chunk past that, or twice the room it had for a record
     /// larger than a chunk, within the stream. Returns the new `writable_to(offset)`. A full
     /// /dev/shm is [`Error::OutOfSpace`], and nothing is written.
+    ///
+    /// The chunk after the one reserved is handed to the helper thread to reserve meanwhile
+    /// (`reaper::run_ahead`): the next call takes it over if it is ready and follows on, and
+    /// reserves in place otherwise. /dev/shm space is then taken at most a chunk ahead of the
+    /// records, per writing process.
     pub(crate) fn reserve_stream(&mut self, offset: usize) -> Result<usize> {
+        let before = self.writable_to(offset);
+        self.take_ahead(offset);
+        if self.writable_to(offset) == before {
+            self.reserve_in_place(offset)?;
+        }
+        self.ask_ahead();
+        Ok(self.writable_to(offset))
+    }
+
+    /// Takes over what the helper reserved ahead if it is done, and follows what this
+    /// process reserved or holds `offset`.
+    fn take_ahead(&mut self, offset: usize) {
+        let Some(ahead) = self.ahead.take_if(|ahead| ahead.state() != PENDING) else {
+            return;
+        };
+        if ahead.state() != RESERVED {
+            return;
+        }
+        let range = ahead.range.clone();
+        if self.reserved.end == range.start && self.reserved.start <= offset {
+            self.reserved.end = range.end;
+        } else if range.contains(&offset) {
+            self.reserved = range;
+        }
+    }
+
+    /// Reserves up to a chunk past `writable_to(offset)`, here (see
+    /// [`reserve_stream`](Self::reserve_stream)).
+    fn reserve_in_place(&mut self, offset: usize) -> Result<()> {
         let (Some(at), Some(fd), DumpBytes::Mapped(segment)) =
             (self.stream_at, self.stream_fd.as_ref(), &self.bytes)
         else {
-            return Ok(offset);
+            return Ok(());
         };
         let stream_len = segment.len() - at;
         if offset >= stream_len {
-            return Ok(offset);
+            return Ok(());
         }
         let page = crate::os::page_size();
         let from = self.writable_to(offset);
@@ -475,7 +553,59 @@ impl<T> Dump<T> {
             segment.reserve(fd.as_fd(), at + from, end - from)?;
         }
         self.reserved = start..end;
-        Ok(self.writable_to(offset))
+        Ok(())
+    }
+
+    /// Hands the chunk after what this process reserved to the helper thread, unless it has
+    /// one in hand already or the stream ends there.
+    fn ask_ahead(&mut self) {
+        let (Some(at), Some(fd), DumpBytes::Mapped(segment)) =
+            (self.stream_at, self.stream_fd.as_ref(), &self.bytes)
+        else {
+            return;
+        };
+        if self.ahead.is_some() || self.reserved.is_empty() {
+            return;
+        }
+        let stream_len = segment.len() - at;
+        let from = self.reserved.end;
+        let end = from
+            .saturating_add(STREAM_CHUNK)
+            .next_multiple_of(crate::os::page_size())
+            .min(stream_len);
+        if end <= from {
+            return;
+        }
+        // The job keeps a descriptor of its own; the mapping stays while it runs, since
+        // dropping this dump waits for it.
+        let Ok(fd) = fd.try_clone() else {
+            return;
+        };
+        let state = Arc::new(AtomicU8::new(PENDING));
+        let done = Arc::clone(&state);
+        // SAFETY: `at + from` is within the stream, so within the mapping. The address goes
+        // to the helper as a number (a pointer is not `Send`), its provenance exposed.
+        let start = unsafe { segment.as_mut_ptr().add(at + from) }.expose_provenance();
+        let job = move || {
+            let reserved =
+                crate::os::reserve_range(fd.as_fd(), (at + from) as u64, (end - from) as u64);
+            if reserved.is_ok() {
+                // Still mapped: dropping the dump waits for this job (see `Dump::drop`).
+                let start = std::ptr::with_exposed_provenance_mut(start);
+                crate::os::prefault_for_writing(start, end - from);
+            }
+            done.store(
+                if reserved.is_ok() { RESERVED } else { FAILED },
+                Ordering::Release,
+            );
+        };
+        if crate::reaper::run_ahead(job) {
+            self.ahead = Some(Ahead {
+                range: from..end,
+                state,
+                generation: crate::os::fork_generation(),
+            });
+        }
     }
 }
 

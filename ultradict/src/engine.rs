@@ -29,6 +29,10 @@ use crate::stream;
 /// Lock-free catch-up attempts before a reader catches up under the lock instead.
 const LOCK_FREE_ATTEMPTS: u32 = 16;
 
+/// Bytes of stream an epoch with a stream of its own gets per byte of its dump's archive (see
+/// `stream_len_for`).
+const STREAM_PER_ARCHIVE: usize = 2;
+
 /// This handle's place among the dict's attached handles: its anchor (see `liveness`) and the
 /// process-table slot the anchor holds, for the fork generation that took them.
 pub(crate) struct Membership {
@@ -675,13 +679,16 @@ impl<S: Schema> Engine<S> {
 
     /// Bytes of stream in the dump segment of an epoch whose archive takes `archive_len`
     /// bytes: none while the archive fits in the dict's `buffer_size` (the epoch then streams
-    /// into the control segment, as epoch 0 does), as much as the archive beyond that.
+    /// into the control segment, as epoch 0 does), [`STREAM_PER_ARCHIVE`] times the archive
+    /// beyond that.
     ///
-    /// A full dump costs time in proportion to the archive. A stream at least that large
-    /// needs records of at least that many bytes before the next dump, so each byte
-    /// written pays for at most one byte dumped, however large the dict: a write's amortized
-    /// cost does not grow with the dict. The /dev/shm space it takes follows its records (see
-    /// `Dump::reserve_stream`), at most the archive's again.
+    /// A full dump costs time in proportion to the archive. A stream twice that large needs
+    /// records of at least twice that many bytes before the next dump, so each byte written
+    /// pays for at most half a byte dumped, however large the dict: a write's amortized cost
+    /// does not grow with the dict. The /dev/shm space it takes follows its records (see
+    /// `Dump::reserve_stream`), at most twice the archive. (As large as the archive, a hot
+    /// write into a 1M-entry dict cost 2.3x one into a 1k-entry dict, the dump's share being
+    /// about 100 ns of it; twice as large, 1.7x: `cargo bench --bench growth`.)
     /// Small dicts keep streaming into the control segment, whose pages every handle has
     /// mapped and touched already: a fresh stream per epoch would cost each of them a page
     /// fault per page written (see the README's growth figures).
@@ -690,6 +697,7 @@ impl<S: Schema> Engine<S> {
             return 0;
         }
         archive_len
+            .saturating_mul(STREAM_PER_ARCHIVE)
             .next_multiple_of(stream::RECORD_ALIGN)
             .min(crate::options::MAX_BUFFER_SIZE)
     }

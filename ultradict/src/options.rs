@@ -210,7 +210,7 @@ macro_rules! option_setters {
         /// Bytes of update stream (default [`DEFAULT_BUFFER_SIZE`](crate::DEFAULT_BUFFER_SIZE);
         /// for a derived state, of its root dict). When the stream is full the next write makes
         /// a full dump. Once a dump outgrows this size, the epoch it starts streams into a
-        /// stream as large as the dump instead (in the dump's segment), so that a write's share
+        /// stream twice as large as the dump instead (in the dump's segment), so that a write's share
         /// of the dumps does not grow with the dict. On Redis it stays fixed. The creator's
         /// choice wins; asking an existing dict for another size is an error.
         pub fn buffer_size(mut self, bytes: usize) -> Self {
