@@ -167,7 +167,14 @@ fn immutable_len(segment: &Segment) -> usize {
     let header = unsafe { segment.immutable_bytes(0, DUMP_HEADER) };
     let (at, len) = (u64_at(header, STREAM_AT), u64_at(header, STREAM_LEN_AT));
     match (usize::try_from(at), usize::try_from(len)) {
-        (Ok(at), Ok(len)) if len > 0 && at.checked_add(len) == Some(segment.len()) => at,
+        // A stream's offsets are 32-bit (the state word): a longer one is not ours.
+        (Ok(at), Ok(len))
+            if len > 0
+                && len <= crate::options::MAX_BUFFER_SIZE
+                && at.checked_add(len) == Some(segment.len()) =>
+        {
+            at
+        }
         _ => segment.len(),
     }
 }
@@ -495,12 +502,12 @@ impl<T> Dump<T> {
     ///
     /// The chunk after the one reserved is handed to the helper thread to reserve meanwhile
     /// (`reaper::run_ahead`): the next call takes it over if it is ready and follows on, and
-    /// reserves in place otherwise. /dev/shm space is then taken at most a chunk ahead of the
-    /// records, per writing process.
+    /// reserves in place otherwise. /dev/shm space is then taken at most two chunks ahead of
+    /// the records (the one being filled and the next), per writing process.
     pub(crate) fn reserve_stream(&mut self, offset: usize) -> Result<usize> {
         let before = self.writable_to(offset);
         self.take_ahead(offset);
-        if self.writable_to(offset) == before {
+        if self.writable_to(offset) <= before {
             self.reserve_in_place(offset)?;
         }
         self.ask_ahead();
@@ -517,6 +524,11 @@ impl<T> Dump<T> {
             return;
         }
         let range = ahead.range.clone();
+        // Only ever more room at `offset`: a record larger than a chunk may have been reserved
+        // in place past the helper's range meanwhile.
+        if range.end <= self.writable_to(offset) {
+            return;
+        }
         if self.reserved.end == range.start && self.reserved.start <= offset {
             self.reserved.end = range.end;
         } else if range.contains(&offset) {
@@ -587,6 +599,9 @@ impl<T> Dump<T> {
         // to the helper as a number (a pointer is not `Send`), its provenance exposed.
         let start = unsafe { segment.as_mut_ptr().add(at + from) }.expose_provenance();
         let job = move || {
+            if let Some(delay) = crate::fault::ahead_delay() {
+                std::thread::sleep(delay);
+            }
             let reserved =
                 crate::os::reserve_range(fd.as_fd(), (at + from) as u64, (end - from) as u64);
             if reserved.is_ok() {

@@ -698,8 +698,8 @@ impl<S: Schema> Engine<S> {
         }
         archive_len
             .saturating_mul(STREAM_PER_ARCHIVE)
-            .next_multiple_of(stream::RECORD_ALIGN)
             .min(crate::options::MAX_BUFFER_SIZE)
+            .next_multiple_of(stream::RECORD_ALIGN)
     }
 
     /// Archives the whole state plus `pending` into an aligned heap buffer (so that its size
@@ -718,6 +718,7 @@ impl<S: Schema> Engine<S> {
         })?;
         let current = view.dump.as_ref().map_or(0, Dump::archive_len);
         let initial = (2 * (current + at(view).committed as usize))
+            .min(crate::schema::MAX_ARCHIVE_LEN)
             .max(S::archive_len_hint(&snapshot).saturating_add(4 << 10))
             .max(64 << 10);
         let archive = crate::schema::archive_to_vec(initial, |out| S::archive(&snapshot, out))

@@ -19,8 +19,10 @@
 //! | `detach-released` | a closer gave its slot back, before deciding whether to remove the dict |
 //! | `removing` | a remover marked the dict removed and removed its nested dicts, not yet the rest |
 //!
-//! And one knob: `ULTRADICT_LOCK_FREE_ATTEMPTS=<n>` sets how many lock-free catch-ups a reader
-//! tries before it catches up under the writers' lock (see [`lock_free_attempts`]).
+//! And two knobs: `ULTRADICT_LOCK_FREE_ATTEMPTS=<n>` sets how many lock-free catch-ups a
+//! reader tries before it catches up under the writers' lock (see [`lock_free_attempts`]);
+//! `ULTRADICT_AHEAD_DELAY_MS=<n>` holds the helper thread's reservation of a stream's next
+//! chunk back for that long (see [`ahead_delay`]).
 
 /// Crashes the process here if the environment asks for this point. Unarmed (no
 /// `ULTRADICT_CRASH_AT`), a point costs one relaxed load, so that builds with the feature on
@@ -90,6 +92,27 @@ pub(crate) fn lock_free_attempts(default: u32) -> u32 {
 #[inline(always)]
 pub(crate) fn lock_free_attempts(default: u32) -> u32 {
     default
+}
+
+/// How long the helper thread waits before it reserves a stream's next chunk (see
+/// `Dump::reserve_stream`): `ULTRADICT_AHEAD_DELAY_MS`, else not at all. A test forks while
+/// such a job is certainly pending.
+#[cfg(feature = "fault-injection")]
+pub(crate) fn ahead_delay() -> Option<std::time::Duration> {
+    static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        std::env::var("ULTRADICT_AHEAD_DELAY_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map(std::time::Duration::from_millis)
+    })
+}
+
+/// Without the feature, no delay.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub(crate) fn ahead_delay() -> Option<std::time::Duration> {
+    None
 }
 
 /// Without the feature, crash points compile to nothing.

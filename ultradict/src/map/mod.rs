@@ -270,7 +270,10 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     /// # Errors
     /// [`Error::OutOfSpace`](crate::Error::OutOfSpace) or
     /// [`Error::DumpTooSmall`](crate::Error::DumpTooSmall) if the update forced a full dump that
-    /// could not be written; nothing changed then.
+    /// could not be written; nothing changed then. [`Error::Corrupt`](crate::Error::Corrupt) if
+    /// the previous value, read from the mapped dump, failed to deserialize: the write may have
+    /// been committed then (the message says so), since the old value is read as the record
+    /// is applied.
     pub fn insert(&self, key: K, value: V) -> Result<Option<V>> {
         // The old value comes out of the overlay as the record goes in: no lookup and clone
         // before the commit (`Schema::apply_displacing`).
@@ -283,7 +286,7 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     /// Removes `key` in every process; returns its value.
     ///
     /// # Errors
-    /// As [`insert`](Self::insert).
+    /// As [`insert`](Self::insert), `Corrupt` included.
     pub fn remove<Q>(&self, key: &Q) -> Result<Option<V>>
     where
         K: Borrow<Q>,
