@@ -287,7 +287,7 @@ impl<S: Schema> Storage for Engine<S> {
 
 /// Resets `view` to the start of `epoch`, whose dump (none for epoch 0) is `dump`.
 fn start_epoch<S: Schema>(view: &mut View<S>, epoch: u32, dump: Option<Dump<S::Dump>>) {
-    view.overlay = S::overlay_for(dump.as_ref().map(Dump::root));
+    S::reset_overlay(&mut view.overlay, dump.as_ref().map(Dump::root));
     if let Some(old) = std::mem::replace(&mut view.dump, dump) {
         let bytes = old.mapped_len();
         crate::reaper::retire(old, bytes);

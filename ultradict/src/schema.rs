@@ -272,6 +272,14 @@ pub trait Schema: Send + Sync + 'static {
     /// The overlay of a process that has just mapped `dump` (or started epoch 0 without one).
     fn overlay_for(dump: Option<&Self::Dump>) -> Self::Overlay;
 
+    /// Makes `overlay` the overlay of a process that has just mapped `dump`, as
+    /// [`overlay_for`](Self::overlay_for) would, but keeping what it allocated where it can:
+    /// the epoch before needed that much, and the next one likely will (a map's overlay grew
+    /// from nothing in every epoch, rehashing as it went). The default builds a new one.
+    fn reset_overlay(overlay: &mut Self::Overlay, dump: Option<&Self::Dump>) {
+        *overlay = Self::overlay_for(dump);
+    }
+
     /// Identifies the schema; two handles attach to one dict only if these agree.
     fn fingerprint() -> Fingerprint;
 

@@ -89,6 +89,10 @@ pub(crate) fn overlay_len<K, V>(overlay: &MapOverlay<K, V>) -> usize {
     overlay.len
 }
 
+/// The largest overlay (in entries it has room for) whose table a new epoch keeps (see
+/// `reset_overlay`).
+const RECYCLED_CAPACITY: usize = 1 << 14;
+
 /// The schema of `UltraDict<K, V>`.
 pub(crate) struct MapSchema<K, V>(PhantomData<fn() -> (K, V)>);
 
@@ -252,6 +256,17 @@ impl<K: Key, V: Value> Schema for MapSchema<K, V> {
             shadows: Shadows::default(),
             len: dump.map_or(0, ArchivedHashMap::len),
         }
+    }
+
+    fn reset_overlay(overlay: &mut Self::Overlay, dump: Option<&Self::Dump>) {
+        if overlay.entries.capacity() > RECYCLED_CAPACITY {
+            *overlay = Self::overlay_for(dump);
+            return;
+        }
+        overlay.entries.clear();
+        overlay.shadows.buckets.clear();
+        overlay.cleared = false;
+        overlay.len = dump.map_or(0, ArchivedHashMap::len);
     }
 
     fn fingerprint() -> Fingerprint {
