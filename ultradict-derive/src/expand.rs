@@ -482,10 +482,11 @@ fn plain_methods(field: &Field<'_>, names: &Names) -> TokenStream {
         /// # Errors
         /// As the setter.
         pub fn #updater(&self, f: impl ::core::ops::FnOnce(#ty) -> #ty) -> #krate::Result<#ty> {
-            let _guard = self.lock()?;
-            let value = f(self.#name()?);
-            self.__dict.write(#update::#variant(::core::clone::Clone::clone(&value)))?;
-            ::core::result::Result::Ok(value)
+            self.__dict.locked(|| {
+                let value = f(self.#name()?);
+                self.__dict.write(#update::#variant(::core::clone::Clone::clone(&value)))?;
+                ::core::result::Result::Ok(value)
+            })
         }
     }
 }

@@ -37,6 +37,24 @@ macro_rules! each {
 }
 
 impl<S: Schema> Backend<S> {
+    /// Runs `f` holding the writers' lock (re-entrantly). On shared memory this is the
+    /// engine's own inlined hold, not the public guard with its dynamic release: `update`
+    /// takes the lock around a read and a write.
+    #[inline]
+    pub(crate) fn locked<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        match self {
+            Backend::Shm(engine) => {
+                let _held = engine.hold(&LockOptions::default())?;
+                f()
+            }
+            #[cfg(feature = "redis")]
+            Backend::Redis(engine) => {
+                let _guard = engine.lock(&LockOptions::default())?;
+                f()
+            }
+        }
+    }
+
     /// The options a nested dict of this one, named `name`, is opened with: on the same
     /// backend, in the same place, with `options`' timeouts.
     pub(crate) fn nested_options(&self, options: &Options, name: String) -> Options {

@@ -138,6 +138,12 @@ impl<F: StructFields> Dict<StructSchema<F>> {
             })
     }
 
+    /// Runs `f` holding the writers' lock, re-entrantly (a generated updater reads, then
+    /// writes, under it), through the engine's own hold rather than the public guard.
+    pub fn locked<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        self.engine().locked(f)
+    }
+
     /// Commits one update.
     pub fn write(&self, update: F::Update) -> Result<()> {
         self.engine().write(update, |_, _| Ok((true, ())))

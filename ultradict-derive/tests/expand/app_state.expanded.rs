@@ -226,13 +226,17 @@ where
         &self,
         f: impl ::core::ops::FnOnce(u64) -> u64,
     ) -> ::ultradict::Result<u64> {
-        let _guard = self.lock()?;
-        let value = f(self.counter()?);
         self.__dict
-            .write(
-                __UltradictUpdateOfAppState::Counter(::core::clone::Clone::clone(&value)),
-            )?;
-        ::core::result::Result::Ok(value)
+            .locked(|| {
+                let value = f(self.counter()?);
+                self.__dict
+                    .write(
+                        __UltradictUpdateOfAppState::Counter(
+                            ::core::clone::Clone::clone(&value),
+                        ),
+                    )?;
+                ::core::result::Result::Ok(value)
+            })
     }
     ///The current `label`, as every process sees it.
     ///
@@ -272,13 +276,17 @@ where
         &self,
         f: impl ::core::ops::FnOnce(String) -> String,
     ) -> ::ultradict::Result<String> {
-        let _guard = self.lock()?;
-        let value = f(self.label()?);
         self.__dict
-            .write(
-                __UltradictUpdateOfAppState::Label(::core::clone::Clone::clone(&value)),
-            )?;
-        ::core::result::Result::Ok(value)
+            .locked(|| {
+                let value = f(self.label()?);
+                self.__dict
+                    .write(
+                        __UltradictUpdateOfAppState::Label(
+                            ::core::clone::Clone::clone(&value),
+                        ),
+                    )?;
+                ::core::result::Result::Ok(value)
+            })
     }
     ///The nested dict of `stats`, shared like this one.
     pub fn stats(&self) -> &::ultradict::__private::Nested<Stats> {
@@ -406,13 +414,17 @@ impl SharedAppState {
         &self,
         f: impl ::core::ops::FnOnce(u64) -> u64,
     ) -> ::ultradict::Result<u64> {
-        let _guard = self.lock()?;
-        let value = f(self.counter()?);
         self.__dict
-            .write(
-                __UltradictUpdateOfAppState::Counter(::core::clone::Clone::clone(&value)),
-            )?;
-        ::core::result::Result::Ok(value)
+            .locked(|| {
+                let value = f(self.counter()?);
+                self.__dict
+                    .write(
+                        __UltradictUpdateOfAppState::Counter(
+                            ::core::clone::Clone::clone(&value),
+                        ),
+                    )?;
+                ::core::result::Result::Ok(value)
+            })
     }
     ///The current `label`, as every process sees it.
     ///
@@ -452,13 +464,17 @@ impl SharedAppState {
         &self,
         f: impl ::core::ops::FnOnce(String) -> String,
     ) -> ::ultradict::Result<String> {
-        let _guard = self.lock()?;
-        let value = f(self.label()?);
         self.__dict
-            .write(
-                __UltradictUpdateOfAppState::Label(::core::clone::Clone::clone(&value)),
-            )?;
-        ::core::result::Result::Ok(value)
+            .locked(|| {
+                let value = f(self.label()?);
+                self.__dict
+                    .write(
+                        __UltradictUpdateOfAppState::Label(
+                            ::core::clone::Clone::clone(&value),
+                        ),
+                    )?;
+                ::core::result::Result::Ok(value)
+            })
     }
     ///The nested dict of `stats`, shared like this one.
     pub fn stats(&self) -> &::ultradict::__private::Nested<Stats> {

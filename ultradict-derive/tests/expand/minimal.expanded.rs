@@ -182,13 +182,17 @@ where
         &self,
         f: impl ::core::ops::FnOnce(u8) -> u8,
     ) -> ::my_ultradict::Result<u8> {
-        let _guard = self.lock()?;
-        let value = f(self.r#type()?);
         self.__dict
-            .write(
-                __UltradictUpdateOfMinimal::Type(::core::clone::Clone::clone(&value)),
-            )?;
-        ::core::result::Result::Ok(value)
+            .locked(|| {
+                let value = f(self.r#type()?);
+                self.__dict
+                    .write(
+                        __UltradictUpdateOfMinimal::Type(
+                            ::core::clone::Clone::clone(&value),
+                        ),
+                    )?;
+                ::core::result::Result::Ok(value)
+            })
     }
     ///An owned copy of the whole [`Minimal`], nested dicts included.
     ///
@@ -282,13 +286,17 @@ impl SharedMinimal {
         &self,
         f: impl ::core::ops::FnOnce(u8) -> u8,
     ) -> ::my_ultradict::Result<u8> {
-        let _guard = self.lock()?;
-        let value = f(self.r#type()?);
         self.__dict
-            .write(
-                __UltradictUpdateOfMinimal::Type(::core::clone::Clone::clone(&value)),
-            )?;
-        ::core::result::Result::Ok(value)
+            .locked(|| {
+                let value = f(self.r#type()?);
+                self.__dict
+                    .write(
+                        __UltradictUpdateOfMinimal::Type(
+                            ::core::clone::Clone::clone(&value),
+                        ),
+                    )?;
+                ::core::result::Result::Ok(value)
+            })
     }
     ///An owned copy of the whole [`Minimal`], nested dicts included.
     ///

@@ -14,7 +14,6 @@ use std::marker::PhantomData;
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::handle::Dict;
-use crate::lock_guard::LockOptions;
 use crate::options::Options;
 use crate::schema::{Data, Schema, Storable};
 use crate::storage::{Storage, View};
@@ -325,14 +324,15 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     {
         // `f` runs under the cross-process lock but outside this handle's view lock, so it
         // may itself read or write this dict (the lock is re-entrant).
-        let _guard = self.engine().lock(&LockOptions::default())?;
-        let new = f(self.get(key)?);
-        let value = new.clone();
-        self.engine()
-            .write(MapUpdate::Insert(key.to_owned(), value), |_, _| {
-                Ok((true, ()))
-            })?;
-        Ok(new)
+        self.engine().locked(|| {
+            let new = f(self.get(key)?);
+            let value = new.clone();
+            self.engine()
+                .write(MapUpdate::Insert(key.to_owned(), value), |_, _| {
+                    Ok((true, ()))
+                })?;
+            Ok(new)
+        })
     }
 
     /// The value of `key`; if there is none, inserts `f()` first. Atomic like
@@ -344,15 +344,16 @@ impl<K: Key, V: Value> UltraDict<K, V> {
         if let Some(value) = self.get(&key)? {
             return Ok(value);
         }
-        let _guard = self.engine().lock(&LockOptions::default())?;
-        if let Some(value) = self.get(&key)? {
-            return Ok(value);
-        }
-        let value = f();
-        let stored = value.clone();
-        self.engine()
-            .write(MapUpdate::Insert(key, stored), |_, _| Ok((true, ())))?;
-        Ok(value)
+        self.engine().locked(|| {
+            if let Some(value) = self.get(&key)? {
+                return Ok(value);
+            }
+            let value = f();
+            let stored = value.clone();
+            self.engine()
+                .write(MapUpdate::Insert(key, stored), |_, _| Ok((true, ())))?;
+            Ok(value)
+        })
     }
 
     /// Inserts many entries as one record (or one full dump if they do not fit the stream),
