@@ -10,11 +10,11 @@
 //! written again, so readers may hold a plain `&[u8]` over them; this process's mapping of
 //! them is made read-only. The archive is validated once when mapped; lookups then read it in
 //! place. The stream after it, if any, is the epoch's stream (see `stream.rs`), twice as large
-//! as the archive, so that a dump is paid for by records in proportion to its size (see `engine.rs`,
-//! `stream_len_for`); a dump without one (`stream_len` 0 in the header) is followed by records
-//! in the control segment's stream, as epoch 0 is. A dump that came from elsewhere (a fuzzer's
-//! input, another backend) lives in an aligned heap buffer instead, has no stream, and is read
-//! the same way.
+//! as the archive, so that a dump is paid for by records in proportion to its size (see
+//! `engine.rs`, `stream_len_for`); a dump without one (`stream_len` 0 in the header) is
+//! followed by records in the control segment's stream, as epoch 0 is. A dump that came from
+//! elsewhere (a fuzzer's input, another backend) lives in an aligned heap buffer instead, has
+//! no stream, and is read the same way.
 
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
@@ -514,6 +514,15 @@ impl<T> Dump<T> {
         Ok(self.writable_to(offset))
     }
 
+    /// Where the stream starts, the dump's descriptor and its segment, for a mapped dump
+    /// with a stream of its own.
+    fn stream_parts(&self) -> Option<(usize, &OwnedFd, &Segment)> {
+        match (self.stream_at, self.stream_fd.as_ref(), &self.bytes) {
+            (Some(at), Some(fd), DumpBytes::Mapped(segment)) => Some((at, fd, segment)),
+            _ => None,
+        }
+    }
+
     /// Takes over what the helper reserved ahead if it is done, and follows what this
     /// process reserved or holds `offset`.
     fn take_ahead(&mut self, offset: usize) {
@@ -539,9 +548,7 @@ impl<T> Dump<T> {
     /// Reserves up to a chunk past `writable_to(offset)`, here (see
     /// [`reserve_stream`](Self::reserve_stream)).
     fn reserve_in_place(&mut self, offset: usize) -> Result<()> {
-        let (Some(at), Some(fd), DumpBytes::Mapped(segment)) =
-            (self.stream_at, self.stream_fd.as_ref(), &self.bytes)
-        else {
+        let Some((at, fd, segment)) = self.stream_parts() else {
             return Ok(());
         };
         let stream_len = segment.len() - at;
@@ -557,10 +564,7 @@ impl<T> Dump<T> {
         } else {
             (offset / page * page, offset / page * page)
         };
-        let end = from
-            .saturating_add(STREAM_CHUNK.max(room))
-            .next_multiple_of(page)
-            .min(stream_len);
+        let end = chunk_end(from, STREAM_CHUNK.max(room), stream_len);
         if end > from {
             segment.reserve(fd.as_fd(), at + from, end - from)?;
         }
@@ -571,20 +575,14 @@ impl<T> Dump<T> {
     /// Hands the chunk after what this process reserved to the helper thread, unless it has
     /// one in hand already or the stream ends there.
     fn ask_ahead(&mut self) {
-        let (Some(at), Some(fd), DumpBytes::Mapped(segment)) =
-            (self.stream_at, self.stream_fd.as_ref(), &self.bytes)
-        else {
+        let Some((at, fd, segment)) = self.stream_parts() else {
             return;
         };
         if self.ahead.is_some() || self.reserved.is_empty() {
             return;
         }
-        let stream_len = segment.len() - at;
         let from = self.reserved.end;
-        let end = from
-            .saturating_add(STREAM_CHUNK)
-            .next_multiple_of(crate::os::page_size())
-            .min(stream_len);
+        let end = chunk_end(from, STREAM_CHUNK, segment.len() - at);
         if end <= from {
             return;
         }
@@ -622,6 +620,14 @@ impl<T> Dump<T> {
             });
         }
     }
+}
+
+/// The end of a stretch of stream reserved from `from`: `len` bytes on, rounded up to a
+/// page, within the stream's `stream_len` bytes.
+fn chunk_end(from: usize, len: usize, stream_len: usize) -> usize {
+    from.saturating_add(len)
+        .next_multiple_of(crate::os::page_size())
+        .min(stream_len)
 }
 
 /// An archive built in an aligned heap buffer.

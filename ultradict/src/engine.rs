@@ -378,19 +378,16 @@ impl<S: Schema> Engine<S> {
                 // Committed and applied whatever this says: only a displaced value that failed
                 // to deserialize from the dump (see `Schema::apply_displacing`) is an error.
                 let displaced = displaced.transpose().map_err(|e| {
-                    Error::corrupt(
-                        "dump",
-                        format!("the write was committed, but the value it replaced failed to deserialize: {e}"),
-                    )
+                    let detail = "the write was committed, but the value it replaced failed to \
+                                  deserialize";
+                    Error::corrupt("dump", format!("{detail}: {e}"))
                 })?;
                 Ok((result, displaced))
             }
             Err(stream::AppendError::StreamFull) => {
                 let displaced = if DISPLACE {
                     let found = S::displaced(view.dump(), &view.overlay, &update);
-                    Some(found.map_err(|e| {
-                        Error::corrupt("dump", format!("value failed to deserialize: {e}"))
-                    })?)
+                    Some(found.map_err(|e| Error::undeserializable(&e))?)
                 } else {
                     None
                 };

@@ -265,4 +265,9 @@ impl Error {
             detail: detail.into(),
         }
     }
+
+    /// A value read from a validated dump failed to deserialize (`rkyv`'s reason).
+    pub(crate) fn undeserializable(reason: &rkyv::rancor::Error) -> Self {
+        Error::corrupt("dump", format!("value failed to deserialize: {reason}"))
+    }
 }

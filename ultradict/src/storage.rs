@@ -124,10 +124,8 @@ pub(crate) trait Storage: Send + Sync + Sized {
             if !decide(view, update)? {
                 return Ok((false, None));
             }
-            let displaced =
-                Self::Schema::displaced(view.dump(), &view.overlay, update).map_err(|e| {
-                    crate::Error::corrupt("dump", format!("value failed to deserialize: {e}"))
-                })?;
+            let displaced = Self::Schema::displaced(view.dump(), &view.overlay, update)
+                .map_err(|e| crate::Error::undeserializable(&e))?;
             Ok((true, Some(displaced)))
         })
     }

@@ -239,9 +239,9 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     {
         match MapSchema::find(view.dump(), &view.overlay, key) {
             Found::Local(value) => Ok(Some(value.clone())),
-            Found::Mapped(stored) => crate::schema::deserialize(stored).map(Some).map_err(|e| {
-                crate::Error::corrupt("dump", format!("value failed to deserialize: {e}"))
-            }),
+            Found::Mapped(stored) => crate::schema::deserialize(stored)
+                .map(Some)
+                .map_err(|e| crate::Error::undeserializable(&e)),
             Found::Missing(_) => Ok(None),
         }
     }
