@@ -181,6 +181,18 @@ fn survive_crash_in(point: &str, size: usize, dead_write_committed: bool, filler
     assert_eq!(after.last_dead_holder, Some(child_pid));
     assert!(after.lock_holder.is_none());
 
+    // A fresh handle catches up without the lock: if the dead writer announced an epoch it
+    // never published, the lock's recovery set the epoch word back (else every copy without
+    // the lock is refused, and each catch-up ends under the lock).
+    let fresh = attach(&name);
+    assert_eq!(fresh.get(&10).unwrap(), Some("committed 10".into()));
+    assert_eq!(
+        d.status().locked_catch_ups,
+        after.locked_catch_ups,
+        "{point}"
+    );
+    drop(fresh);
+
     for i in 0..=10 {
         assert_eq!(
             d.get(&i).unwrap(),
@@ -198,7 +210,7 @@ fn survive_crash_in(point: &str, size: usize, dead_write_committed: bool, filler
         d.len().unwrap(),
         12 + filler as usize + usize::from(dead_write_committed)
     );
-    // A fresh process sees the same state.
+    // A fresh handle sees the same state.
     let fresh = attach(&name);
     assert_eq!(fresh.to_hashmap().unwrap(), d.to_hashmap().unwrap());
     drop(fresh);
@@ -225,6 +237,11 @@ fn crash_after_writing_a_dump_before_publishing_it() {
 }
 
 #[test]
+fn crash_after_announcing_an_epoch_before_publishing_it() {
+    survive_crash_at("epoch-announced", 5_000, false);
+}
+
+#[test]
 fn crash_after_publishing_a_dump_before_unlinking_the_old_one() {
     survive_crash_at("dump-published", 5_000, true);
 }
@@ -233,6 +250,7 @@ fn crash_after_publishing_a_dump_before_unlinking_the_old_one() {
 fn crashes_in_an_epoch_that_streams_into_its_dump_segment() {
     survive_crash_in("record-written", 10, false, 300);
     survive_crash_in("dump-written", 50_000, false, 300);
+    survive_crash_in("epoch-announced", 50_000, false, 300);
     survive_crash_in("dump-published", 50_000, true, 300);
 }
 

@@ -21,7 +21,8 @@
 //!   dict's name only afterwards. Others read them only after they saw `ready` with Acquire
 //!   (and reject a segment without it), so they are never read while being written.
 //! - Everything after them changes while the dict lives and is an atomic: the state word
-//!   (writers), the lock fields (lock holders and waiters), counters (writers), the change
+//!   and the epoch word (writers; the epoch word also whoever recovers a dead writer's lock),
+//!   the lock fields (lock holders and waiters), counters (writers), the change
 //!   sequence (writers and sleepers), the removal mark (removers), the process table (each
 //!   slot by the handle that holds it).
 
@@ -38,8 +39,9 @@ pub(crate) const MAGIC: [u8; 8] = *b"ULTRADCT";
 
 /// The format this build writes and reads. Bump on any change to the shared layout.
 /// Version 2: liveness by open-file-description locks, slot-tagged lock word, removal mark.
-/// Version 3: each dump segment holds its epoch's stream, sized from the dump.
-pub(crate) const FORMAT_VERSION: u32 = 3;
+/// Version 3: each dump segment holds its epoch's stream, sized from the dump. Version 4: the
+/// epoch word, on a line of its own beside the state word.
+pub(crate) const FORMAT_VERSION: u32 = 4;
 
 /// Bytes before the stream starts: the control block padded to a page.
 pub(crate) const HEADER_SIZE: usize = 8192;
@@ -204,6 +206,10 @@ pub(crate) struct Control {
     /// [`StateWord`], packed.
     pub(crate) state: Line<AtomicU64>,
 
+    // ---- the epoch word, on a line of its own: changes only with the epoch ----
+    /// The epoch a writer is starting or has started (see [`Published::epoch`]).
+    pub(crate) epoch: Line<AtomicU32>,
+
     // ---- the writers' lock ----
     pub(crate) lock: Line<LockFields>,
 
@@ -221,12 +227,24 @@ pub(crate) struct Control {
 #[cfg(not(loom))]
 const _: () = assert!(std::mem::size_of::<Control>() <= HEADER_SIZE);
 
-/// The published state of a dict: the state word and the change sequence that every
-/// publication bumps. Writers publish; readers compare; sleepers wait for a change. (A view of
-/// two fields of the control block, so that the model checks can run it on its own.)
+/// The published state of a dict: the state word, the epoch word and the change sequence
+/// that every publication bumps. Writers publish; readers compare; sleepers wait for a change.
+/// (A view of three fields of the control block, so that the model checks can run it on its
+/// own.)
+///
+/// The epoch word is the stream's sequence number for copies made without the lock. A new
+/// epoch may write its records over the control segment's stream, where a reader may still be
+/// copying the old epoch's; the reader keeps its copy only if the epoch did not change while
+/// it copied ([`still_in`](Published::still_in)). That check reads the epoch word, not the
+/// state word: the state word's line changes with every record, so the check would fetch it
+/// from the writer's cache once more per catch-up, while the epoch word's line changes once
+/// per epoch.
 #[derive(Clone, Copy)]
 pub(crate) struct Published<'a> {
     pub(crate) state: &'a AtomicU64,
+    /// The epoch being started or started: a writer stores it before the state word that
+    /// starts the epoch, and both before the epoch's records.
+    pub(crate) epoch: &'a AtomicU32,
     pub(crate) changes: &'a Changes,
 }
 
@@ -241,6 +259,15 @@ impl Published<'_> {
     /// sleeps waiting for a change.
     #[inline]
     pub(crate) fn publish(&self, state: StateWord) {
+        // A new epoch is announced first: a copy that sees any of its records (written after
+        // the fence below) then sees it in the epoch word. A writer that dies between the
+        // two stores leaves the epoch word ahead of the state word: copies made without the
+        // lock are then refused until the lock's recovery mends it (`mend_epoch`), or the next
+        // publication.
+        if self.epoch.load(Ordering::Relaxed) != state.epoch {
+            self.epoch.store(state.epoch, Ordering::Relaxed);
+            crate::fault::point("epoch-announced");
+        }
         #[cfg(not(ultradict_loom_broken))]
         self.state.store(state.pack(), Ordering::Release);
         // The model checks' deliberately broken build: readers may then see the new offset
@@ -251,6 +278,27 @@ impl Published<'_> {
         // that copies them and then sees the old epoch again knows its copy is stale.
         crate::sync::fence(Ordering::Release);
         self.bump_sequence();
+    }
+
+    /// Whether a copy of stream bytes made since the state word of `epoch` was loaded
+    /// (Acquire) holds that epoch's bytes: the epoch did not change meanwhile. The copy's
+    /// loads come before this call's Acquire fence; if one of them saw bytes a later epoch
+    /// wrote, the writer's Release fence after announcing that epoch orders the announcement
+    /// before them, and the load here sees it.
+    #[inline]
+    pub(crate) fn still_in(&self, epoch: u32) -> bool {
+        crate::sync::fence(Ordering::Acquire);
+        self.epoch.load(Ordering::Relaxed) == epoch
+    }
+
+    /// Sets the epoch word to the published epoch if a writer died after announcing an epoch
+    /// it never published. Only by the recovery of a dead holder's lock: no epoch is then
+    /// being started.
+    pub(crate) fn mend_epoch(&self) {
+        let epoch = self.state().epoch;
+        if self.epoch.load(Ordering::Relaxed) != epoch {
+            self.epoch.store(epoch, Ordering::Relaxed);
+        }
     }
 
     /// Advances the change sequence; if [`SLEEPERS`] was set, clears it and wakes every
@@ -424,6 +472,7 @@ impl Control {
     pub(crate) fn published(&self) -> Published<'_> {
         Published {
             state: &self.state,
+            epoch: &self.epoch,
             changes: &self.changes,
         }
     }

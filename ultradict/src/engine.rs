@@ -8,7 +8,7 @@
 
 use std::mem::MaybeUninit;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::{RwLock, RwLockWriteGuard};
@@ -582,8 +582,9 @@ impl<S: Schema> Engine<S> {
         // bytes a writer changes meanwhile are merely stale, and the epoch re-check below
         // throws such a copy away.
         let bytes = unsafe { bytes.filled_with(to - from, |out| copy_out(stream.add(from), out)) };
-        fence(Ordering::Acquire);
-        if self.control().state().epoch != target.epoch {
+        // Under the lock no writer moves, and the epoch word may be one a dead writer
+        // announced and never published (until the lock's recovery mends it).
+        if !locked && !self.control().published().still_in(target.epoch) {
             return Ok(None);
         }
         updates.clear();

@@ -349,9 +349,11 @@ impl<S: Schema> Engine<S> {
 
     /// A holder died: whatever it left half done is garbage. Its unpublished records are
     /// ignored by construction; remove the dump segments it may have left behind (an
-    /// unpublished next dump, or a superseded one it had not unlinked yet).
+    /// unpublished next dump, or a superseded one it had not unlinked yet), and set the epoch
+    /// word back if it announced an epoch it never published.
     fn tidy_after_dead_holder(&self, dead_slot: Option<usize>) {
         let control = self.control();
+        control.published().mend_epoch();
         if let Some(slot) = dead_slot {
             control
                 .lock
