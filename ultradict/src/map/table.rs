@@ -174,6 +174,39 @@ where
     })?
 }
 
+/// Remainders of division by one divisor, without a division instruction (Barrett
+/// reduction). The builder takes an entry's hash modulo the table's capacity, which is no
+/// power of two: a 64-bit division per entry took a quarter of placing a million entries.
+#[derive(Clone, Copy)]
+struct Remainder {
+    divisor: u64,
+    /// `floor((2^64 - 1) / divisor)`.
+    reciprocal: u64,
+}
+
+impl Remainder {
+    fn new(divisor: usize) -> Self {
+        let divisor = divisor.max(1) as u64;
+        Remainder {
+            divisor,
+            reciprocal: u64::MAX / divisor,
+        }
+    }
+
+    /// `x % divisor`. The quotient estimate `x * reciprocal / 2^64` lies in
+    /// `(x / divisor - 1, x / divisor]`, so it is the quotient or one less, and one
+    /// subtraction corrects the remainder.
+    #[inline]
+    fn of(self, x: u64) -> usize {
+        let quotient = ((u128::from(x) * u128::from(self.reciprocal)) >> 64) as u64;
+        let mut rest = x - quotient * self.divisor;
+        if rest >= self.divisor {
+            rest -= self.divisor;
+        }
+        rest as usize
+    }
+}
+
 /// The shape of a table of `capacity` buckets, as rkyv lays it out and probes it.
 #[derive(Clone, Copy)]
 struct Table {
@@ -181,6 +214,7 @@ struct Table {
     probe_cap: usize,
     control_count: usize,
     bucket_mask: usize,
+    modulo: Remainder,
 }
 
 impl Table {
@@ -192,6 +226,18 @@ impl Table {
             probe_cap,
             control_count,
             bucket_mask: control_count.next_power_of_two() - 1,
+            modulo: Remainder::new(capacity),
+        }
+    }
+
+    /// `bucket % capacity` for a bucket found in a group: one past the probe's start, which
+    /// lies below `capacity + GROUP`, so nearly always below twice the capacity.
+    #[inline]
+    fn wrap(&self, bucket: usize) -> usize {
+        match bucket.checked_sub(self.capacity) {
+            None => bucket,
+            Some(over) if over < self.capacity => over,
+            Some(_) => bucket % self.capacity,
         }
     }
 
@@ -214,6 +260,7 @@ impl Table {
             probe_cap,
             control_count,
             bucket_mask,
+            modulo,
         } = *self;
         let (slots, controls) = (&mut slots[..capacity], &mut controls[..control_count]);
         let mirrored = control_count - capacity;
@@ -222,14 +269,14 @@ impl Table {
             let key = &entries[i as usize].0;
             let hash = hash_value::<K, FxHasher64>(key);
             let h2 = (hash >> 57) as u8;
-            let mut pos = (hash % capacity as u64) as usize;
+            let mut pos = modulo.of(hash);
             let mut stride = 0;
             let bucket = loop {
                 let group = &controls[pos..pos + GROUP];
                 if repeats {
                     let mut matches = matching(group, h2);
                     while matches != 0 {
-                        let at = (pos + matches.trailing_zeros() as usize / 8) % capacity;
+                        let at = self.wrap(pos + matches.trailing_zeros() as usize / 8);
                         matches &= matches - 1;
                         if entries[slots[at] as usize].0 == *key {
                             slots[at] = i;
@@ -238,7 +285,7 @@ impl Table {
                     }
                 }
                 if let Some(bit) = first_empty(group) {
-                    break (pos + bit) % capacity;
+                    break self.wrap(pos + bit);
                 }
                 loop {
                     stride += GROUP;
@@ -504,6 +551,50 @@ mod tests {
     const SIZES: [u64; 16] = [
         0, 1, 2, 3, 7, 8, 14, 15, 16, 17, 33, 100, 111, 112, 1_000, 20_000,
     ];
+
+    #[test]
+    fn remainders_without_division_are_exact() {
+        let mut x = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let divisors = (1..300)
+            .chain((1..64).map(|bit| 1usize << bit))
+            .chain((1..64).map(|bit| (1usize << bit) - 1))
+            .chain((1..64).map(|bit| (1usize << bit) + 1))
+            .chain([1_000_000, 1_142_784, u32::MAX as usize, usize::MAX]);
+        for divisor in divisors {
+            let modulo = Remainder::new(divisor);
+            let edges = [
+                0,
+                1,
+                divisor as u64 - 1,
+                divisor as u64,
+                u64::MAX,
+                u64::MAX - 1,
+            ];
+            for value in edges.into_iter().chain((0..2_000).map(|_| next())) {
+                assert_eq!(
+                    modulo.of(value),
+                    (value % divisor as u64) as usize,
+                    "{value} % {divisor}"
+                );
+            }
+        }
+        for capacity in 1..200 {
+            let table = Table::new(capacity);
+            for bucket in 0..capacity + 2 * GROUP {
+                assert_eq!(
+                    table.wrap(bucket),
+                    bucket % capacity,
+                    "{bucket} % {capacity}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn a_tables_capacity_exceeds_its_length_by_at_most_a_64th_more_than_rkyvs() {
