@@ -108,67 +108,94 @@ where
         rkyv::rancor::fail!(TooManyEntries(entries.len()));
     }
     let most = Table::new(table_capacity(entries.len()));
+    let words = most.occupancy_words();
     SerVec::<u32>::with_capacity(serializer, most.capacity, |slots, serializer| {
         SerVec::<u8>::with_capacity(serializer, most.control_count, |controls, serializer| {
-            // SAFETY: `with_capacity` gave room for this many slots and control bytes, all
-            // set here (slots VACANT, whose bytes are all 0xFF, and controls EMPTY) before they
-            // count as initialized.
-            unsafe {
-                slots.as_mut_ptr().write_bytes(0xFF, most.capacity);
-                slots.set_len(most.capacity);
-                controls.as_mut_ptr().write_bytes(EMPTY, most.control_count);
-                controls.set_len(most.control_count);
-            }
-            let (slots, controls) = (slots.as_mut_slice(), controls.as_mut_slice());
-            let mut table = most;
-            let mut len = table.place(entries, 0..entries.len() as u32, repeats, slots, controls);
-            if table_capacity(len) != table.capacity {
-                // Repeated keys: the table for the distinct ones is smaller. Place the winners
-                // again, in the order their buckets hold them.
-                let winners: Vec<u32> = slots.iter().copied().filter(|&s| s != VACANT).collect();
-                table = Table::new(table_capacity(len));
-                slots[..table.capacity].fill(VACANT);
-                controls[..table.control_count].fill(EMPTY);
-                len = table.place(entries, winners.into_iter(), false, slots, controls);
-            }
-            let (slots, controls) = (&slots[..table.capacity], &controls[..table.control_count]);
-            let entry = |slot: u32| {
-                let (key, value) = &entries[slot as usize];
-                EntryAdapter::<&K, &V, K, V>::new(key, value)
-            };
-            let full = || slots.iter().copied().filter(|&slot| slot != VACANT);
-            // Out-of-line parts (a string's bytes) in bucket order, then the buckets from the
-            // last to the first, then the control bytes: rkyv's order.
-            SerVec::with_capacity(serializer, len, |resolvers, serializer| {
-                for slot in full() {
-                    resolvers.push(entry(slot).serialize(serializer)?);
+            SerVec::<u64>::with_capacity(serializer, words, |occupied, serializer| {
+                // SAFETY: `with_capacity` gave room for this many slots, control bytes and
+                // occupancy words, all set here (slots VACANT, whose bytes are all 0xFF, controls
+                // EMPTY, words 0) before they count as initialized.
+                unsafe {
+                    slots.as_mut_ptr().write_bytes(0xFF, most.capacity);
+                    slots.set_len(most.capacity);
+                    controls.as_mut_ptr().write_bytes(EMPTY, most.control_count);
+                    controls.set_len(most.control_count);
+                    occupied.as_mut_ptr().write_bytes(0, words);
+                    occupied.set_len(words);
                 }
-                serializer.align_for::<Entry<K::Archived, V::Archived>>()?;
-                let zeros = [0u8; 64];
-                let size = std::mem::size_of::<Entry<K::Archived, V::Archived>>();
-                for &slot in slots.iter().rev() {
-                    if slot == VACANT {
-                        let mut left = size;
-                        while left > 0 {
-                            let chunk = left.min(zeros.len());
-                            serializer.write(&zeros[..chunk])?;
-                            left -= chunk;
-                        }
-                    } else {
-                        let resolver = resolvers.pop().expect("one resolver per full bucket");
-                        // SAFETY: `resolver` came from serializing this same entry (resolvers
-                        // are pushed in bucket order and popped in reverse), and the writer
-                        // was aligned for an entry above, each entry keeping it aligned.
-                        unsafe { serializer.resolve_aligned(&entry(slot), resolver)? };
+                let (slots, controls) = (slots.as_mut_slice(), controls.as_mut_slice());
+                let occupied = occupied.as_mut_slice();
+                let mut table = most;
+                let mut len = table.place(
+                    entries,
+                    0..entries.len() as u32,
+                    repeats,
+                    Placing {
+                        slots,
+                        controls,
+                        occupied,
+                    },
+                );
+                if table_capacity(len) != table.capacity {
+                    // Repeated keys: the table for the distinct ones is smaller. Place the winners
+                    // again, in the order their buckets hold them.
+                    let winners: Vec<u32> =
+                        slots.iter().copied().filter(|&s| s != VACANT).collect();
+                    table = Table::new(table_capacity(len));
+                    slots[..table.capacity].fill(VACANT);
+                    controls[..table.control_count].fill(EMPTY);
+                    occupied.fill(0);
+                    len = table.place(
+                        entries,
+                        winners.into_iter(),
+                        false,
+                        Placing {
+                            slots,
+                            controls,
+                            occupied,
+                        },
+                    );
+                }
+                let (slots, controls) =
+                    (&slots[..table.capacity], &controls[..table.control_count]);
+                let entry = |slot: u32| {
+                    let (key, value) = &entries[slot as usize];
+                    EntryAdapter::<&K, &V, K, V>::new(key, value)
+                };
+                let full = || slots.iter().copied().filter(|&slot| slot != VACANT);
+                // Out-of-line parts (a string's bytes) in bucket order, then the buckets from the
+                // last to the first, then the control bytes: rkyv's order.
+                SerVec::with_capacity(serializer, len, |resolvers, serializer| {
+                    for slot in full() {
+                        resolvers.push(entry(slot).serialize(serializer)?);
                     }
-                }
-                let pos = serializer.pos();
-                serializer.write(controls)?;
-                Ok(TableResolver {
-                    pos,
-                    len,
-                    capacity: table.capacity,
-                })
+                    serializer.align_for::<Entry<K::Archived, V::Archived>>()?;
+                    let zeros = [0u8; 64];
+                    let size = std::mem::size_of::<Entry<K::Archived, V::Archived>>();
+                    for &slot in slots.iter().rev() {
+                        if slot == VACANT {
+                            let mut left = size;
+                            while left > 0 {
+                                let chunk = left.min(zeros.len());
+                                serializer.write(&zeros[..chunk])?;
+                                left -= chunk;
+                            }
+                        } else {
+                            let resolver = resolvers.pop().expect("one resolver per full bucket");
+                            // SAFETY: `resolver` came from serializing this same entry (resolvers
+                            // are pushed in bucket order and popped in reverse), and the writer
+                            // was aligned for an entry above, each entry keeping it aligned.
+                            unsafe { serializer.resolve_aligned(&entry(slot), resolver)? };
+                        }
+                    }
+                    let pos = serializer.pos();
+                    serializer.write(controls)?;
+                    Ok(TableResolver {
+                        pos,
+                        len,
+                        capacity: table.capacity,
+                    })
+                })?
             })?
         })?
     })?
@@ -241,19 +268,24 @@ impl Table {
         }
     }
 
+    /// How many 64-bit words [`Placing::occupied`] takes: a bit per control byte, and a word
+    /// more, so that a group's bits can be read as two whole words.
+    fn occupancy_words(&self) -> usize {
+        self.control_count.div_ceil(64) + 1
+    }
+
     /// Places the entries of `entries` that `order` names, in that order, in the first
-    /// `capacity` of `slots` and the first `control_count` of `controls`, which must be empty
-    /// (VACANT and EMPTY): each in the first empty bucket of the first group on its probe
-    /// sequence that has one (rkyv's insertion). With `repeats`, an entry whose key a bucket on
-    /// its way already holds takes that bucket over instead. Returns how many buckets it
-    /// filled.
+    /// `capacity` of `slots`, the first `control_count` of `controls` and the bits of
+    /// `occupied` ([`Placing`]), which must be empty (VACANT, EMPTY and 0): each in the first
+    /// empty bucket of the first group on its probe sequence that has one (rkyv's insertion).
+    /// With `repeats`, an entry whose key a bucket on its way already holds takes that bucket
+    /// over instead. Returns how many buckets it filled.
     fn place<K: Hash + Eq, V>(
         &self,
         entries: &[(K, V)],
         order: impl Iterator<Item = u32>,
         repeats: bool,
-        slots: &mut [u32],
-        controls: &mut [u8],
+        placing: Placing<'_>,
     ) -> usize {
         let Table {
             capacity,
@@ -262,6 +294,11 @@ impl Table {
             bucket_mask,
             modulo,
         } = *self;
+        let Placing {
+            slots,
+            controls,
+            occupied,
+        } = placing;
         let (slots, controls) = (&mut slots[..capacity], &mut controls[..control_count]);
         let mirrored = control_count - capacity;
         let mut filled = 0;
@@ -272,8 +309,8 @@ impl Table {
             let mut pos = modulo.of(hash);
             let mut stride = 0;
             let bucket = loop {
-                let group = &controls[pos..pos + GROUP];
                 if repeats {
+                    let group = &controls[pos..pos + GROUP];
                     let mut matches = matching(group, h2);
                     while matches != 0 {
                         let at = self.wrap(pos + matches.trailing_zeros() as usize / 8);
@@ -284,8 +321,9 @@ impl Table {
                         }
                     }
                 }
-                if let Some(bit) = first_empty(group) {
-                    break self.wrap(pos + bit);
+                let empty = !group_bits(occupied, pos);
+                if empty != 0 {
+                    break self.wrap(pos + empty.trailing_zeros() as usize);
                 }
                 loop {
                     stride += GROUP;
@@ -296,14 +334,45 @@ impl Table {
                 }
             };
             controls[bucket] = h2;
+            occupied[bucket / 64] |= 1 << (bucket % 64);
             if bucket < mirrored {
-                controls[capacity + bucket] = h2;
+                let mirror = capacity + bucket;
+                controls[mirror] = h2;
+                occupied[mirror / 64] |= 1 << (mirror % 64);
             }
             slots[bucket] = i;
             filled += 1;
         }
         filled
     }
+}
+
+/// What [`Table::place`] fills: the entry index of each bucket, the control bytes, and a bit
+/// per control byte that is full.
+///
+/// The bits are what finds a group's first empty bucket. Reading the control bytes for that
+/// instead made nearly every entry wait: entries come in bucket order (a dump reads the last
+/// one's table in order), so each group read overlaps the byte the entry before had just
+/// written, and a 16-byte load cannot take its data from a 1-byte store still on its way to
+/// memory. A whole word read back after a whole word written can.
+struct Placing<'a> {
+    slots: &'a mut [u32],
+    controls: &'a mut [u8],
+    occupied: &'a mut [u64],
+}
+
+/// The full bits of the group of control bytes starting at `pos`, bit `i` for byte `pos + i`.
+#[inline]
+fn group_bits(occupied: &[u64], pos: usize) -> u16 {
+    let (word, shift) = (pos / 64, pos % 64);
+    let low = occupied[word] >> shift;
+    // `shift` is below 64; shifting by 64 would overflow, and there is nothing to add then.
+    let high = if shift == 0 {
+        0
+    } else {
+        occupied[word + 1] << (64 - shift)
+    };
+    (low | high) as u16
 }
 
 /// The top bit of each byte of `group` (16 control bytes) that equals `h2` (a full bucket's
@@ -315,15 +384,6 @@ fn matching(group: &[u8], h2: u8) -> u128 {
     let x = u128::from_le_bytes(bytes) ^ u128::from_le_bytes([h2; GROUP]);
     // A byte's top bit ends up set exactly when the byte is zero: no carry crosses a byte.
     !(((x & LOW) + LOW) | x | LOW)
-}
-
-/// The index in `group` (16 control bytes) of its first empty bucket's byte, if any.
-#[inline]
-fn first_empty(group: &[u8]) -> Option<usize> {
-    let bytes: [u8; GROUP] = group.try_into().expect("a group is 16 bytes");
-    // Empty is the only control byte with its top bit set while the table is built.
-    let tops = u128::from_le_bytes(bytes) & u128::from_le_bytes([0x80; GROUP]);
-    (tops != 0).then(|| tops.trailing_zeros() as usize / 8)
 }
 
 /// Writes the map's 12 bytes at `out`: the relative pointer to the control bytes, the length
