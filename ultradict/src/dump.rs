@@ -104,10 +104,48 @@ impl<T> Drop for Dump<T> {
     /// Waits for a reservation the helper is making in this mapping: it populates the
     /// mapping's pages, which must stay mapped until it is done (under a millisecond).
     fn drop(&mut self) {
+        self.wait_for_ahead();
+    }
+}
+
+impl<T> Dump<T> {
+    /// Waits until the helper is not reserving in this mapping (see `Drop`).
+    fn wait_for_ahead(&self) {
         if let Some(ahead) = &self.ahead {
             while ahead.state() == PENDING {
                 std::thread::yield_now();
             }
+        }
+    }
+}
+
+impl<T> Dump<T>
+where
+    Superseded<T>: Send + 'static,
+{
+    /// Lets go of a dump a new epoch superseded: a large one on the helper thread (see
+    /// `reaper.rs`), which first drops its page-table entries a megabyte at a time, so that
+    /// the unmapping does not hold off this process's other mappings for milliseconds (see
+    /// `os::release_mapped_pages`).
+    pub(crate) fn retire(self) {
+        let bytes = self.mapped_len();
+        crate::reaper::retire(Superseded(self), bytes);
+    }
+}
+
+/// A superseded dump on its way out: dropping it releases a large mapping's pages gradually
+/// before unmapping it.
+pub(crate) struct Superseded<T>(Dump<T>);
+
+impl<T> Drop for Superseded<T> {
+    fn drop(&mut self) {
+        let dump = &self.0;
+        if let DumpBytes::Mapped(segment) = &dump.bytes
+            && segment.len() >= crate::reaper::LARGE
+        {
+            // The helper's reservation populates pages of this mapping: let it finish first.
+            dump.wait_for_ahead();
+            crate::os::release_mapped_pages(segment.as_ptr().cast_mut(), segment.len());
         }
     }
 }

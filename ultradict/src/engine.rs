@@ -289,8 +289,7 @@ impl<S: Schema> Storage for Engine<S> {
 fn start_epoch<S: Schema>(view: &mut View<S>, epoch: u32, dump: Option<Dump<S::Dump>>) {
     S::reset_overlay(&mut view.overlay, dump.as_ref().map(Dump::root));
     if let Some(old) = std::mem::replace(&mut view.dump, dump) {
-        let bytes = old.mapped_len();
-        crate::reaper::retire(old, bytes);
+        old.retire();
     }
     view.position = StateWord {
         epoch,

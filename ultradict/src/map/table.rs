@@ -497,10 +497,26 @@ pub(super) fn lookups_terminate<K, V>(
     };
     let capacity = map.capacity();
     let (buckets, copy) = controls.split_at(capacity);
-    if buckets.iter().any(|&byte| byte >= 0x80 && byte != EMPTY) {
+    // One pass, a block at a time, without a branch per byte (so that it vectorizes: a 1M-entry
+    // table's check took 0.4-0.8 ms of a reader's switch byte by byte).
+    let (mut odd, mut empty) = (false, false);
+    for block in buckets.chunks(256) {
+        let (block_odd, block_empty) = block.iter().fold((false, false), |(odd, empty), &byte| {
+            (
+                odd | (byte >= 0x80 && byte != EMPTY),
+                empty | (byte == EMPTY),
+            )
+        });
+        if block_odd {
+            odd = true;
+            break;
+        }
+        empty |= block_empty;
+    }
+    if odd {
         return Err("a hash table control byte is neither full nor empty".into());
     }
-    if !buckets.contains(&EMPTY) {
+    if !empty {
         return Err("a hash table has no empty bucket: lookups would not end".into());
     }
     let copy_is_faithful = copy
@@ -852,5 +868,40 @@ mod tests {
         let map = rkyv::access::<ArchivedMap<String, u64>, rancor::Error>(&corrupt)
             .expect("rkyv lets this through");
         assert!(lookups_terminate(map, &corrupt).is_err());
+    }
+
+    #[test]
+    fn one_odd_control_byte_anywhere_is_refused() {
+        let entries: Vec<_> = (0..2_000u64).map(|i| (format!("key-{i}"), i)).collect();
+        let archive = archive_of(entries);
+        let map = rkyv::access::<ArchivedMap<String, u64>, rancor::Error>(&archive).unwrap();
+        let controls = control_bytes(map, &archive).unwrap().unwrap();
+        let start = controls.as_ptr().addr() - archive.as_ptr().addr();
+        let capacity = map.capacity();
+        let empties: Vec<usize> = (0..capacity).filter(|&i| controls[i] == EMPTY).collect();
+        assert!(capacity > 256 * 4 && empties.len() > 10);
+        // The first, a middle and the last empty bucket, each alone turned odd (and its
+        // wrap-around copy with it, so that only the odd byte is wrong).
+        for &bucket in [
+            empties[0],
+            empties[empties.len() / 2],
+            *empties.last().unwrap(),
+        ]
+        .iter()
+        {
+            let mut corrupt = rkyv::util::AlignedVec::<16>::new();
+            corrupt.extend_from_slice(&archive);
+            corrupt[start + bucket] = 0xFE;
+            if capacity + bucket < controls.len() {
+                corrupt[start + capacity + bucket] = 0xFE;
+            }
+            let map = rkyv::access::<ArchivedMap<String, u64>, rancor::Error>(&corrupt)
+                .expect("rkyv lets this through");
+            let error = lookups_terminate(map, &corrupt).unwrap_err();
+            assert!(
+                error.contains("neither full nor empty"),
+                "bucket {bucket}: {error}"
+            );
+        }
     }
 }
