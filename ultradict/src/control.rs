@@ -242,8 +242,8 @@ const _: () = assert!(std::mem::size_of::<Control>() <= HEADER_SIZE);
 #[derive(Clone, Copy)]
 pub(crate) struct Published<'a> {
     pub(crate) state: &'a AtomicU64,
-    /// The epoch being started or started: a writer stores it before the state word that
-    /// starts the epoch, and both before the epoch's records.
+    /// The epoch that may have records: a writer stores it after the state word that starts
+    /// the epoch, and before the epoch's records.
     pub(crate) epoch: &'a AtomicU32,
     pub(crate) changes: &'a Changes,
 }
@@ -259,23 +259,25 @@ impl Published<'_> {
     /// sleeps waiting for a change.
     #[inline]
     pub(crate) fn publish(&self, state: StateWord) {
-        // A new epoch is announced first: a copy that sees any of its records (written after
-        // the fence below) then sees it in the epoch word. A writer that dies between the
-        // two stores leaves the epoch word ahead of the state word: copies made without the
-        // lock are then refused until the lock's recovery mends it (`mend_epoch`), or the next
-        // publication.
-        if self.epoch.load(Ordering::Relaxed) != state.epoch {
-            self.epoch.store(state.epoch, Ordering::Relaxed);
-            crate::fault::point("epoch-announced");
-        }
         #[cfg(not(ultradict_loom_broken))]
         self.state.store(state.pack(), Ordering::Release);
         // The model checks' deliberately broken build: readers may then see the new offset
         // before the record's bytes (`models.rs` shows that a model catches it).
         #[cfg(ultradict_loom_broken)]
         self.state.store(state.pack(), Ordering::Relaxed);
+        // A new epoch goes into the epoch word after its state word, and before its records:
+        // a copy of the old epoch's bytes is refused only once they may have been overwritten,
+        // so a writer stopped between the two stores holds no reader up. (A state word of a
+        // new epoch names no record yet: nobody copies against it.) A writer that dies there
+        // leaves the epoch word behind the state word; the lock's recovery mends it
+        // (`mend_epoch`) before anyone writes a record of that epoch.
+        if self.epoch.load(Ordering::Relaxed) != state.epoch {
+            crate::fault::point("epoch-published");
+            self.epoch.store(state.epoch, Ordering::Relaxed);
+        }
         // Stream bytes written after this (a new epoch's records) stay after it, so a reader
-        // that copies them and then sees the old epoch again knows its copy is stale.
+        // that copies them and then sees the old epoch in the epoch word knows its copy is
+        // stale.
         crate::sync::fence(Ordering::Release);
         self.bump_sequence();
     }
@@ -283,17 +285,19 @@ impl Published<'_> {
     /// Whether a copy of stream bytes made since the state word of `epoch` was loaded
     /// (Acquire) holds that epoch's bytes: the epoch did not change meanwhile. The copy's
     /// loads come before this call's Acquire fence; if one of them saw bytes a later epoch
-    /// wrote, the writer's Release fence after announcing that epoch orders the announcement
-    /// before them, and the load here sees it.
+    /// wrote, the writer's Release fence after storing that epoch in the epoch word orders
+    /// the store before them, and the load here sees it. A state word that names records of
+    /// `epoch` was published after `epoch` went into the epoch word (by the writer of its
+    /// first record, or the lock's recovery before it), so the load sees that too.
     #[inline]
     pub(crate) fn still_in(&self, epoch: u32) -> bool {
         crate::sync::fence(Ordering::Acquire);
         self.epoch.load(Ordering::Relaxed) == epoch
     }
 
-    /// Sets the epoch word to the published epoch if a writer died after announcing an epoch
-    /// it never published. Only by the recovery of a dead holder's lock: no epoch is then
-    /// being started.
+    /// Sets the epoch word to the published epoch if a writer died between publishing an
+    /// epoch and storing it there. Only by the recovery of a dead holder's lock: no epoch is
+    /// then being started.
     pub(crate) fn mend_epoch(&self) {
         let epoch = self.state().epoch;
         if self.epoch.load(Ordering::Relaxed) != epoch {

@@ -581,8 +581,7 @@ impl<S: Schema> Engine<S> {
         // bytes a writer changes meanwhile are merely stale, and the epoch re-check below
         // throws such a copy away.
         let bytes = unsafe { bytes.filled_with(to - from, |out| copy_out(stream.add(from), out)) };
-        // Under the lock no writer moves, and the epoch word may be one a dead writer
-        // announced and never published (until the lock's recovery mends it).
+        // Under the lock no writer moves: nothing to re-check.
         if !locked && !self.control().published().still_in(target.epoch) {
             return Ok(None);
         }

@@ -12,7 +12,7 @@
 //! | `locked` | the lock was just taken, nothing written yet |
 //! | `record-written` | a record's bytes are in the stream, the offset is not yet published |
 //! | `dump-written` | a full dump segment is written, its epoch is not yet published |
-//! | `epoch-announced` | the new epoch is in the epoch word, not yet in the state word |
+//! | `epoch-published` | a new epoch is in the state word, not yet in the epoch word |
 //! | `dump-published` | the new epoch is published, the old dump is not yet unlinked |
 //! | `create-pending` | a creator built its control segment under its private name, not yet renamed |
 //! | `create-ready` | a creator marked it ready (and wrote a first dump, if any), not yet renamed |

@@ -349,8 +349,8 @@ impl<S: Schema> Engine<S> {
 
     /// A holder died: whatever it left half done is garbage. Its unpublished records are
     /// ignored by construction; remove the dump segments it may have left behind (an
-    /// unpublished next dump, or a superseded one it had not unlinked yet), and set the epoch
-    /// word back if it announced an epoch it never published.
+    /// unpublished next dump, or a superseded one it had not unlinked yet), and bring the epoch
+    /// word up to date if it died between publishing an epoch and storing it there.
     fn tidy_after_dead_holder(&self, dead_slot: Option<usize>) {
         let control = self.control();
         control.published().mend_epoch();
