@@ -255,31 +255,40 @@ impl Published<'_> {
         StateWord::unpack(self.state.load(Ordering::Acquire))
     }
 
-    /// Publishes a new state word (Release: after the bytes it names), then wakes whoever
-    /// sleeps waiting for a change.
+    /// Publishes a new state word of the current epoch (Release: after the bytes it names),
+    /// then wakes whoever sleeps waiting for a change.
     #[inline]
     pub(crate) fn publish(&self, state: StateWord) {
+        self.store_state(state);
+        crate::sync::fence(Ordering::Release);
+        self.bump_sequence();
+    }
+
+    /// Publishes the state word that starts a new epoch, then stores the epoch in the epoch
+    /// word, then wakes whoever sleeps waiting for a change.
+    ///
+    /// The epoch word changes after the state word, and before the epoch's records (the fence
+    /// below keeps the stream bytes written after it after it): a copy of the old epoch's
+    /// bytes is refused only once they may have been overwritten, so a writer stopped between
+    /// the two stores holds no reader up. (A state word that starts an epoch names no record:
+    /// nobody copies against it.) A writer that dies there leaves the epoch word behind; the
+    /// lock's recovery mends it (`mend_epoch`) before anyone writes a record of that epoch.
+    pub(crate) fn publish_epoch(&self, state: StateWord) {
+        self.store_state(state);
+        crate::fault::point("epoch-published");
+        self.epoch.store(state.epoch, Ordering::Relaxed);
+        crate::sync::fence(Ordering::Release);
+        self.bump_sequence();
+    }
+
+    #[inline]
+    fn store_state(&self, state: StateWord) {
         #[cfg(not(ultradict_loom_broken))]
         self.state.store(state.pack(), Ordering::Release);
         // The model checks' deliberately broken build: readers may then see the new offset
         // before the record's bytes (`models.rs` shows that a model catches it).
         #[cfg(ultradict_loom_broken)]
         self.state.store(state.pack(), Ordering::Relaxed);
-        // A new epoch goes into the epoch word after its state word, and before its records:
-        // a copy of the old epoch's bytes is refused only once they may have been overwritten,
-        // so a writer stopped between the two stores holds no reader up. (A state word of a
-        // new epoch names no record yet: nobody copies against it.) A writer that dies there
-        // leaves the epoch word behind the state word; the lock's recovery mends it
-        // (`mend_epoch`) before anyone writes a record of that epoch.
-        if self.epoch.load(Ordering::Relaxed) != state.epoch {
-            crate::fault::point("epoch-published");
-            self.epoch.store(state.epoch, Ordering::Relaxed);
-        }
-        // Stream bytes written after this (a new epoch's records) stay after it, so a reader
-        // that copies them and then sees the old epoch in the epoch word knows its copy is
-        // stale.
-        crate::sync::fence(Ordering::Release);
-        self.bump_sequence();
     }
 
     /// Whether a copy of stream bytes made since the state word of `epoch` was loaded
@@ -481,9 +490,15 @@ impl Control {
         }
     }
 
-    /// Publishes a new state word, then wakes whoever sleeps waiting for a change.
+    /// Publishes a new state word of the current epoch, then wakes whoever sleeps waiting for
+    /// a change.
     pub(crate) fn publish(&self, state: StateWord) {
         self.published().publish(state);
+    }
+
+    /// Publishes the state word that starts a new epoch (see [`Published::publish_epoch`]).
+    pub(crate) fn publish_epoch(&self, state: StateWord) {
+        self.published().publish_epoch(state);
     }
 
     /// The schema text, as far as it is UTF-8.

@@ -659,7 +659,7 @@ impl<S: Schema> Engine<S> {
             .stream_len
             .store(stream_len as u64, Ordering::Relaxed);
         control.counters.dumps.fetch_add(1, Ordering::Relaxed);
-        control.publish(StateWord {
+        control.publish_epoch(StateWord {
             epoch: next_epoch,
             committed: 0,
         });

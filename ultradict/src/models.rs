@@ -123,7 +123,7 @@ fn publish_then_catch_up_never_sees_torn_records() {
                     });
                 }
                 // A full dump starts epoch 1 (offset 0), then its first record.
-                published.publish(StateWord {
+                published.publish_epoch(StateWord {
                     epoch: 1,
                     committed: 0,
                 });
