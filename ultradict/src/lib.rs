@@ -128,7 +128,9 @@ pub use options::{
 };
 #[cfg(feature = "redis")]
 pub use remote::admin::RedisServer;
-pub use schema::{Data, Deserializer, Fingerprint, RecordSerializer, SliceWriter, Validator};
+pub use schema::{
+    Data, Deserializer, Fingerprint, RecordSerializer, Scratch, SliceWriter, Validator,
+};
 pub use status::{LockHolder, Status};
 
 pub use structs::{SharedDict, StructBuilder};
