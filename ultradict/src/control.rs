@@ -491,7 +491,9 @@ impl Control {
     }
 
     /// Publishes a new state word of the current epoch, then wakes whoever sleeps waiting for
-    /// a change.
+    /// a change. Inlined into every write (the engine is generic, so without this a write in
+    /// another crate would call it).
+    #[inline]
     pub(crate) fn publish(&self, state: StateWord) {
         self.published().publish(state);
     }
