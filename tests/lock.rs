@@ -292,6 +292,44 @@ fn crashes_in_an_epoch_that_streams_into_its_dump_segment() {
     survive_crash_in("dump-published", 50_000, true, 300);
 }
 
+/// `inspect` (and `ultradict list`) map a dict's control block read-only, and write nothing
+/// into it: they used to stamp when a lock's holder was first seen, and died of SIGSEGV on a
+/// lock nobody had seen held yet.
+#[test]
+fn inspecting_a_dict_whose_lock_is_held_writes_nothing() {
+    let name = unique_name("inspect-held");
+    let control_name = unique_name("inspect-held-control");
+    let d: Dict = UltraDict::open(&name).unwrap();
+    let control: UltraDict<u32, u32> = UltraDict::open(&control_name).unwrap();
+    let mut child = Spawn::test("child_entry", "hold")
+        .env("NAME", &name)
+        .env("CONTROL", &control_name)
+        .env("HOLD_MS", 60_000)
+        .start();
+    child.wait_for_report("locked", WATCHDOG);
+    let info = ultradict::inspect(&name).unwrap();
+    let holder = info.lock_holder.expect("a holder");
+    assert_eq!(holder.pid, child.pid());
+    assert!(holder.since.is_none(), "nobody stamped it: {holder:?}");
+    // A handle's report does stamp it, and `inspect` then shows it.
+    assert!(d.status().lock_holder.unwrap().since.is_some());
+    assert!(
+        ultradict::inspect(&name)
+            .unwrap()
+            .lock_holder
+            .unwrap()
+            .since
+            .is_some()
+    );
+    control.insert(1, 1).unwrap();
+    let (status, output) = child.finish(WATCHDOG);
+    assert!(status.success(), "{output}");
+    drop(d);
+    drop(control);
+    assert_no_segments(&name);
+    assert_no_segments(&control_name);
+}
+
 #[test]
 fn errors_name_the_live_holder_and_it_is_never_robbed() {
     let name = unique_name("holder");

@@ -21,8 +21,8 @@ pub struct LockHolder {
     pub pid: u32,
     /// Whether that pid means this process's PID namespace.
     pub same_pid_namespace: bool,
-    /// When the holder was first seen holding the lock (by a waiter, or by this status call):
-    /// for a lock held long, close to when it was taken. Taking the lock reads no clock, which
+    /// When the holder was first seen holding the lock (by a waiter, or by a handle's
+    /// `status()`; `inspect` only reads it): for a lock held long, close to when it was taken. Taking the lock reads no clock, which
     /// keeps an uncontended acquire at a few nanoseconds.
     pub since: Option<SystemTime>,
     /// The holder's machine, for a dict on a server (none for shared memory).
@@ -196,12 +196,13 @@ pub(crate) struct Reading {
 }
 
 impl Reading {
-    /// Reads `control`, judging liveness through `anchor`.
+    /// Reads `control`, judging liveness through `anchor`. Writes nothing: `inspect` maps the
+    /// control block read-only (stamping "held since" here was a write into that mapping, and
+    /// `ultradict list` died of SIGSEGV whenever it found a lock nobody had yet seen held).
     pub(crate) fn of(control: &Control, anchor: &Anchor) -> Reading {
         let lock = &control.lock.0;
         let holder_slot = crate::lock::slot_of(crate::lock::holder(lock));
         let lock_holder = holder_slot.map(|slot| {
-            crate::lock::note_holder_seen(lock);
             let since = lock.held_since_ns.load(Ordering::Relaxed);
             let (pid, same_pid_namespace) = control.slot_pid(slot);
             LockHolder {
@@ -253,6 +254,9 @@ impl<S: Schema> Engine<S> {
     pub(crate) fn report(&self) -> Status {
         let control = self.control();
         let anchor = self.membership.anchor.read();
+        // A handle maps the control block writable: it stamps when the holder was first seen,
+        // so that the report (and later ones, `inspect`'s too) can say since when it is held.
+        crate::lock::note_holder_seen(&control.lock.0);
         let reading = Reading::of(control, &anchor);
         let state = reading.state;
         Status {
