@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ultradict::{Create, Error, LockOptions, UltraDict};
 use ultradict_test_kit::{
-    Spawn, arg, assert_no_segments, locked_increments, report, role, run_all, shm_objects,
+    Running, Spawn, arg, assert_no_segments, locked_increments, report, role, run_all, shm_objects,
     thread_cpu_time, unique_name,
 };
 
@@ -292,13 +292,12 @@ fn crashes_in_an_epoch_that_streams_into_its_dump_segment() {
     survive_crash_in("dump-published", 50_000, true, 300);
 }
 
-/// `inspect` (and `ultradict list`) map a dict's control block read-only, and write nothing
-/// into it: they used to stamp when a lock's holder was first seen, and died of SIGSEGV on a
-/// lock nobody had seen held yet.
-#[test]
-fn inspecting_a_dict_whose_lock_is_held_writes_nothing() {
-    let name = unique_name("inspect-held");
-    let control_name = unique_name("inspect-held-control");
+/// A dict named from `label` whose lock a child (role `hold`) holds, reported and waiting;
+/// inserting key 1 into the returned control dict lets it go. Returns the dict's name, the
+/// control dict's name, this process's handles of both, and the child.
+fn held_by_a_child(label: &str) -> (String, String, Dict, UltraDict<u32, u32>, Running) {
+    let name = unique_name(label);
+    let control_name = unique_name(&format!("{label}-control"));
     let d: Dict = UltraDict::open(&name).unwrap();
     let control: UltraDict<u32, u32> = UltraDict::open(&control_name).unwrap();
     let mut child = Spawn::test("child_entry", "hold")
@@ -307,6 +306,15 @@ fn inspecting_a_dict_whose_lock_is_held_writes_nothing() {
         .env("HOLD_MS", 60_000)
         .start();
     child.wait_for_report("locked", WATCHDOG);
+    (name, control_name, d, control, child)
+}
+
+/// `inspect` (and `ultradict list`) map a dict's control block read-only, and write nothing
+/// into it: they used to stamp when a lock's holder was first seen, and died of SIGSEGV on a
+/// lock nobody had seen held yet.
+#[test]
+fn inspecting_a_dict_whose_lock_is_held_writes_nothing() {
+    let (name, control_name, d, control, mut child) = held_by_a_child("inspect-held");
     let info = ultradict::inspect(&name).unwrap();
     let holder = info.lock_holder.expect("a holder");
     assert_eq!(holder.pid, child.pid());
@@ -332,16 +340,7 @@ fn inspecting_a_dict_whose_lock_is_held_writes_nothing() {
 
 #[test]
 fn errors_name_the_live_holder_and_it_is_never_robbed() {
-    let name = unique_name("holder");
-    let control_name = unique_name("holder-control");
-    let d: Dict = UltraDict::open(&name).unwrap();
-    let control: UltraDict<u32, u32> = UltraDict::open(&control_name).unwrap();
-    let mut child = Spawn::test("child_entry", "hold")
-        .env("NAME", &name)
-        .env("CONTROL", &control_name)
-        .env("HOLD_MS", 60_000)
-        .start();
-    child.wait_for_report("locked", WATCHDOG);
+    let (name, control_name, d, control, child) = held_by_a_child("holder");
     let holder = child.pid();
 
     match d.try_lock() {
