@@ -32,15 +32,30 @@ fn assert_listed_in_use(args: &[&str], name: &str) {
 #[test]
 fn child_entry() {
     let Some(role) = role() else { return };
-    assert_eq!(role, "attach_and_hang");
     let d: UltraDict<String, u64> = UltraDict::builder()
         .name(arg("NAME"))
         .create(Create::Open)
         .open()
         .unwrap();
-    d.insert("child".into(), 1).unwrap();
-    report("attached");
-    std::thread::sleep(Duration::from_secs(600));
+    match role.as_str() {
+        "attach_and_hang" => {
+            d.insert("child".into(), 1).unwrap();
+            report("attached");
+            std::thread::sleep(Duration::from_secs(600));
+        }
+        // Takes the dict's lock, reports, and holds it until a line arrives on stdin (or
+        // stdin closes, when the test ends early).
+        "hold_lock" => {
+            let guard = d.lock().unwrap();
+            report("locked");
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).unwrap();
+            drop(guard);
+            d.insert("released".into(), 1).unwrap();
+            report("released");
+        }
+        other => panic!("unknown role {other}"),
+    }
 }
 
 #[test]
@@ -87,6 +102,83 @@ fn list_and_status_describe_a_dict_without_its_types() {
     assert_eq!(status["tree"][0]["what"], "nested map", "{status}");
     drop(d);
     assert_no_segments(&name);
+}
+
+/// Every command that only looks (`list`, `status`, `get`, `dump`) and `cleanup` run while
+/// another process holds the dict's lock, in this PID namespace or another: they show the
+/// holder, alive, and neither wait for it, nor write into the lock, nor remove the dict. (The
+/// commands map control blocks read-only: they once died of SIGSEGV stamping a held lock.)
+#[test]
+fn commands_run_beside_a_lock_held_by_another_process() {
+    for other_namespace in [false, true] {
+        let name = unique_name("cli-held");
+        let d: UltraDict<String, u64> = UltraDict::open(&name).unwrap();
+        d.insert("a".into(), 1).unwrap();
+        let spawn = if other_namespace {
+            Spawn::test_in_pid_namespace("child_entry", "hold_lock")
+        } else {
+            Spawn::test("child_entry", "hold_lock")
+        };
+        let mut child = spawn.env("NAME", &name).start();
+        child.wait_for_report("locked", Duration::from_secs(60));
+        // `inspect` writes nothing (a handle's `status()` would stamp when the lock was first
+        // seen held, which the commands must cope without).
+        let holder = ultradict::inspect(&name)
+            .unwrap()
+            .lock_holder
+            .expect("held by the child");
+        assert!(holder.since.is_none(), "{holder:?}");
+        assert_eq!(holder.same_pid_namespace, !other_namespace, "{holder:?}");
+        if !other_namespace {
+            assert_eq!(holder.pid, child.pid());
+        }
+
+        let out = ultradict(&["list"]);
+        assert!(out.status.success(), "{out:?}");
+        let listed = stdout(&out);
+        let line = listed
+            .lines()
+            .find(|l| l.starts_with(&name))
+            .expect("listed");
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            columns[4],
+            holder.pid.to_string(),
+            "the LOCK column: {line}"
+        );
+        assert_eq!(columns[5], "no", "not orphaned: {line}");
+
+        let out = ultradict(&["status", &name]);
+        assert!(out.status.success(), "{out:?}");
+        let text = stdout(&out);
+        assert!(text.contains(&format!("held by {holder}")), "{text}");
+        assert!(!text.contains("dead"), "{text}");
+        let out = ultradict(&["status", &name, "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(status["lock_holder"]["pid"], holder.pid, "{status}");
+        assert_eq!(status["lock_holder"]["alive"], true, "{status}");
+
+        let out = ultradict(&["get", &name, "a"]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(stdout(&out).trim(), "1");
+        let out = ultradict(&["dump", &name]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(stdout(&out), "\"a\" => 1\n");
+
+        let out = ultradict(&["cleanup"]);
+        assert!(out.status.success(), "{out:?}");
+        assert!(!stdout(&out).contains(&name), "{}", stdout(&out));
+        // The lock is still the child's, as it took it: it lets it go and writes.
+        assert_eq!(d.status().lock_holder.map(|h| h.pid), Some(holder.pid));
+        child.send("go");
+        child.wait_for_report("released", Duration::from_secs(60));
+        let (exit, output) = child.finish(Duration::from_secs(60));
+        assert!(exit.success(), "{output}");
+        assert_eq!(d.get("released").unwrap(), Some(1));
+        assert_eq!(d.status().lock_recoveries, 0, "nobody robbed the lock");
+        drop(d);
+        assert_no_segments(&name);
+    }
 }
 
 #[test]

@@ -22,8 +22,8 @@ pub struct LockHolder {
     /// Whether that pid means this process's PID namespace.
     pub same_pid_namespace: bool,
     /// When the holder was first seen holding the lock (by a waiter, or by a handle's
-    /// `status()`; `inspect` only reads it): for a lock held long, close to when it was taken. Taking the lock reads no clock, which
-    /// keeps an uncontended acquire at a few nanoseconds.
+    /// `status()`; `inspect` only reads it): for a lock held long, close to when it was taken.
+    /// Taking the lock reads no clock, which keeps an uncontended acquire at a few nanoseconds.
     pub since: Option<SystemTime>,
     /// The holder's machine, for a dict on a server (none for shared memory).
     pub host: Option<String>,
