@@ -722,6 +722,66 @@ fn closures_may_use_the_dict_they_update() {
     assert_no_segments(&name);
 }
 
+/// What an `update`'s closure writes comes before the update, even when it writes the same
+/// key or forces full dumps (a new epoch) in between, and other threads of the process keep
+/// reading meanwhile; a second handle sees the update's value last.
+#[test]
+fn an_update_comes_after_what_its_closure_wrote() {
+    let name = unique_name("update-after");
+    let d = UltraDict::<u32, u64>::builder()
+        .name(&name)
+        .buffer_size(512)
+        .open()
+        .unwrap();
+    let other = UltraDict::<u32, u64>::open(&name).unwrap();
+    d.insert(0, 7).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    // Stops the reader however the rounds end (a failed assertion too).
+    struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    std::thread::scope(|scope| {
+        // Another thread of this process reads (and catches up) throughout.
+        let reader = scope.spawn(|| {
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                assert!(other.get(&0).unwrap().is_some());
+                reads += 1;
+            }
+            reads
+        });
+        let stopping = Stop(&stop);
+        for round in 0..50u64 {
+            let epoch = d.status().epoch;
+            let new = d
+                .update(&0, |seen| {
+                    // Overwritten by the update, and enough records to need a full dump.
+                    d.insert(0, 1_000_000).unwrap();
+                    for i in 0..200 {
+                        d.insert(1 + i % 39, round).unwrap();
+                    }
+                    seen.unwrap() + 1
+                })
+                .unwrap();
+            assert_eq!(new, 8 + round);
+            assert!(
+                d.status().epoch > epoch,
+                "the closure's writes needed a dump"
+            );
+            assert_eq!(d.get(&0).unwrap(), Some(8 + round));
+            assert_eq!(other.get(&0).unwrap(), Some(8 + round));
+            assert_eq!(other.get(&39).unwrap(), Some(round));
+        }
+        drop(stopping);
+        assert!(reader.join().unwrap() > 0);
+    });
+    drop((d, other));
+    assert_no_segments(&name);
+}
+
 #[test]
 fn a_removed_dict_never_touches_its_successor() {
     let name = unique_name("successor");

@@ -55,6 +55,28 @@ impl<S: Schema> Backend<S> {
         }
     }
 
+    /// An atomic read-modify-write: `read` looks at the view caught up under the writers'
+    /// lock, `make` turns what it found into the update to commit and what to return, and
+    /// nothing else is committed in between. `make` may use the dict (the lock is re-entrant).
+    /// On shared memory, one hold of the lock and of the view (`Engine::modify`).
+    #[inline]
+    pub(crate) fn modify<T, R>(
+        &self,
+        read: impl FnOnce(&View<S>) -> Result<T>,
+        make: impl FnOnce(T) -> (S::Update, R),
+    ) -> Result<R> {
+        match self {
+            Backend::Shm(engine) => engine.modify(read, make),
+            #[cfg(feature = "redis")]
+            Backend::Redis(engine) => {
+                let _guard = engine.lock(&LockOptions::default())?;
+                let (update, result) = make(engine.read(read)?);
+                engine.write(update, |_, _| Ok((true, ())))?;
+                Ok(result)
+            }
+        }
+    }
+
     /// The options a nested dict of this one, named `name`, is opened with: on the same
     /// backend, in the same place, with `options`' timeouts.
     pub(crate) fn nested_options(&self, options: &Options, name: String) -> Options {

@@ -318,10 +318,47 @@ impl<S: Schema> Engine<S> {
         if !commit {
             return Ok((result, None));
         }
+        let displaced = self.append::<DISPLACE>(&mut view, update)?;
+        Ok((result, displaced))
+    }
+
+    /// An atomic read-modify-write in one hold of the writers' lock: catch up, let `read`
+    /// take what it needs from the view, let `make` turn that into the update to commit and
+    /// what to return, and commit it. `make` runs with the view let go, so it may read or
+    /// write this dict (the writers' lock is re-entrant); what it wrote comes before the
+    /// update it returns. One hold and one catch-up check less than a read followed by a
+    /// [`write`](Storage::write) under [`hold`](Self::hold).
+    pub(crate) fn modify<T, R>(
+        &self,
+        read: impl FnOnce(&View<S>) -> Result<T>,
+        make: impl FnOnce(T) -> (S::Update, R),
+    ) -> Result<R> {
+        let _held = self.hold(&LockOptions::default())?;
+        let mut view = self.view.write();
+        self.catch_up_locked(&mut view)?;
+        let current = read(&view)?;
+        let (update, result) = RwLockWriteGuard::unlocked(&mut view, || make(current));
+        // Whatever `make` wrote went through this view (no other handle of the dict writes
+        // while this thread holds the lock: `LockedByOtherHandle`), so this is a check of one
+        // load, kept so that the record cannot go anywhere but after the published state.
+        self.catch_up_locked(&mut view)?;
+        self.append::<false>(&mut view, update)?;
+        Ok(result)
+    }
+
+    /// Commits `update` on `view`, caught up under the writers' lock: appends its record,
+    /// publishes and applies it, or, if it does not fit, starts a new epoch with a full dump
+    /// that includes it. With `DISPLACE`, returns what the update displaced.
+    #[inline(always)]
+    fn append<const DISPLACE: bool>(
+        &self,
+        view: &mut Local<S>,
+        update: S::Update,
+    ) -> Result<Option<S::Displaced>> {
         let control = self.control();
-        let state = at(&view);
+        let state = at(view);
         let offset = state.committed as usize;
-        let (stream, capacity) = self.stream_of(&view);
+        let (stream, capacity) = self.stream_of(view);
         // A dump's stream is reserved as records need it: a record that does not fit in what
         // this process reserved gets more reserved, up to the stream's end, and is tried again.
         let mut writable = match view.dump.as_ref() {
@@ -373,15 +410,14 @@ impl<S: Schema> Engine<S> {
                     None
                 };
                 view.position = next.position();
-                self.note_reached(&view);
+                self.note_reached(view);
                 // Committed and applied whatever this says: only a displaced value that failed
                 // to deserialize from the dump (see `Schema::apply_displacing`) is an error.
-                let displaced = displaced.transpose().map_err(|e| {
+                displaced.transpose().map_err(|e| {
                     let detail = "the write was committed, but the value it replaced failed to \
                                   deserialize";
                     Error::corrupt("dump", format!("{detail}: {e}"))
-                })?;
-                Ok((result, displaced))
+                })
             }
             Err(stream::AppendError::StreamFull) => {
                 let displaced = if DISPLACE {
@@ -390,8 +426,8 @@ impl<S: Schema> Engine<S> {
                 } else {
                     None
                 };
-                self.switch_epoch(&mut view, Some(&update))?;
-                Ok((result, displaced))
+                self.switch_epoch(view, Some(&update))?;
+                Ok(displaced)
             }
             Err(stream::AppendError::Failed(detail)) => Err(Error::Serialize {
                 name: self.place.name().to_owned(),

@@ -324,15 +324,13 @@ impl<K: Key, V: Value> UltraDict<K, V> {
     {
         // `f` runs under the cross-process lock but outside this handle's view lock, so it
         // may itself read or write this dict (the lock is re-entrant).
-        self.engine().locked(|| {
-            let new = f(self.get(key)?);
-            let value = new.clone();
-            self.engine()
-                .write(MapUpdate::Insert(key.to_owned(), value), |_, _| {
-                    Ok((true, ()))
-                })?;
-            Ok(new)
-        })
+        self.engine().modify(
+            |view| Self::value_in(view, key),
+            |current| {
+                let new = f(current);
+                (MapUpdate::Insert(key.to_owned(), new.clone()), new)
+            },
+        )
     }
 
     /// The value of `key`; if there is none, inserts `f()` first. Atomic like
