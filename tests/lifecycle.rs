@@ -77,6 +77,10 @@ fn serve(name: &str, lifetime: Lifetime) {
                 d.insert(1, 1).unwrap();
                 report("written");
             }
+            "dump" => {
+                d.dump().unwrap();
+                report("dumped");
+            }
             "close" => break,
             other => panic!("unknown request {other}"),
         }
@@ -355,6 +359,48 @@ fn a_process_stopped_holding_the_gate_delays_others_but_never_hangs_them() {
     child.wait_for_report("closed", WATCHDOG);
     child.wait(WATCHDOG);
     assert_eq!(d.get(&7).unwrap(), Some(7), "the child's write");
+    drop(d);
+    assert_no_segments(&name);
+}
+
+/// A creator that has not locked its pending object yet looks dead to another opener, which
+/// sweeps dead creations before creating the dict itself. If that creator was alive and wins
+/// (renames its object into the dict's name, then writes a full dump) before the sweeper takes
+/// what it judged, the sweeper must leave the now-live dict's dumps alone: it used to unlink
+/// them, and every later open of the dict failed with NotFound on its dump.
+#[test]
+fn a_sweeper_leaves_alone_a_creation_it_judged_dead_that_then_won() {
+    let name = unique_name("sweep-race");
+    let stopped_at = |point: &str| {
+        let child = Spawn::test("child_entry", "serve")
+            .env("NAME", &name)
+            .raw_env("ULTRADICT_CRASH_AT", point)
+            .raw_env("ULTRADICT_CRASH_SIGNAL", "STOP")
+            .start();
+        let pid = child.pid() as libc::pid_t;
+        assert!(wait_until(|| stopped(pid)), "stopped at {point}");
+        child
+    };
+    // The creator stops with its pending object made, not locked; the sweeper stops having
+    // judged it dead.
+    let mut creator = stopped_at("create-unlocked");
+    let mut sweeper = stopped_at("sweep-judged");
+    // SAFETY: signalling our own children.
+    unsafe { libc::kill(creator.pid() as libc::pid_t, libc::SIGCONT) };
+    creator.wait_for_report("attached", WATCHDOG);
+    creator.request("write", WATCHDOG);
+    creator.request("dump", WATCHDOG);
+    // SAFETY: as above.
+    unsafe { libc::kill(sweeper.pid() as libc::pid_t, libc::SIGCONT) };
+    // The sweeper finds the name taken and attaches to the creator's dict.
+    sweeper.wait_for_report("attached", WATCHDOG);
+    let d = open(&name);
+    assert_eq!(d.get(&1).unwrap(), Some(1));
+    for mut child in [creator, sweeper] {
+        child.send("close");
+        child.wait_for_report("closed", WATCHDOG);
+        child.wait(WATCHDOG);
+    }
     drop(d);
     assert_no_segments(&name);
 }

@@ -14,6 +14,8 @@
 //! | `dump-written` | a full dump segment is written, its epoch is not yet published |
 //! | `epoch-published` | a new epoch is in the state word, not yet in the epoch word |
 //! | `dump-published` | the new epoch is published, the old dump is not yet unlinked |
+//! | `create-unlocked` | a creator made its control segment under its private name, not yet locked it |
+//! | `sweep-judged` | an opener found a pending creation unlocked (its creator dead?), not yet taken it |
 //! | `create-pending` | a creator built its control segment under its private name, not yet renamed |
 //! | `create-ready` | a creator marked it ready (and wrote a first dump, if any), not yet renamed |
 //! | `attach-claimed` | an opener took its process-table slot, still holding the gate |

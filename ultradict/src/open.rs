@@ -124,6 +124,7 @@ impl<S: Schema> Engine<S> {
                 Err(err) if segment::is_already_exists(&err) => return Err(Retry),
                 other => other?,
             };
+        crate::fault::point("create-unlocked");
         let anchor = Anchor::new(fd)?;
         // SAFETY: `segment` is a writable mapping of HEADER_SIZE + buffer_size bytes that this
         // process just created under a private name; the kernel zero-filled it.

@@ -88,19 +88,26 @@ fn remove_under(place: &Place) -> Result<()> {
 }
 
 /// Takes back every object of instance `instance` of the dict at `place` that never got the
-/// dict's name (its creator failed or lost a race): its pending control segment and dumps.
+/// dict's name (its creator, the caller, failed or lost a race): its pending control segment
+/// and dumps.
 pub(crate) fn discard_instance(place: &Place, instance: u64) {
+    discard_objects_of(place, instance as u32, |part| {
+        matches!(part, Part::Pending { .. } | Part::Dump { .. })
+    });
+}
+
+/// Unlinks the objects of instance `instance` at `place` whose kind `which` accepts.
+fn discard_objects_of(place: &Place, instance: u32, which: impl Fn(&Part) -> bool) {
     let Ok(objects) = place.objects() else {
         return;
     };
     for object in objects {
-        match place.classify(&object) {
-            Part::Pending { instance: found } | Part::Dump { instance: found }
-                if found == instance as u32 =>
-            {
-                let _ = segment::unlink(&object);
-            }
-            _ => {}
+        let part = place.classify(&object);
+        if let Part::Pending { instance: found } | Part::Dump { instance: found } = part
+            && found == instance
+            && which(&part)
+        {
+            let _ = segment::unlink(&object);
         }
     }
 }
@@ -108,6 +115,11 @@ pub(crate) fn discard_instance(place: &Place, instance: u64) {
 /// Removes the pending creations at `place` whose creators died (nobody holds a lock on
 /// them), with their dumps. A creator that is alive but had not locked its object yet loses
 /// it and starts again.
+///
+/// The pending object goes first, and the dumps only if this call unlinked it: a creator
+/// judged dead may have been alive after all and renamed its object into the dict's name
+/// meanwhile (or another sweeper took it), and then the dumps of that instance are a live
+/// dict's.
 pub(crate) fn sweep_dead_creations(place: &Place) -> Result<()> {
     for object in place.objects()? {
         let Part::Pending { instance } = place.classify(&object) else {
@@ -119,7 +131,10 @@ pub(crate) fn sweep_dead_creations(place: &Place) -> Result<()> {
         if Anchor::new(fd)?.anyone_else_inside() {
             continue;
         }
-        discard_instance(place, u64::from(instance));
+        crate::fault::point("sweep-judged");
+        if crate::os::unlink_object(&object).is_ok() {
+            discard_objects_of(place, instance, |part| matches!(part, Part::Dump { .. }));
+        }
     }
     Ok(())
 }
