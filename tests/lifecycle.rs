@@ -55,6 +55,10 @@ fn child_entry() {
         "group_member" => group_member(&name),
         "fork_then_die" => fork_then_die(&name),
         "lock_fork_and_die" => lock_fork_and_die(&name),
+        "cleanup_in" => {
+            let removed = ultradict::cleanup_in(arg("DIR"), false).unwrap();
+            report(format!("cleaned {removed:?}"));
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -403,6 +407,113 @@ fn a_sweeper_leaves_alone_a_creation_it_judged_dead_that_then_won() {
     }
     drop(d);
     assert_no_segments(&name);
+}
+
+/// `cleanup` that finds objects under a name with no control segment takes them for leftovers;
+/// if a dict gets the name before it acts, the dict and its dumps are not leftovers. It used to
+/// remove that dict unmarked (its creator's handle went on alone: split brain) and unlink
+/// its dumps; only the true leftovers must go.
+#[test]
+fn cleanup_leaves_alone_a_dict_created_under_a_name_it_judged_left_over() {
+    let dir = std::env::temp_dir().join(unique_name("cleanup-race-dir"));
+    std::fs::create_dir(&dir).unwrap();
+    let name = unique_name("cleanup-race");
+    // A dump of an instance that is gone: a leftover.
+    let stray = dir.join(format!("ultradict.{name}~dump.0badf00d.1"));
+    std::fs::write(&stray, [0u8; 64]).unwrap();
+    let mut cleaner = Spawn::test("child_entry", "cleanup_in")
+        .env("NAME", &name)
+        .env("DIR", dir.display())
+        .raw_env("ULTRADICT_CRASH_AT", "cleanup-judged")
+        .raw_env("ULTRADICT_CRASH_SIGNAL", "STOP")
+        .start();
+    let pid = cleaner.pid() as libc::pid_t;
+    assert!(wait_until(|| stopped(pid)), "stopped at cleanup-judged");
+    let d: Dict = UltraDict::builder()
+        .name(&name)
+        .directory(&dir)
+        .buffer_size(1024)
+        .open()
+        .unwrap();
+    for key in 0..100 {
+        d.insert(key, 1).unwrap(); // through full dumps
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    cleaner.wait_for_report("cleaned", WATCHDOG);
+    cleaner.wait(WATCHDOG);
+    assert!(!stray.exists(), "the true leftover went");
+    assert!(!d.status().removed, "the new dict was not removed");
+    let other: Dict = UltraDict::builder()
+        .name(&name)
+        .directory(&dir)
+        .create(Create::Open)
+        .open()
+        .unwrap();
+    assert_eq!(other.get(&99).unwrap(), Some(1), "its dumps are there");
+    drop((d, other));
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    std::fs::remove_dir(&dir).unwrap();
+}
+
+/// What is left under a name whose control segment is gone (here unlinked by hand, of a
+/// persistent dict) goes with `cleanup`: the dict's dumps, a dump of a long gone instance, its
+/// register and its nested dicts, whatever their lifetime, but a nested dict still open
+/// stays until its last handle closes.
+#[test]
+fn cleanup_takes_what_is_left_under_a_name_with_no_control_segment() {
+    let dir = std::env::temp_dir().join(unique_name("leftovers-dir"));
+    std::fs::create_dir(&dir).unwrap();
+    let name = unique_name("leftovers");
+    let d: Dict = UltraDict::builder()
+        .name(&name)
+        .directory(&dir)
+        .lifetime(Lifetime::Persistent)
+        .buffer_size(1024)
+        .open()
+        .unwrap();
+    for key in 0..100 {
+        d.insert(key, 1).unwrap(); // through full dumps
+    }
+    let kept = d.nested::<u32, u64>(&1).unwrap();
+    kept.insert(1, 1).unwrap();
+    d.nested::<u32, u64>(&2).unwrap().insert(2, 2).unwrap();
+    drop(d);
+    std::fs::write(
+        dir.join(format!("ultradict.{name}~dump.0badf00d.1")),
+        [0u8; 64],
+    )
+    .unwrap();
+    std::fs::remove_file(dir.join(format!("ultradict.{name}"))).unwrap();
+    let objects = || -> Vec<String> {
+        let mut all: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        all.sort();
+        all
+    };
+
+    assert_eq!(
+        ultradict::cleanup_in(&dir, false).unwrap(),
+        vec![name.clone()]
+    );
+    let kept_prefix = format!("ultradict.{}", kept.name());
+    let left = objects();
+    assert!(!left.is_empty());
+    assert!(
+        left.iter().all(|o| o.starts_with(&kept_prefix)),
+        "only the open nested dict is left: {left:?}"
+    );
+    kept.insert(3, 3).unwrap();
+    assert!(!kept.status().removed);
+    drop(kept);
+    assert_eq!(
+        ultradict::cleanup_in(&dir, false).unwrap(),
+        vec![name.clone()]
+    );
+    assert_eq!(objects(), Vec::<String>::new());
+    std::fs::remove_dir(&dir).unwrap();
 }
 
 /// Whether process `pid` is stopped (state `T` in /proc).

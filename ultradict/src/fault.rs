@@ -18,6 +18,7 @@
 //! | `sweep-judged` | an opener found a pending creation unlocked (its creator dead?), not yet taken it |
 //! | `create-pending` | a creator built its control segment under its private name, not yet renamed |
 //! | `create-ready` | a creator marked it ready (and wrote a first dump, if any), not yet renamed |
+//! | `cleanup-judged` | `cleanup` found objects under a name with no control segment, not yet taken them |
 //! | `attach-claimed` | an opener took its process-table slot, still holding the gate |
 //! | `detach-released` | a closer gave its slot back, before deciding whether to remove the dict |
 //! | `removing` | a remover marked the dict removed and removed its nested dicts, not yet the rest |

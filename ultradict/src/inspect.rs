@@ -311,6 +311,52 @@ pub fn cleanup_in(dir: impl AsRef<Path>, dry_run: bool) -> Result<Vec<String>> {
     Ok(removed)
 }
 
+/// Takes what is left under the name of a dict whose control segment is gone (its creator or
+/// its remover died half way, or someone unlinked it): dead creations, dumps of instances
+/// that can no longer get the name, and its nested dicts and register unless in use (nobody
+/// reaches them through the dict any more, whatever their lifetime). A creator may rename its
+/// object into the name at any moment: nothing of the dict that then has the name is touched
+/// (its dumps, its nested dicts, its register), and neither are strays no dict of ours makes.
+fn clean_leftovers(place: &Place) -> Result<()> {
+    removal::sweep_dead_creations(place)?;
+    for object in place.objects()? {
+        match place.classify(&object) {
+            Part::Dump { instance } if removal::instance_is_gone(place, instance)? => {
+                segment::unlink(&object)?;
+            }
+            Part::Child(child) => remove_if_unused(&place.sibling(&child), place)?,
+            _ => {}
+        }
+    }
+    remove_if_unused(&place.register(), place)
+}
+
+/// Removes `dict` (a nested dict or the register of `parent`, whose control segment was
+/// gone) with its tree, if nobody has it open and `parent` still has no control segment; what
+/// is left of it if its own control segment is gone too. Judged under its gate, which an
+/// opener takes to attach: a parent that got the name meanwhile opens its nested dicts and
+/// register after, and finds them removed, or before, and keeps them.
+fn remove_if_unused(dict: &Place, parent: &Place) -> Result<()> {
+    let (segment, anchor) = match open_control(dict, true) {
+        Ok(opened) => opened,
+        Err(Error::NotFound { .. }) if !dict.objects()?.is_empty() => {
+            return clean_leftovers(dict);
+        }
+        Err(_) => return Ok(()),
+    };
+    let Ok(control) = Control::checked(&segment) else {
+        return Ok(());
+    };
+    let Some(gate) = anchor.gate(Instant::now())? else {
+        return Ok(());
+    };
+    if !anchor.others_alive() && !segment::exists(&parent.control())? {
+        removal::remove_held(dict, &anchor, control)?;
+    }
+    drop(gate);
+    Ok(())
+}
+
 /// Removes the dict at `place` (or what is left under its name) if nobody will; returns
 /// whether it did (or, with `dry_run`, would).
 fn clean(place: &Place, dry_run: bool) -> Result<bool> {
@@ -322,7 +368,8 @@ fn clean(place: &Place, dry_run: bool) -> Result<bool> {
                 return Ok(false);
             }
             if !dry_run {
-                removal::remove_by_name(place)?;
+                crate::fault::point("cleanup-judged");
+                clean_leftovers(place)?;
             }
             return Ok(true);
         }

@@ -28,7 +28,7 @@ pub(crate) fn remove_held(place: &Place, anchor: &Anchor, control: &Control) -> 
         return Ok(());
     }
     control.mark_removed();
-    remove_under(place)?;
+    remove_under(place, false)?;
     if anchor.is_named(&object) {
         segment::unlink(&object)?;
     }
@@ -50,7 +50,8 @@ pub(crate) fn remove(
 }
 
 /// Removes whatever is at `place`: a dict with its tree, or a foreign or broken object there
-/// and anything else under the name.
+/// and anything else under the name. With no control segment under the name, what is left
+/// under it goes, but not what a dict created there meanwhile owns (see [`remove_under`]).
 pub(crate) fn remove_by_name(place: &Place) -> Result<()> {
     let object = place.control();
     match Segment::open_with_fd(&object, true) {
@@ -60,19 +61,24 @@ pub(crate) fn remove_by_name(place: &Place) -> Result<()> {
                 return remove(place, &anchor, control, PATIENCE);
             }
         }
-        Err(err) if segment::is_not_found(&err) => {}
+        // Nothing to unlink under the name itself: a creator may rename its object into it
+        // at any moment, and that dict is not ours to remove unmarked.
+        Err(err) if segment::is_not_found(&err) => return remove_under(place, true),
         // A symbolic link or another odd object under the name: removed below.
         Err(Error::Foreign { .. }) => {}
         Err(err) => return Err(err),
     }
-    remove_under(place)?;
+    remove_under(place, true)?;
     segment::unlink(&object)
 }
 
 /// Removes every object under the dict at `place` but its control segment: nested dicts
 /// first, each through its own removal, then the rest (dumps, the register, pending
-/// creations, strays).
-fn remove_under(place: &Place) -> Result<()> {
+/// creations, strays). `careful` when the name has no dict of ours (nobody marked one
+/// removed): then a dump goes only if its instance can no longer get the name
+/// ([`instance_is_gone`]), since a creator racing the removal renames its object into the
+/// name with its dumps already written.
+fn remove_under(place: &Place, careful: bool) -> Result<()> {
     for object in place.objects()? {
         if let Part::Child(child) = place.classify(&object) {
             remove_by_name(&place.sibling(&child))?;
@@ -80,11 +86,31 @@ fn remove_under(place: &Place) -> Result<()> {
     }
     crate::fault::point("removing");
     for object in place.objects()? {
-        if place.classify(&object) != Part::Control {
-            segment::unlink(&object)?;
+        match place.classify(&object) {
+            Part::Control => {}
+            Part::Dump { instance } if careful && !instance_is_gone(place, instance)? => {}
+            _ => segment::unlink(&object)?,
         }
     }
     Ok(())
+}
+
+/// Whether instance `instance` of the dict at `place` neither has the dict's name nor can
+/// still get it: its pending object is gone (renamed into the name or discarded; a creator
+/// makes it before any dump, so it cannot come back), and the control segment under the name,
+/// if any, is another instance's. Checked in that order, so that a rename between the two
+/// checks shows in the second. An unreadable control segment counts as the instance's.
+pub(crate) fn instance_is_gone(place: &Place, instance: u32) -> Result<bool> {
+    if segment::exists(&place.pending(u64::from(instance)))? {
+        return Ok(false);
+    }
+    match Segment::open_with_fd(&place.control(), false) {
+        Ok((segment, _)) => {
+            Ok(Control::checked(&segment).is_ok_and(|control| control.instance as u32 != instance))
+        }
+        Err(err) if segment::is_not_found(&err) => Ok(true),
+        Err(_) => Ok(false),
+    }
 }
 
 /// Takes back every object of instance `instance` of the dict at `place` that never got the
