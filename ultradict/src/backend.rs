@@ -94,7 +94,14 @@ impl<S: Schema> Backend<S> {
     pub(crate) fn register_child(&self, child: &str, what: &str) -> Result<()> {
         match self {
             Backend::Shm(engine) => {
-                crate::register::register_child(engine.place(), engine.mode, child, what)
+                crate::register::register_child(engine.place(), engine.mode, child, what)?;
+                // A remover marks the dict, then lists the objects under its name: if it marked
+                // it by now, it may have listed them before this made the register. The
+                // caller, seeing the mark, fails; the register goes with the dict here.
+                if engine.control().is_removed() {
+                    crate::removal::remove_by_name(&engine.place().register())?;
+                }
+                Ok(())
             }
             #[cfg(feature = "redis")]
             Backend::Redis(engine) => engine.register_child(child, what),

@@ -311,6 +311,9 @@ impl Published<'_> {
         let epoch = self.state().epoch;
         if self.epoch.load(Ordering::Relaxed) != epoch {
             self.epoch.store(epoch, Ordering::Relaxed);
+            // Ordered before the records the recovering writer then writes over the old bytes,
+            // as `publish_epoch` orders its store (`still_in` relies on it).
+            crate::sync::fence(Ordering::Release);
         }
     }
 

@@ -125,7 +125,13 @@ impl<S: Schema> Engine<S> {
                 other => other?,
             };
         crate::fault::point("create-unlocked");
-        let anchor = Anchor::new(fd)?;
+        // Until the slot is claimed below, a failure takes back the pending object here (the
+        // `discard` further down takes over once the engine exists).
+        let abandon = |err: Error| {
+            let _ = segment::unlink(&pending);
+            Opening::from(err)
+        };
+        let anchor = Anchor::new(fd).map_err(abandon)?;
         // SAFETY: `segment` is a writable mapping of HEADER_SIZE + buffer_size bytes that this
         // process just created under a private name; the kernel zero-filled it.
         unsafe {
@@ -144,7 +150,7 @@ impl<S: Schema> Engine<S> {
         }
         // SAFETY: a mapped control segment of the right size.
         let control = unsafe { Control::from_segment(&segment) };
-        let slot = anchor.claim_slot(control, name)?;
+        let slot = anchor.claim_slot(control, name).map_err(abandon)?;
         crate::fault::point("create-pending");
         let mut engine = Self::assemble(place, segment, fingerprint, anchor, slot, true, options);
         // Until it has the dict's name, nothing of this instance counts: a failure takes back

@@ -475,18 +475,45 @@ pub(crate) fn current_pid() -> u32 {
 /// A random, nonzero number that names the calling process among all processes that share
 /// /dev/shm, whatever their PID namespaces (pids repeat across namespaces; this does not).
 /// Drawn again in a forked child.
+///
+/// One nonce per process and fork generation, whichever thread asks first: two threads that
+/// drew one each would hand out two, and slots stamped with the one that lost would look like
+/// another process's.
 pub(crate) fn process_nonce() -> u64 {
+    /// Marks the generation word while a thread draws that generation's nonce.
+    const DRAWING: u64 = 1 << 63;
     static NONCE: AtomicU64 = AtomicU64::new(0);
     static NONCE_GENERATION: AtomicU64 = AtomicU64::new(u64::MAX);
     install_fork_handler();
     let generation = fork_generation();
-    if NONCE_GENERATION.load(Ordering::Acquire) == generation {
-        return NONCE.load(Ordering::Relaxed);
+    debug_assert_eq!(generation & DRAWING, 0);
+    loop {
+        let seen = NONCE_GENERATION.load(Ordering::Acquire);
+        if seen == generation {
+            return NONCE.load(Ordering::Relaxed);
+        }
+        if seen == generation | DRAWING {
+            // Another thread of this process is drawing it.
+            std::hint::spin_loop();
+            continue;
+        }
+        // Another generation's (drawn, or being drawn by a parent's thread when it forked):
+        // claim the draw.
+        if NONCE_GENERATION
+            .compare_exchange(
+                seen,
+                generation | DRAWING,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            let nonce = random_u64() | 1;
+            NONCE.store(nonce, Ordering::Relaxed);
+            NONCE_GENERATION.store(generation, Ordering::Release);
+            return nonce;
+        }
     }
-    let nonce = random_u64() | 1;
-    NONCE.store(nonce, Ordering::Relaxed);
-    NONCE_GENERATION.store(generation, Ordering::Release);
-    nonce
 }
 
 /// The low 32 bits of the inode of the calling process's PID namespace (0 if /proc does not
