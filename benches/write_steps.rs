@@ -1,5 +1,6 @@
 //! Where an `insert`'s time goes: each step of the shared-memory write path alone, beside the
-//! whole `insert` of one hot `u64` key, in one run. Run with `cargo bench --bench write_steps`.
+//! whole `insert`, in one run: of one hot `u64` key, then of 16-byte `String`s over 1,000 keys
+//! in turn (as `map_ops` inserts them). Run with `cargo bench --bench write_steps`.
 //!
 //! Every figure is the best of several rounds (the minimum filters out the machine's other
 //! tenants), in ns per operation. The dump's share is one full dump of the bench's 1,000-entry
@@ -32,21 +33,49 @@ fn measure(mut op: impl FnMut(u64)) -> f64 {
 }
 
 fn main() {
-    let mut steps = WriteSteps::new(KEYS).expect("open");
-    let hot = 7;
+    // One hot key, as the first round measured it.
+    steps(
+        "u64 -> u64, one hot key",
+        (0..KEYS).map(|k| (k, k)),
+        |_| 7,
+        |i| i,
+    );
+    // Keys in turn with their clones, as `map_ops` measures a `String` insert.
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("key-{i:012}")).collect();
+    let values: Vec<String> = (0..KEYS).map(|i| format!("val-{i:012}")).collect();
+    steps(
+        "String -> String (16 bytes each), 1,000 keys in turn",
+        keys.iter().cloned().zip(values.iter().cloned()),
+        |i| keys[i as usize % keys.len()].clone(),
+        |i| values[(i as usize + 1) % values.len()].clone(),
+    );
+}
+
+/// The step table of inserting `key(i)`, `value(i)` into a dict of `entries`.
+fn steps<K, V>(
+    label: &str,
+    entries: impl IntoIterator<Item = (K, V)>,
+    key: impl Fn(u64) -> K,
+    value: impl Fn(u64) -> V,
+) where
+    K: ultradict::Key + std::borrow::Borrow<K>,
+    V: ultradict::Value,
+    K::Stored: PartialEq<K>,
+{
+    let mut steps = WriteSteps::new(entries).expect("open");
     let insert = measure(|i| {
-        black_box(steps.dict().insert(hot, i).expect("insert"));
+        black_box(steps.dict().insert(key(i), value(i)).expect("insert"));
     });
     let lock = measure(|_| steps.lock_unlock().expect("lock"));
     let view = measure(|_| {
         black_box(steps.view_current());
     });
-    let record_len = steps.serialize(hot, 1);
+    let record_len = steps.serialize(0);
     let serialize = measure(|i| {
-        black_box(steps.serialize(hot, i));
+        black_box(steps.serialize(i as usize));
     });
     let publish = measure(|_| steps.publish());
-    let apply = measure(|i| steps.apply(hot, i));
+    let apply = measure(|i| steps.apply(key(i), value(i)));
     let dump_ms = (0..ROUNDS)
         .map(|_| {
             let start = Instant::now();
@@ -58,9 +87,7 @@ fn main() {
     let dump = dump_ms * 1e6 / per_epoch as f64;
     let sum = lock + view + serialize + publish + apply + dump;
 
-    println!(
-        "write_steps: best of {ROUNDS} rounds x {OPS} ops; u64 -> u64, one hot key, {KEYS} entries"
-    );
+    println!("\nwrite_steps: best of {ROUNDS} rounds x {OPS} ops; {label}, {KEYS} entries");
     println!("{:<58} {:>8} {:>9}", "step", "ns", "of insert");
     let row = |what: &str, ns: f64| {
         println!("{what:<58} {ns:>8.1} {:>8.0}%", 100.0 * ns / insert);
@@ -72,7 +99,7 @@ fn main() {
         serialize,
     );
     row("publish (Release store, fence, change sequence)", publish);
-    row("apply the record to the overlay", apply);
+    row("apply to the overlay (with the caller's clones)", apply);
     row(
         &format!("full dump ({dump_ms:.2} ms) / {per_epoch} records per stream"),
         dump,
@@ -84,21 +111,21 @@ fn main() {
         insert - sum,
     );
 
-    let reader: UltraDict<u64, u64> = UltraDict::builder()
+    let reader: UltraDict<K, V> = UltraDict::builder()
         .name(steps.dict().name())
         .create(Create::Open)
         .open()
         .expect("a second handle");
-    let read = measure(|_| {
-        black_box(reader.get(&hot).expect("get"));
+    let read = measure(|i| {
+        black_box(reader.get(&key(i)).expect("get"));
     });
     let insert_then_read = measure(|i| {
-        steps.dict().insert(hot, i).expect("insert");
-        black_box(reader.get(&hot).expect("get"));
+        steps.dict().insert(key(i), value(i)).expect("insert");
+        black_box(reader.get(&key(i)).expect("get"));
     });
     println!("{:<58} {:>8}", "reader's side", "ns");
     let row = |what: &str, ns: f64| println!("{what:<58} {ns:>8.1}");
-    row("read with no news", read);
+    row("read with no news (with the key's clone)", read);
     row("insert, then another handle's read", insert_then_read);
     row(
         "  catch-up of one record (less the insert and a read)",

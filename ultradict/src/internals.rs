@@ -17,37 +17,47 @@ use crate::lock_guard::LockOptions;
 use crate::map::{MapOverlay, MapSchema, MapUpdate};
 use crate::schema::Schema;
 use crate::storage::Storage;
-use crate::{Create, UltraDict};
+use crate::{Create, Key, UltraDict, Value};
 
-/// A private `u64 -> u64` dict and the scratch the steps work on.
-pub struct WriteSteps {
-    dict: UltraDict<u64, u64>,
+/// A private `K -> V` dict and the scratch the steps work on.
+pub struct WriteSteps<K: Key, V: Value> {
+    dict: UltraDict<K, V>,
     record: AlignedBuf,
     /// Where the next record goes in `record`.
     at: usize,
-    overlay: MapOverlay<u64, u64>,
+    overlay: MapOverlay<K, V>,
+    /// The records of inserting the dict's entries again, which `serialize` archives.
+    inserts: Vec<MapUpdate<K, V>>,
 }
 
-impl WriteSteps {
-    /// A fresh private dict with `keys` entries, dumped, as the map benchmark starts from.
-    pub fn new(keys: u64) -> Result<Self> {
-        let dict: UltraDict<u64, u64> = UltraDict::builder().create(Create::New).open()?;
-        dict.extend((0..keys).map(|k| (k, k)))?;
+impl<K: Key, V: Value> WriteSteps<K, V> {
+    /// A fresh private dict with `entries`, dumped, as the map benchmark starts from.
+    pub fn new(entries: impl IntoIterator<Item = (K, V)>) -> Result<Self> {
+        let dict: UltraDict<K, V> = UltraDict::builder().create(Create::New).open()?;
+        let inserts: Vec<_> = entries
+            .into_iter()
+            .map(|(key, value)| MapUpdate::Insert(key, value))
+            .collect();
+        dict.extend(inserts.iter().filter_map(|update| match update {
+            MapUpdate::Insert(key, value) => Some((key.clone(), value.clone())),
+            _ => None,
+        }))?;
         dict.dump()?;
         Ok(WriteSteps {
             dict,
             record: AlignedBuf::with_capacity(crate::DEFAULT_BUFFER_SIZE),
             at: 0,
-            overlay: MapSchema::<u64, u64>::overlay_for(None),
+            overlay: MapSchema::<K, V>::overlay_for(None),
+            inserts,
         })
     }
 
     /// The dict, for the whole `insert` and the dumps.
-    pub fn dict(&self) -> &UltraDict<u64, u64> {
+    pub fn dict(&self) -> &UltraDict<K, V> {
         &self.dict
     }
 
-    fn engine(&self) -> &Engine<MapSchema<u64, u64>> {
+    fn engine(&self) -> &Engine<MapSchema<K, V>> {
         match self.dict.engine() {
             Backend::Shm(engine) => engine,
             #[cfg(feature = "redis")]
@@ -70,18 +80,19 @@ impl WriteSteps {
         view.position.0 == u128::from(published)
     }
 
-    /// Serializes and frames the record of `insert(key, value)` as the write path does into
-    /// the stream: here into a buffer of this process's as large as the default stream, one
-    /// record after the other, starting again at its end. Returns the record's bytes, frame
-    /// included.
-    pub fn serialize(&mut self, key: u64, value: u64) -> usize {
-        let update = MapUpdate::Insert(key, value);
+    /// Serializes and frames the record of inserting the `n`th entry (modulo their number)
+    /// as the write path does into the stream: here into a buffer of this process's as large
+    /// as the default stream, one record after the other, starting again at its end. Returns
+    /// the record's bytes, frame included. The record is built beforehand: no clone of the
+    /// entry is measured here.
+    pub fn serialize(&mut self, n: usize) -> usize {
+        let update = &self.inserts[n % self.inserts.len()];
         let out = self.record.as_uninit_mut();
         let (start, capacity) = (out.as_mut_ptr().cast::<u8>(), out.len());
         for _ in 0..2 {
             // SAFETY: `out` is a 16-aligned buffer of `capacity` bytes that only this call
             // touches, and `at` a multiple of 16 within it.
-            match unsafe { crate::stream::append(start, capacity, self.at, 1, &update) } {
+            match unsafe { crate::stream::append(start, capacity, self.at, 1, update) } {
                 Ok(end) => {
                     let len = end - self.at;
                     self.at = end;
@@ -101,7 +112,7 @@ impl WriteSteps {
     }
 
     /// Applies the record of `insert(key, value)` to an overlay over no dump.
-    pub fn apply(&mut self, key: u64, value: u64) {
-        MapSchema::<u64, u64>::apply(None, &mut self.overlay, MapUpdate::Insert(key, value));
+    pub fn apply(&mut self, key: K, value: V) {
+        MapSchema::<K, V>::apply(None, &mut self.overlay, MapUpdate::Insert(key, value));
     }
 }
