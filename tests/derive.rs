@@ -90,6 +90,30 @@ fn child_entry() {
     }
 }
 
+/// A generated updater's closure may read and write the state it updates (the lock is
+/// re-entrant, the view let go while it runs); the update comes after what it wrote.
+#[test]
+fn an_updater_closure_may_use_its_state() {
+    let name = unique_name("derive-updater");
+    let state = AppState::open(&name).unwrap();
+    state.set_label("x".into()).unwrap();
+    let new = state
+        .update_counter(|c| {
+            state.set_counter(100).unwrap(); // overwritten by the update
+            state
+                .set_label(format!("{}y", state.label().unwrap()))
+                .unwrap();
+            c + state.label().unwrap().len() as u64
+        })
+        .unwrap();
+    assert_eq!(new, 2);
+    let other = AppState::open(&name).unwrap();
+    assert_eq!(other.counter().unwrap(), 2);
+    assert_eq!(other.label().unwrap(), "xy");
+    drop((state, other));
+    assert_no_segments(&name);
+}
+
 #[test]
 fn typed_and_nested_updates_cross_processes() {
     let name = unique_name("derive");

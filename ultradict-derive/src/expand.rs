@@ -452,21 +452,26 @@ fn plain_methods(field: &Field<'_>, names: &Names) -> TokenStream {
         "Atomically replaces `{bare}` with `f(current)` and returns the new value: no other \
          process or thread writes this state in between."
     );
+    // The field's current value, from the overlay or the dump: the getter's read, and the
+    // updater's.
+    let current = quote_spanned! {span=>
+        |dump, overlay| match &overlay.#name {
+            ::core::option::Option::Some(value) => ::core::result::Result::Ok(::core::clone::Clone::clone(value)),
+            ::core::option::Option::None => #krate::__private::deserialize::<#ty>(&dump.#name).map_err(|e| {
+                #krate::Error::Corrupt {
+                    segment: ::std::string::ToString::to_string(self.__dict.name()),
+                    detail: ::std::format!("field `{}`: {}", #bare, e),
+                }
+            }),
+        }
+    };
     quote_spanned! {span=>
         #[doc = #getter_doc]
         ///
         /// # Errors
         /// If shared memory fails validation.
         pub fn #name(&self) -> #krate::Result<#ty> {
-            self.__dict.read(|dump, overlay| match &overlay.#name {
-                ::core::option::Option::Some(value) => ::core::result::Result::Ok(::core::clone::Clone::clone(value)),
-                ::core::option::Option::None => #krate::__private::deserialize::<#ty>(&dump.#name).map_err(|e| {
-                    #krate::Error::Corrupt {
-                        segment: ::std::string::ToString::to_string(self.__dict.name()),
-                        detail: ::std::format!("field `{}`: {}", #bare, e),
-                    }
-                }),
-            })
+            self.__dict.read(#current)
         }
 
         #[doc = #setter_doc]
@@ -482,10 +487,9 @@ fn plain_methods(field: &Field<'_>, names: &Names) -> TokenStream {
         /// # Errors
         /// As the setter.
         pub fn #updater(&self, f: impl ::core::ops::FnOnce(#ty) -> #ty) -> #krate::Result<#ty> {
-            self.__dict.locked(|| {
-                let value = f(self.#name()?);
-                self.__dict.write(#update::#variant(::core::clone::Clone::clone(&value)))?;
-                ::core::result::Result::Ok(value)
+            self.__dict.modify(#current, |current| {
+                let value = f(current);
+                (#update::#variant(::core::clone::Clone::clone(&value)), value)
             })
         }
     }

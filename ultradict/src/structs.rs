@@ -138,10 +138,26 @@ impl<F: StructFields> Dict<StructSchema<F>> {
             })
     }
 
-    /// Runs `f` holding the writers' lock, re-entrantly (a generated updater reads, then
-    /// writes, under it), through the engine's own hold rather than the public guard.
-    pub fn locked<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
-        self.engine().locked(f)
+    /// An atomic read-modify-write of the fields (a generated updater): `read` looks at them
+    /// caught up under the writers' lock, `make` turns what it found into the update to
+    /// commit and what to return. `make` runs with the handle's view let go, so it may use
+    /// this state (the lock is re-entrant).
+    #[inline]
+    pub fn modify<T, R>(
+        &self,
+        read: impl FnOnce(&F::Stored, &F::Overlay) -> Result<T>,
+        make: impl FnOnce(T) -> (F::Update, R),
+    ) -> Result<R> {
+        self.engine().modify(
+            |view: &View<StructSchema<F>>| match view.dump() {
+                Some(dump) => read(dump, &view.overlay),
+                None => Err(Error::corrupt(
+                    self.name(),
+                    "a struct dict without its first dump",
+                )),
+            },
+            make,
+        )
     }
 
     /// Commits one update.

@@ -227,16 +227,33 @@ where
         f: impl ::core::ops::FnOnce(u64) -> u64,
     ) -> ::ultradict::Result<u64> {
         self.__dict
-            .locked(|| {
-                let value = f(self.counter()?);
-                self.__dict
-                    .write(
+            .modify(
+                |dump, overlay| match &overlay.counter {
+                    ::core::option::Option::Some(value) => {
+                        ::core::result::Result::Ok(::core::clone::Clone::clone(value))
+                    }
+                    ::core::option::Option::None => {
+                        ::ultradict::__private::deserialize::<u64>(&dump.counter)
+                            .map_err(|e| {
+                                ::ultradict::Error::Corrupt {
+                                    segment: ::std::string::ToString::to_string(
+                                        self.__dict.name(),
+                                    ),
+                                    detail: ::std::format!("field `{}`: {}", "counter", e),
+                                }
+                            })
+                    }
+                },
+                |current| {
+                    let value = f(current);
+                    (
                         __UltradictUpdateOfAppState::Counter(
                             ::core::clone::Clone::clone(&value),
                         ),
-                    )?;
-                ::core::result::Result::Ok(value)
-            })
+                        value,
+                    )
+                },
+            )
     }
     ///The current `label`, as every process sees it.
     ///
@@ -277,16 +294,33 @@ where
         f: impl ::core::ops::FnOnce(String) -> String,
     ) -> ::ultradict::Result<String> {
         self.__dict
-            .locked(|| {
-                let value = f(self.label()?);
-                self.__dict
-                    .write(
+            .modify(
+                |dump, overlay| match &overlay.label {
+                    ::core::option::Option::Some(value) => {
+                        ::core::result::Result::Ok(::core::clone::Clone::clone(value))
+                    }
+                    ::core::option::Option::None => {
+                        ::ultradict::__private::deserialize::<String>(&dump.label)
+                            .map_err(|e| {
+                                ::ultradict::Error::Corrupt {
+                                    segment: ::std::string::ToString::to_string(
+                                        self.__dict.name(),
+                                    ),
+                                    detail: ::std::format!("field `{}`: {}", "label", e),
+                                }
+                            })
+                    }
+                },
+                |current| {
+                    let value = f(current);
+                    (
                         __UltradictUpdateOfAppState::Label(
                             ::core::clone::Clone::clone(&value),
                         ),
-                    )?;
-                ::core::result::Result::Ok(value)
-            })
+                        value,
+                    )
+                },
+            )
     }
     ///The nested dict of `stats`, shared like this one.
     pub fn stats(&self) -> &::ultradict::__private::Nested<Stats> {
@@ -415,16 +449,33 @@ impl SharedAppState {
         f: impl ::core::ops::FnOnce(u64) -> u64,
     ) -> ::ultradict::Result<u64> {
         self.__dict
-            .locked(|| {
-                let value = f(self.counter()?);
-                self.__dict
-                    .write(
+            .modify(
+                |dump, overlay| match &overlay.counter {
+                    ::core::option::Option::Some(value) => {
+                        ::core::result::Result::Ok(::core::clone::Clone::clone(value))
+                    }
+                    ::core::option::Option::None => {
+                        ::ultradict::__private::deserialize::<u64>(&dump.counter)
+                            .map_err(|e| {
+                                ::ultradict::Error::Corrupt {
+                                    segment: ::std::string::ToString::to_string(
+                                        self.__dict.name(),
+                                    ),
+                                    detail: ::std::format!("field `{}`: {}", "counter", e),
+                                }
+                            })
+                    }
+                },
+                |current| {
+                    let value = f(current);
+                    (
                         __UltradictUpdateOfAppState::Counter(
                             ::core::clone::Clone::clone(&value),
                         ),
-                    )?;
-                ::core::result::Result::Ok(value)
-            })
+                        value,
+                    )
+                },
+            )
     }
     ///The current `label`, as every process sees it.
     ///
@@ -465,16 +516,33 @@ impl SharedAppState {
         f: impl ::core::ops::FnOnce(String) -> String,
     ) -> ::ultradict::Result<String> {
         self.__dict
-            .locked(|| {
-                let value = f(self.label()?);
-                self.__dict
-                    .write(
+            .modify(
+                |dump, overlay| match &overlay.label {
+                    ::core::option::Option::Some(value) => {
+                        ::core::result::Result::Ok(::core::clone::Clone::clone(value))
+                    }
+                    ::core::option::Option::None => {
+                        ::ultradict::__private::deserialize::<String>(&dump.label)
+                            .map_err(|e| {
+                                ::ultradict::Error::Corrupt {
+                                    segment: ::std::string::ToString::to_string(
+                                        self.__dict.name(),
+                                    ),
+                                    detail: ::std::format!("field `{}`: {}", "label", e),
+                                }
+                            })
+                    }
+                },
+                |current| {
+                    let value = f(current);
+                    (
                         __UltradictUpdateOfAppState::Label(
                             ::core::clone::Clone::clone(&value),
                         ),
-                    )?;
-                ::core::result::Result::Ok(value)
-            })
+                        value,
+                    )
+                },
+            )
     }
     ///The nested dict of `stats`, shared like this one.
     pub fn stats(&self) -> &::ultradict::__private::Nested<Stats> {

@@ -183,16 +183,33 @@ where
         f: impl ::core::ops::FnOnce(u8) -> u8,
     ) -> ::my_ultradict::Result<u8> {
         self.__dict
-            .locked(|| {
-                let value = f(self.r#type()?);
-                self.__dict
-                    .write(
+            .modify(
+                |dump, overlay| match &overlay.r#type {
+                    ::core::option::Option::Some(value) => {
+                        ::core::result::Result::Ok(::core::clone::Clone::clone(value))
+                    }
+                    ::core::option::Option::None => {
+                        ::my_ultradict::__private::deserialize::<u8>(&dump.r#type)
+                            .map_err(|e| {
+                                ::my_ultradict::Error::Corrupt {
+                                    segment: ::std::string::ToString::to_string(
+                                        self.__dict.name(),
+                                    ),
+                                    detail: ::std::format!("field `{}`: {}", "type", e),
+                                }
+                            })
+                    }
+                },
+                |current| {
+                    let value = f(current);
+                    (
                         __UltradictUpdateOfMinimal::Type(
                             ::core::clone::Clone::clone(&value),
                         ),
-                    )?;
-                ::core::result::Result::Ok(value)
-            })
+                        value,
+                    )
+                },
+            )
     }
     ///An owned copy of the whole [`Minimal`], nested dicts included.
     ///
@@ -287,16 +304,33 @@ impl SharedMinimal {
         f: impl ::core::ops::FnOnce(u8) -> u8,
     ) -> ::my_ultradict::Result<u8> {
         self.__dict
-            .locked(|| {
-                let value = f(self.r#type()?);
-                self.__dict
-                    .write(
+            .modify(
+                |dump, overlay| match &overlay.r#type {
+                    ::core::option::Option::Some(value) => {
+                        ::core::result::Result::Ok(::core::clone::Clone::clone(value))
+                    }
+                    ::core::option::Option::None => {
+                        ::my_ultradict::__private::deserialize::<u8>(&dump.r#type)
+                            .map_err(|e| {
+                                ::my_ultradict::Error::Corrupt {
+                                    segment: ::std::string::ToString::to_string(
+                                        self.__dict.name(),
+                                    ),
+                                    detail: ::std::format!("field `{}`: {}", "type", e),
+                                }
+                            })
+                    }
+                },
+                |current| {
+                    let value = f(current);
+                    (
                         __UltradictUpdateOfMinimal::Type(
                             ::core::clone::Clone::clone(&value),
                         ),
-                    )?;
-                ::core::result::Result::Ok(value)
-            })
+                        value,
+                    )
+                },
+            )
     }
     ///An owned copy of the whole [`Minimal`], nested dicts included.
     ///
