@@ -55,6 +55,7 @@ fn child_entry() {
         "group_member" => group_member(&name),
         "fork_then_die" => fork_then_die(&name),
         "lock_fork_and_die" => lock_fork_and_die(&name),
+        "fork_two_lockers" => fork_two_lockers(&name),
         "cleanup_in" => {
             let removed = ultradict::cleanup_in(arg("DIR"), false).unwrap();
             report(format!("cleaned {removed:?}"));
@@ -771,6 +772,61 @@ fn lock_fork_and_die(name: &str) {
     report(format!("grandchild {child}"));
     // SAFETY: killing ourselves while holding the lock, as a crash would.
     unsafe { libc::kill(parent, libc::SIGKILL) };
+}
+
+/// In a forked child, the first lock through the copied handle takes a slot of its own; it
+/// sleeps at `fork-tagged` (the slot is the child's by then) while a second thread takes the
+/// lock through that slot and holds it. The first must then wait for the second: it used to
+/// "recover" the lock of its new slot after tagging it, robbing the second's live hold.
+fn fork_two_lockers(name: &str) {
+    use std::time::Instant;
+    let d = open(name);
+    d.insert(0, 0).unwrap();
+    let pid = fork(|| {
+        std::thread::scope(|scope| {
+            let first = scope.spawn(|| {
+                let guard = d.lock().unwrap();
+                let got = Instant::now();
+                drop(guard);
+                got
+            });
+            let second = scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                let guard = d.lock().unwrap();
+                std::thread::sleep(Duration::from_millis(600));
+                let released = Instant::now();
+                drop(guard);
+                released
+            });
+            let got = first.join().unwrap();
+            let released = second.join().unwrap();
+            let recoveries = d.status().lock_recoveries;
+            i32::from(got < released) + 2 * i32::from(recoveries != 0)
+        })
+    });
+    report(format!(
+        "forked child exited {}",
+        wait_forked(pid, WATCHDOG)
+    ));
+}
+
+#[test]
+fn a_forked_childs_first_lock_never_robs_another_of_its_threads() {
+    let name = unique_name("fork-two-lockers");
+    let d = open(&name);
+    let mut child = Spawn::test("child_entry", "fork_two_lockers")
+        .env("NAME", &name)
+        .raw_env("ULTRADICT_CRASH_AT", "fork-tagged")
+        .raw_env("ULTRADICT_CRASH_SIGNAL", "SLEEP")
+        .raw_env("ULTRADICT_CRASH_SLEEP_MS", 300)
+        .start();
+    // 1: the first thread had the lock while the second held it; 2: a recovery was counted.
+    let exited = child.wait_for_report("forked child exited", WATCHDOG);
+    assert_eq!(exited, "forked child exited 0");
+    child.wait(WATCHDOG);
+    assert_eq!(d.status().lock_recoveries, 0);
+    drop(d);
+    assert_no_segments(&name);
 }
 
 #[test]

@@ -5,7 +5,9 @@
 //! with no unwinding, no destructors and no chance to tidy up, at an exact place in the write,
 //! dump, attach, detach, creation and removal paths. With `ULTRADICT_CRASH_SIGNAL=STOP` it
 //! stops itself there instead (SIGSTOP: a process that hangs holding whatever it holds, until
-//! SIGCONT). The points:
+//! SIGCONT); with `ULTRADICT_CRASH_SIGNAL=SLEEP`, only the thread that reached the point
+//! sleeps there for `ULTRADICT_CRASH_SLEEP_MS` (default 200), while the process's other
+//! threads run on: a window between two steps, widened. The points:
 //!
 //! | point | where |
 //! |---|---|
@@ -19,6 +21,7 @@
 //! | `create-pending` | a creator built its control segment under its private name, not yet renamed |
 //! | `create-ready` | a creator marked it ready (and wrote a first dump, if any), not yet renamed |
 //! | `cleanup-judged` | `cleanup` found objects under a name with no control segment, not yet taken them |
+//! | `fork-tagged` | a handle copied into a forked child took a slot of its own and made it the child's |
 //! | `attach-claimed` | an opener took its process-table slot, still holding the gate |
 //! | `detach-released` | a closer gave its slot back, before deciding whether to remove the dict |
 //! | `removing` | a remover marked the dict removed and removed its nested dicts, not yet the rest |
@@ -65,6 +68,14 @@ fn armed_point(name: &'static str, state: &std::sync::atomic::AtomicU8, unarmed:
     if point == name && HITS.fetch_add(1, Ordering::Relaxed) >= *skip {
         let signal = match std::env::var("ULTRADICT_CRASH_SIGNAL").as_deref() {
             Ok("STOP") => libc::SIGSTOP,
+            Ok("SLEEP") => {
+                let ms = std::env::var("ULTRADICT_CRASH_SLEEP_MS")
+                    .ok()
+                    .and_then(|ms| ms.parse().ok())
+                    .unwrap_or(200);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                return;
+            }
             _ => libc::SIGKILL,
         };
         // To this thread, not the process: a process-directed SIGSTOP may be taken by another

@@ -312,13 +312,17 @@ impl<S: Schema> Engine<S> {
             return Err(self.removed());
         }
         let slot = fresh.claim_slot(control, self.place.name())?;
+        // A dead holder of this slot's lock is recovered before the slot is this process's:
+        // once the tag names it, another thread of this child may take the lock as this slot,
+        // and a recovery then would rob that live hold.
+        self.recover_lock_of(slot);
         drop(gate);
         *anchor = fresh;
         self.membership
             .tag
             .store(Membership::tag_of(generation, slot), Ordering::Release);
+        crate::fault::point("fork-tagged");
         drop(anchor);
-        self.recover_lock_of(slot);
         Ok(slot)
     }
 
