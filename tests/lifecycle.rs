@@ -517,6 +517,99 @@ fn cleanup_takes_what_is_left_under_a_name_with_no_control_segment() {
     std::fs::remove_dir(&dir).unwrap();
 }
 
+/// A writer killed after publishing a new epoch and before waking the sleepers
+/// (`epoch-published`) still ends the wait of another process's `wait_for_change`: sleeps are
+/// cut into short ones that look at the state again. It used to sleep out its whole timeout.
+#[test]
+fn a_sleeper_sees_the_change_of_a_writer_that_died_before_waking_it() {
+    use std::time::Instant;
+    let name = unique_name("dead-waker");
+    let d = open(&name);
+    let mut child = Spawn::test("child_entry", "serve")
+        .env("NAME", &name)
+        .raw_env("ULTRADICT_CRASH_AT", "epoch-published")
+        .start();
+    child.wait_for_report("attached", WATCHDOG);
+    std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| {
+            let started = Instant::now();
+            let changed = d.wait_for_change(Duration::from_secs(30)).unwrap();
+            (changed, started.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(200)); // asleep by now
+        child.send("dump");
+        let (changed, waited) = waiter.join().unwrap();
+        assert!(changed);
+        assert!(waited < Duration::from_secs(10), "woke after {waited:?}");
+    });
+    let (status, output) = child.finish(WATCHDOG);
+    assert_killed_at(status, "epoch-published", &output);
+    assert_eq!(d.status().epoch, 1, "the dead writer's epoch stands");
+    drop(d);
+    assert_no_segments(&name);
+}
+
+/// A waiter for the lock whose sleeps are cut short by signals again and again (a profiler's
+/// SIGPROF, a timer's SIGALRM) still notices that the holder died: it asked only after a
+/// sleep that ran out, which then never came, and waited out its whole timeout.
+#[test]
+fn a_lock_waiter_hit_by_signals_still_recovers_a_dead_holders_lock() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::Instant;
+    extern "C" fn ignore(_: libc::c_int) {}
+    // SAFETY: installs a handler that does nothing, for a signal nothing else here uses.
+    unsafe { libc::signal(libc::SIGUSR1, ignore as *const () as libc::sighandler_t) };
+    let name = unique_name("signalled-waiter");
+    let d = open(&name);
+    let mut child = Spawn::test("child_entry", "serve")
+        .env("NAME", &name)
+        .start();
+    child.wait_for_report("attached", WATCHDOG);
+    child.request("lock", WATCHDOG);
+    let (done, stopped) = (AtomicBool::new(false), AtomicBool::new(false));
+    let waiter_thread = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| {
+            // SAFETY: pthread_self has no preconditions.
+            waiter_thread.store(unsafe { libc::pthread_self() }, Ordering::Release);
+            let started = Instant::now();
+            let locked = d.lock_timeout(Duration::from_secs(8)).map(drop);
+            let waited = started.elapsed();
+            done.store(true, Ordering::Relaxed);
+            // Alive until the signaller stopped (it signals this very thread).
+            while !stopped.load(Ordering::Acquire) {
+                std::thread::yield_now();
+            }
+            (locked, waited)
+        });
+        scope.spawn(|| {
+            let target = loop {
+                match waiter_thread.load(Ordering::Acquire) {
+                    0 => std::thread::yield_now(),
+                    thread => break thread,
+                }
+            };
+            while !done.load(Ordering::Relaxed) {
+                // SAFETY: the waiter thread lives until this loop has stopped.
+                unsafe { libc::pthread_kill(target, libc::SIGUSR1) };
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            stopped.store(true, Ordering::Release);
+        });
+        std::thread::sleep(Duration::from_millis(200)); // asleep, and signalled, by now
+        child.kill();
+        let (locked, waited) = waiter.join().unwrap();
+        assert!(locked.is_ok(), "{locked:?}");
+        assert!(
+            waited < Duration::from_secs(4),
+            "got the lock after {waited:?}"
+        );
+    });
+    assert_eq!(d.status().lock_recoveries, 1);
+    drop(d);
+    assert_no_segments(&name);
+}
+
 /// Whether process `pid` is stopped (state `T` in /proc).
 fn stopped(pid: libc::pid_t) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -722,6 +722,39 @@ fn closures_may_use_the_dict_they_update() {
     assert_no_segments(&name);
 }
 
+/// `Duration::MAX` is a timeout that never runs out, wherever a timeout is taken: it used to
+/// panic on adding it to the clock.
+#[test]
+fn duration_max_waits_forever_without_panicking() {
+    use std::time::Duration;
+    let name = unique_name("duration-max");
+    let d = UltraDict::<u32, u32>::builder()
+        .name(&name)
+        .open_timeout(Duration::MAX)
+        .open()
+        .unwrap();
+    let e = UltraDict::<u32, u32>::builder()
+        .name(&name)
+        .open_timeout(Duration::MAX)
+        .open()
+        .unwrap();
+    std::thread::scope(|scope| {
+        let guard = d.lock().unwrap();
+        let waiter = scope.spawn(|| {
+            assert!(e.wait_for_change(Duration::MAX).unwrap());
+            // Contended: the other thread still holds the lock for a while.
+            drop(e.lock_timeout(Duration::MAX).unwrap());
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        d.insert(1, 1).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        drop(guard);
+        waiter.join().unwrap();
+    });
+    drop((d, e));
+    assert_no_segments(&name);
+}
+
 /// What an `update`'s closure writes comes before the update, even when it writes the same
 /// key or forces full dumps (a new epoch) in between, and other threads of the process keep
 /// reading meanwhile; a second handle sees the update's value last.

@@ -335,10 +335,12 @@ impl Published<'_> {
     }
 
     /// Sleeps until the published state differs from `seen` or `timeout` passes; returns
-    /// whether it changed.
+    /// whether it changed. Each sleep lasts at most [`RECHECK`]: a writer killed between
+    /// publishing a state and bumping the sequence wakes nobody, and its change is then seen
+    /// at the next look.
     pub(crate) fn wait_for_change(&self, seen: StateWord, timeout: Duration) -> bool {
         let sequence = &self.changes.sequence;
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::sync::deadline_in(timeout);
         loop {
             let seen_sequence = sequence.load(Ordering::Acquire);
             if self.state() != seen {
@@ -356,10 +358,20 @@ impl Published<'_> {
             {
                 continue;
             }
-            let _ = crate::sync::futex_wait(sequence, asleep, left);
+            let _ = crate::sync::futex_wait(sequence, asleep, left.min(RECHECK));
         }
     }
+
+    /// Bumps the change sequence, waking every sleeper: after a dead writer's lock was
+    /// recovered, in case it died between publishing and waking.
+    pub(crate) fn wake_sleepers(&self) {
+        self.bump_sequence();
+    }
 }
+
+/// The longest a sleeper in `wait_for_change` sleeps before looking at the state again, woken
+/// or not: how late it may see a change whose writer died before waking anyone.
+const RECHECK: Duration = Duration::from_millis(100);
 
 /// What the creator writes into the identity fields.
 pub(crate) struct Identity<'a> {

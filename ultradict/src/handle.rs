@@ -153,8 +153,13 @@ impl<S: Schema> Dict<S> {
         let changed = async {
             loop {
                 if published.changed().await.is_err() {
-                    // The helper is gone (it could not start): wait out the timeout.
-                    std::future::pending::<()>().await;
+                    // The helper that fed this subscription is gone (it could not start): a
+                    // later subscription may have started another; if none runs, wait out
+                    // the timeout.
+                    published = engine.subscribe();
+                    if published.has_changed().is_err() {
+                        std::future::pending::<()>().await;
+                    }
                 }
                 if *published.borrow_and_update() != seen {
                     return;

@@ -106,9 +106,12 @@ pub(crate) fn acquire(
         sync::spin_loop();
     }
     // The holder is asked after (a kernel call) when the lock is first found taken, and again
-    // after every sleep that ran out: a holder that dies never wakes anyone, so its death is
-    // noticed at most one sleep (`max_sleep`) late, and a busy lock costs no call per wake-up.
+    // after every sleep that ran out, or once `max_sleep` passed since the last time (sleeps
+    // cut short by signals again and again never run out): a holder that dies never wakes
+    // anyone, so its death is noticed at most about one sleep late, and a busy lock costs no
+    // call per wake-up.
     let mut ask_holder = true;
+    let mut asked = Instant::now();
     loop {
         let current = lock.word.load(Ordering::Acquire);
         if current == 0 {
@@ -118,13 +121,21 @@ pub(crate) fn acquire(
             }
             continue;
         }
-        if ask_holder && let Some(acquired) = take_from_dead(lock, current, me, alive) {
-            return Ok(acquired);
+        if ask_holder || asked.elapsed() >= policy.max_sleep {
+            asked = Instant::now();
+            if let Some(acquired) = take_from_dead(lock, current, me, alive) {
+                return Ok(acquired);
+            }
         }
         let sleep = match deadline {
             Some(deadline) => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
+                    // A release's wake-up may have come to this waiter, which leaves: pass it
+                    // on to another sleeper, if any.
+                    if current & WAITERS != 0 {
+                        sync::futex_wake(&lock.word, 1);
+                    }
                     return Err(busy(lock));
                 }
                 left.min(policy.max_sleep)

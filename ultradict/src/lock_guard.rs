@@ -286,7 +286,11 @@ impl<S: Schema> Engine<S> {
                 fields,
                 word,
                 policy,
-                started.map(|started| started + timeout),
+                started.map(|started| {
+                    started
+                        .checked_add(timeout)
+                        .unwrap_or_else(|| crate::sync::deadline_in(timeout))
+                }),
                 &alive,
             ),
         };
@@ -365,6 +369,8 @@ impl<S: Schema> Engine<S> {
         if epoch > 1 {
             let _ = segment::unlink(&self.dump_object(epoch - 1));
         }
+        // The dead writer may have published and died before waking the sleepers.
+        control.published().wake_sleepers();
     }
 
     /// Takes over the writers' lock if its word names `slot` (just claimed by this handle, so

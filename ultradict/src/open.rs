@@ -59,7 +59,7 @@ impl<S: Schema> Engine<S> {
         let place = Place::new(options.effective_dir()?, name);
         let name = place.name();
         let fingerprint = S::fingerprint();
-        let deadline = Instant::now() + options.open_timeout;
+        let deadline = crate::sync::deadline_in(options.open_timeout);
         loop {
             let attempt = match options.create {
                 Create::New => Self::create(&place, options, &fingerprint, initial),
@@ -302,7 +302,7 @@ impl<S: Schema> Engine<S> {
             return Err(self.removed());
         }
         let control = self.control();
-        let Some(gate) = fresh.gate(Instant::now() + self.patience)? else {
+        let Some(gate) = fresh.gate(crate::sync::deadline_in(self.patience))? else {
             return Err(Error::NotReady {
                 name: self.place.name().to_owned(),
                 waited: self.patience,
@@ -342,7 +342,7 @@ impl<S: Schema> Engine<S> {
         let control = self.control();
         // A process stopped while holding the gate must not keep us here forever: after our
         // patience, leave without deciding on removal (`cleanup` can finish it).
-        let gate = anchor.gate(Instant::now() + self.patience)?;
+        let gate = anchor.gate(crate::sync::deadline_in(self.patience))?;
         anchor.release_slot(control, slot);
         self.membership.tag.store(0, Ordering::Release);
         crate::fault::point("detach-released");

@@ -14,6 +14,14 @@ pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
+/// The instant `timeout` from now; far in the future (over a century) for a timeout too long
+/// to add, such as `Duration::MAX` for "forever".
+pub(crate) fn deadline_in(timeout: std::time::Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + std::time::Duration::from_secs(u64::from(u32::MAX)))
+}
+
 /// Sleeps while `word` holds `expected`, at most `timeout`; returns whether the sleep ran out.
 #[cfg(not(loom))]
 pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: std::time::Duration) -> bool {

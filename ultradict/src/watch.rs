@@ -144,8 +144,12 @@ impl<'a, T> Watcher<'a, T> {
                 return Ok(change);
             }
             if published.changed().await.is_err() {
-                // The helper is gone (it could not start): nothing more will come.
-                std::future::pending::<()>().await;
+                // The helper that fed this subscription is gone (it could not start): a later
+                // subscription may have started another. If none runs, nothing more will come.
+                published = self.source.subscribe();
+                if published.has_changed().is_err() {
+                    std::future::pending::<()>().await;
+                }
             }
         }
     }
@@ -156,7 +160,7 @@ impl<'a, T> Watcher<'a, T> {
     /// # Errors
     /// As [`poll`](Self::poll).
     pub fn wait(&mut self, timeout: Duration) -> Result<Option<Change<T>>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::sync::deadline_in(timeout);
         loop {
             if let Some(change) = self.poll()? {
                 return Ok(Some(change));
