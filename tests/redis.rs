@@ -383,6 +383,38 @@ fn a_cluster_spreads_dicts_over_its_slots_with_the_same_results() {
     }
 }
 
+/// A client whose lease ran out once (stopped longer than its lease), and whose entry another
+/// client's close dropped meanwhile, is counted again once it renews: the last other
+/// client's close must not remove the dict under it. It used to be dropped for good.
+#[test]
+fn a_client_whose_lease_lapsed_once_is_counted_again() {
+    let server = Server::start();
+    let backend = Backend::Redis(server.url());
+    let admin = ultradict::RedisServer::new(server.url());
+    let name = unique_name("redis-lapse");
+    let first = open(&backend, &name);
+    let mut child = backend.spawn("attach_and_hang", &name).start();
+    child.wait_for_report("attached", WATCHDOG);
+    let pid = child.pid() as libc::pid_t;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::sleep(LEASE * 3);
+    // A close that is not the last: it drops the stopped child's lapsed entry.
+    drop(open(&backend, &name));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    std::thread::sleep(LEASE * 2); // the child renews (every third of a lease)
+    drop(first);
+    let listed: Vec<String> = admin.list().unwrap().into_iter().map(|l| l.name).collect();
+    assert!(
+        listed.contains(&name),
+        "the child's dict was removed: {listed:?}"
+    );
+    child.kill();
+    assert!(admin.unlink(&name).unwrap());
+    assert_eq!(leftovers(&backend, &name), Vec::<String>::new());
+}
+
 #[test]
 fn cleanup_removes_a_dict_whose_clients_all_crashed_once_their_leases_end() {
     let server = Server::start();

@@ -107,6 +107,9 @@ pub(crate) struct Feed {
     /// The furthest position known: delivered by the subscription or written by this handle.
     tip: AtomicU64,
     stop: AtomicBool,
+    /// A renewal is being sent: [`stop`](Feed::stop) waits for it, so that none crosses the
+    /// client's detach (a renewal re-adds a client whose entry is gone).
+    renewing: AtomicBool,
     /// The lock value this handle holds, for the renewals.
     pub(crate) lock_value: Mutex<Option<String>>,
     /// A renewal found the lock held by someone else (the lease ran out).
@@ -126,6 +129,7 @@ impl Feed {
             changed: Condvar::new(),
             tip: AtomicU64::new(tip),
             stop: AtomicBool::new(false),
+            renewing: AtomicBool::new(false),
             lock_value: Mutex::new(None),
             lock_lost: AtomicBool::new(false),
             removed: AtomicBool::new(false),
@@ -200,11 +204,27 @@ impl Feed {
         }
     }
 
-    /// Ends the subscription (within one block time).
+    /// Ends the subscription (within one block time), and waits for a renewal being sent to
+    /// end (at most `RENEWAL_PATIENCE`): after this, no renewal of this handle reaches the
+    /// server. Each side stores its flag then loads the other's (SeqCst): a renewal that
+    /// missed the stop is seen here, and waited for.
     pub(crate) fn stop(&self) {
-        self.stop.store(true, Ordering::Release);
+        self.stop.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + RENEWAL_PATIENCE;
+        while self.renewing.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// In a forked child: no thread of the parent's runs here, nor renews anything.
+    pub(crate) fn forked(&self) {
+        self.renewing.store(false, Ordering::SeqCst);
     }
 }
+
+/// How long stopping a subscription waits for a renewal being sent (a renewal's round trip
+/// is bounded by the connection's timeout, a few seconds by default).
+const RENEWAL_PATIENCE: Duration = Duration::from_secs(10);
 
 /// What the subscription thread needs to know of its handle.
 pub(crate) struct Subscription {
@@ -282,6 +302,17 @@ impl Subscription {
     }
 
     fn renew(&self, link: &mut Link, join: bool) -> crate::error::Result<()> {
+        self.feed.renewing.store(true, Ordering::SeqCst);
+        let renewed = if self.feed.stop.load(Ordering::SeqCst) {
+            Ok(()) // the handle is detaching: its entry must stay gone
+        } else {
+            self.send_renewal(link, join)
+        };
+        self.feed.renewing.store(false, Ordering::SeqCst);
+        renewed
+    }
+
+    fn send_renewal(&self, link: &mut Link, join: bool) -> crate::error::Result<()> {
         let lock = self.feed.lock_value.lock().clone();
         let reply: Vec<i64> = link.run("renewing leases", |conn| {
             RENEW

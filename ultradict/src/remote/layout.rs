@@ -241,17 +241,16 @@ return 0
 /// (if any was named) is still the caller's, and whether the dict is still this instance.
 ///
 /// KEYS: meta, clients, lock. ARGV: instance, client id, lease (ms), lock value (or empty),
-/// `1` to add the client (a forked child's first renewal; otherwise only a client still in the
-/// set is renewed, so that a renewal that crosses the client's detach does not re-add it).
+/// `1` for a forked child's first renewal (which joins the client). The client is added back
+/// if its entry is gone: its lease ran out once (a stall, a slow reconnect) and another
+/// client's detach dropped it, yet it lives and writes, and must count against removal. A
+/// renewal never crosses the client's own detach (the handle waits for it before detaching,
+/// `Feed::stop`).
 pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 if redis.call('HGET', KEYS[1], 'instance') ~= ARGV[1] then return {0, 0} end
-if ARGV[5] == '1' then
-  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
-else
-  redis.call('ZADD', KEYS[2], 'XX', now + tonumber(ARGV[3]), ARGV[2])
-end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
 local held = 1
 if ARGV[4] ~= '' then
   if redis.call('GET', KEYS[3]) == ARGV[4] then

@@ -223,6 +223,7 @@ impl<S: Schema> RedisEngine<S> {
         }
         *self.link.lock() = Link::new(self.target.clone(), self.target.timeout);
         *self.feed.lock_value.lock() = None;
+        self.feed.forked();
         // The parent's client entry is the parent's: this process joins as a client of its
         // own, with its first renewal.
         *self.client.lock() = client_id();
@@ -1048,6 +1049,9 @@ impl<S: Schema> Storage for RedisEngine<S> {
     }
 
     fn read<R>(&self, f: impl FnOnce(&View<S>) -> Result<R>) -> Result<R> {
+        // A handle copied into a forked child has no subscription (no thread moves its tip)
+        // until it starts one: a child that only reads must too.
+        self.ensure_subscribed();
         let tip = self.feed.tip();
         {
             let view = self.view.read();
