@@ -179,17 +179,27 @@ impl DumpBytes {
         }
     }
 
-    /// The header and archive (the part before the stream), as the header delimits them.
-    fn all(&self) -> &[u8] {
+    /// How many of its bytes are header and archive (the part before the stream), as the
+    /// header delimits them: read once, by `Dump::validate`, which checks and uses that one
+    /// reading (a header read twice could say two things).
+    fn fixed_len(&self) -> usize {
+        match self {
+            DumpBytes::Mapped(segment) => immutable_len(segment),
+            DumpBytes::Heap(bytes, _) => bytes.bytes().len(),
+        }
+    }
+
+    /// The first `fixed` bytes ([`fixed_len`](Self::fixed_len)): the header and archive.
+    fn head(&self, fixed: usize) -> &[u8] {
         match self {
             DumpBytes::Mapped(segment) => {
                 // SAFETY: the first bytes of a dump, up to its stream, are immutable once
                 // published (invariant 4), and a mapped dump is either published or ours and
                 // unpublished: nobody writes them any more. Nobody ever writes the header, so
                 // reading it to find where the stream starts is sound too.
-                unsafe { segment.immutable_bytes(0, immutable_len(segment)) }
+                unsafe { segment.immutable_bytes(0, fixed) }
             }
-            DumpBytes::Heap(bytes, _) => bytes.bytes(),
+            DumpBytes::Heap(bytes, _) => &bytes.bytes()[..fixed],
         }
     }
 }
@@ -335,18 +345,29 @@ where
         epoch: u32,
         trust: Trust,
     ) -> Result<Self> {
+        let fixed = bytes.fixed_len();
+        let head = bytes.head(fixed);
         let archive_len = match trust {
-            Trust::Nothing => check::<T>(bytes.all(), bytes.object(), id, epoch)?.len(),
-            Trust::OwnOutput => check_header(bytes.all(), bytes.object(), id, epoch)?.len(),
+            Trust::Nothing => check::<T>(head, bytes.object(), id, epoch)?.len(),
+            Trust::OwnOutput => check_header(head, bytes.object(), id, epoch)?.len(),
         };
         let mut stream_at = None;
         if let DumpBytes::Mapped(segment) = &bytes {
-            let fixed = immutable_len(segment);
+            // Our own mapping of the header and archive becomes read-only: a stray write of
+            // this process faults instead of corrupting every reader's dump.
             if fixed < segment.len() {
-                // Our own mapping of the header and archive becomes read-only: a stray write
-                // of this process faults instead of corrupting every reader's dump.
+                // The check saw the stream start where `fixed` says only if the header said
+                // the same both times it was read: bytes changed under us are corruption.
+                if fixed != stream_start(archive_len) {
+                    return Err(Error::corrupt(
+                        bytes.object(),
+                        "the header changed while it was read",
+                    ));
+                }
                 segment.protect_read_only(fixed)?;
                 stream_at = Some(fixed);
+            } else {
+                segment.protect_read_only(segment.len())?;
             }
         }
         Ok(Dump {

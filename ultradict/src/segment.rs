@@ -129,12 +129,17 @@ impl Segment {
         self.map.as_mut_ptr()
     }
 
-    /// Makes this process's mapping of the first `len` bytes (a multiple of the page size)
-    /// read-only, for bytes that nobody may write any more (a published dump's archive).
+    /// Makes this process's mapping of the first `len` bytes (a multiple of the page size, or
+    /// the whole segment) read-only, for bytes that nobody may write any more (a published
+    /// dump's archive).
     pub(crate) fn protect_read_only(&self, len: usize) -> Result<()> {
-        assert!(len <= self.len && len.is_multiple_of(os::page_size()));
-        // SAFETY: the mapping starts page-aligned, holds `len` bytes (asserted), lives as long
-        // as `self`, and the caller says nothing writes those bytes any more.
+        let page = os::page_size();
+        assert!(len <= self.len && (len == self.len || len.is_multiple_of(page)));
+        // The whole segment: its last page, mapped whole, goes too.
+        let len = len.next_multiple_of(page);
+        // SAFETY: the mapping starts page-aligned and spans whole pages, `len` of them at most
+        // (asserted, rounded up to the page the segment's end is on), lives as long as `self`,
+        // and the caller says nothing writes those bytes any more.
         unsafe { os::protect_read_only(self.as_mut_ptr(), len) }
             .map_err(|e| Error::io(format!("protecting {}", self.object), e))
     }
