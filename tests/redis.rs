@@ -383,6 +383,44 @@ fn a_cluster_spreads_dicts_over_its_slots_with_the_same_results() {
     }
 }
 
+/// A server that comes back with older data than a handle read from it (restarted from an
+/// older snapshot; a replica promoted without the last writes): the handle's next write says
+/// so with `Error::Backend` instead of retrying for good (it used to spin, sending its append
+/// about 11,000 times a second).
+#[test]
+fn a_write_to_a_server_that_went_back_in_time_fails_instead_of_spinning() {
+    let mut server = Server::start();
+    let backend = Backend::Redis(server.url());
+    let name = unique_name("redis-back-in-time");
+    let d: UltraDict<String, u64> = UltraDict::builder()
+        .name(&name)
+        .on(&backend)
+        .redis_timeout(Duration::from_secs(2))
+        .open()
+        .unwrap();
+    for i in 0..5 {
+        d.insert(format!("k{i}"), i).unwrap();
+    }
+    assert_eq!(server.cli(&["SAVE"]), "OK");
+    for i in 5..8 {
+        d.insert(format!("k{i}"), i).unwrap();
+    }
+    server.restart(); // loads the snapshot: records 5..8 are gone
+    let started = Instant::now();
+    let mut outcome = d.insert("after".into(), 1);
+    // The first attempt may meet a connection the restart closed: the error then says so.
+    while matches!(&outcome, Err(Error::Backend { detail, .. }) if !detail.contains("behind"))
+        && started.elapsed() < Duration::from_secs(20)
+    {
+        outcome = d.insert("after".into(), 1);
+    }
+    match outcome {
+        Err(Error::Backend { detail, .. }) => assert!(detail.contains("behind"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
+    drop(d);
+}
+
 /// A client whose lease ran out once (stopped longer than its lease), and whose entry another
 /// client's close dropped meanwhile, is counted again once it renews: the last other
 /// client's close must not remove the dict under it. It used to be dropped for good.

@@ -582,7 +582,22 @@ impl<S: Schema> RedisEngine<S> {
                 self.feed.removed.store(true, Ordering::Release);
                 return Err(self.removed());
             }
-            Outcome::Stale | Outcome::Full | Outcome::Done | Outcome::Dup => {
+            Outcome::Stale => {
+                // The server's tip is not this view's, and nothing after the view is there:
+                // the server is behind the view (restarted from an older snapshot, or a
+                // replica promoted without the last writes). Retrying would spin for good.
+                if !self.fetch_into(&mut view)? {
+                    return Err(Error::Backend {
+                        address: self.target.address(),
+                        doing: format!("writing to {}", self.name),
+                        detail: "the server's stream is behind what this handle read from \
+                                 it: it lost writes (restarted from an older snapshot, or \
+                                 failed over to a replica without them)"
+                            .into(),
+                    });
+                }
+            }
+            Outcome::Full | Outcome::Done | Outcome::Dup => {
                 self.fetch_into(&mut view)?;
             }
         }
