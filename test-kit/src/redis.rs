@@ -204,6 +204,9 @@ pub fn shared() -> String {
             Ok(url) => (url, None),
             Err(_) => {
                 let server = Server::start();
+                // A static is never dropped: its directory goes now (a server that keeps
+                // nothing on disk does not need it once started; it dies with this process).
+                let _ = std::fs::remove_dir_all(&server.dir);
                 // SAFETY: set once, before any child is started; no other thread of the
                 // test reads the environment while OnceLock initializes (it blocks them).
                 unsafe { std::env::set_var(URL_VAR, server.url()) };
