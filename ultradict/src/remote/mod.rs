@@ -834,7 +834,11 @@ impl<S: Schema> RedisEngine<S> {
         let at = position_of(&view);
         engine.feed = Arc::new(Feed::new(at));
         *engine.view.get_mut() = view;
-        if opened.created && !options.child {
+        // Every open of a root indexes it, not only its creation (an idempotent add): the
+        // index is a key of its own, outside the scripts' slots, and a creator killed before
+        // adding it, or a removal's late unindexing that crossed a new creation of the name,
+        // leaves a dict out of the index until then.
+        if !options.child {
             let root = layout::root_of(&name).to_owned();
             let _ = engine.run("indexing the dict", |conn| {
                 redis::cmd("SADD")
