@@ -211,13 +211,17 @@ pub(crate) static FETCH: LazyLock<Script> = LazyLock::new(|| {
 /// (see `FETCH_FN`): the holder starts from the server's state in the same round trip.
 ///
 /// KEYS: meta, lock, stream, dump. ARGV: instance, the lock value, lease (ms), the caller's
-/// position's id, its epoch.
+/// position's id, its epoch. The value is drawn once per acquire call: a lock that already
+/// holds it was taken by this very call (a request resent after its reply was lost), and is
+/// the caller's.
 pub(crate) static LOCK: LazyLock<Script> = LazyLock::new(|| {
     script(&format!(
         "{FETCH_FN}{}",
         r#"
 if redis.call('HGET', KEYS[1], 'instance') ~= ARGV[1] then return {'removed'} end
-if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3])
+   or redis.call('GET', KEYS[2]) == ARGV[2] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
   return {'ok', fetch(KEYS[1], KEYS[3], KEYS[4], ARGV[1], ARGV[4], ARGV[5])}
 end
 return {'held', redis.call('GET', KEYS[2]) or '', redis.call('PTTL', KEYS[2])}
