@@ -722,6 +722,44 @@ fn closures_may_use_the_dict_they_update() {
     assert_no_segments(&name);
 }
 
+/// Every process maps the archive part of a dump read-only, so that its own stray writes
+/// fault instead of corrupting what every reader validated: a small dict's dump, which has no
+/// stream of its own (it was mapped writable), and a large one's, whose stream part stays
+/// writable for the writers.
+#[test]
+fn dumps_are_mapped_read_only_but_for_their_stream() {
+    for entries in [10u32, 5_000] {
+        let name = unique_name("read-only-dump");
+        let d = UltraDict::<u32, u32>::builder()
+            .name(&name)
+            .buffer_size(4096)
+            .open()
+            .unwrap();
+        d.extend((0..entries).map(|k| (k, k))).unwrap();
+        d.dump().unwrap();
+        let reader = UltraDict::<u32, u32>::open(&name).unwrap();
+        assert_eq!(reader.get(&1).unwrap(), Some(1));
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let dump = format!("ultradict.{name}~dump");
+        // address, permissions, offset, device, inode, path
+        let mappings: Vec<Vec<&str>> = maps
+            .lines()
+            .filter(|line| line.contains(&dump))
+            .map(|line| line.split_whitespace().collect())
+            .collect();
+        assert!(!mappings.is_empty(), "{maps}");
+        for fields in &mappings {
+            if u64::from_str_radix(fields[2], 16).unwrap() == 0 {
+                assert!(!fields[1].contains('w'), "{entries}: {fields:?}");
+            }
+        }
+        let stream_writable = mappings.iter().any(|fields| fields[1].contains('w'));
+        assert_eq!(stream_writable, entries > 10, "{entries}: {mappings:?}");
+        drop((d, reader));
+        assert_no_segments(&name);
+    }
+}
+
 /// `Duration::MAX` is a timeout that never runs out, wherever a timeout is taken: it used to
 /// panic on adding it to the clock.
 #[test]
