@@ -72,6 +72,30 @@ fn child_entry() {
                 report(format!("read {right} of {KEYS}"));
             }
         }
+        // Takes the lock and keeps it until killed.
+        "hold_until_killed" => {
+            let d = attach(&name);
+            let _guard = d.lock().unwrap();
+            report(format!("locked as thread {}", thread_id()));
+            std::thread::sleep(WATCHDOG);
+        }
+        // Takes the lock when told ("go" on stdin) and holds it for HOLD_MS, keeping key 0 at
+        // "inside" meanwhile: reports what it found there when it got the lock.
+        "hold_inside" => {
+            use std::io::BufRead;
+            let d = attach(&name);
+            report("attached");
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).unwrap();
+            let guard = d.lock().unwrap();
+            let found = d.get(&0).unwrap().unwrap_or_default();
+            d.insert(0, "inside".into()).unwrap();
+            report(format!("locked as thread {}, found {found:?}", thread_id()));
+            std::thread::sleep(Duration::from_millis(arg("HOLD_MS").parse().unwrap()));
+            d.insert(0, String::new()).unwrap();
+            drop(guard);
+            report("released");
+        }
         "threads_increment" => {
             let d = Arc::new(
                 UltraDict::<u32, u64>::builder()
@@ -84,6 +108,12 @@ fn child_entry() {
         }
         other => panic!("unknown role {other}"),
     }
+}
+
+/// The calling thread's id, as this process's PID namespace numbers it.
+fn thread_id() -> u32 {
+    let link = std::fs::read_link("/proc/thread-self").unwrap();
+    link.file_name().unwrap().to_str().unwrap().parse().unwrap()
 }
 
 /// Keys the locked catch-up test writes each round.
@@ -377,6 +407,66 @@ fn errors_name_the_live_holder_and_it_is_never_robbed() {
     drop((d, control));
     assert_no_segments(&name);
     assert_no_segments(&control_name);
+}
+
+/// A waiter that judged the holder dead and was then held up must not take the lock over from
+/// a new handle that meanwhile claimed the dead one's slot and took the lock. In containers
+/// that new holder's word is often the very word the dead one had (same slot, the lowest free;
+/// same thread id, small numbers in a fresh PID namespace), and a bare compare-and-swap could
+/// not tell them apart: the waiter robbed the live holder.
+#[test]
+fn a_waiter_held_up_after_judging_the_holder_dead_robs_no_new_holder() {
+    let name = unique_name("lock-aba");
+    let d: Dict = UltraDict::open(&name).unwrap();
+    // Slot 1: the waiter, which sleeps 3 s between judging the holder dead and taking over.
+    let mut waiter = Spawn::test("child_entry", "hold_inside")
+        .env("NAME", &name)
+        .env("HOLD_MS", 0)
+        .raw_env("ULTRADICT_CRASH_AT", "lock-judged")
+        .raw_env("ULTRADICT_CRASH_SIGNAL", "SLEEP")
+        .raw_env("ULTRADICT_CRASH_SLEEP_MS", 3_000)
+        .start();
+    waiter.wait_for_report("attached", WATCHDOG);
+    // Slot 2: a holder in a PID namespace of its own, killed holding the lock.
+    let mut dead = Spawn::test_in_pid_namespace("child_entry", "hold_until_killed")
+        .env("NAME", &name)
+        .start();
+    let dead_thread = dead.wait_for_report("locked as thread ", WATCHDOG);
+    dead.kill();
+    while ultradict::inspect(&name).unwrap().lock_holder_alive != Some(false) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    waiter.send("go");
+    // Slot 2 again: a new holder in a PID namespace of its own, with the dead one's thread id,
+    // takes the lock while the waiter sleeps, and holds it past the waiter's wake-up.
+    let mut new = Spawn::test_in_pid_namespace("child_entry", "hold_inside")
+        .env("NAME", &name)
+        .env("HOLD_MS", 4_000)
+        .start();
+    new.wait_for_report("attached", WATCHDOG);
+    new.send("go");
+    let new_thread = new.wait_for_report("locked as thread ", WATCHDOG);
+    assert!(new_thread.ends_with("found \"\""), "{new_thread}");
+    let thread = |report: &str| {
+        let id = report.trim_start_matches("locked as thread ");
+        id[..id.find(',').unwrap_or(id.len())].to_owned()
+    };
+    assert_eq!(
+        thread(&dead_thread),
+        thread(&new_thread),
+        "the test needs both holders to have the same thread id"
+    );
+    let waited = waiter.wait_for_report("locked as thread ", WATCHDOG);
+    assert!(
+        waited.ends_with("found \"\""),
+        "the waiter took the lock from a live holder: {waited}"
+    );
+    new.wait(WATCHDOG);
+    waiter.wait(WATCHDOG);
+    // The new holder's attach recovered the dead one's lock; nobody recovered a live one's.
+    assert_eq!(d.status().lock_recoveries, 1);
+    drop(d);
+    assert_no_segments(&name);
 }
 
 #[test]

@@ -12,6 +12,7 @@
 //! | point | where |
 //! |---|---|
 //! | `locked` | the lock was just taken, nothing written yet |
+//! | `lock-judged` | a lock waiter found the holder's slot dead, not yet taken the lock over |
 //! | `record-written` | a record's bytes are in the stream, the offset is not yet published |
 //! | `dump-written` | a full dump segment is written, its epoch is not yet published |
 //! | `epoch-published` | a new epoch is in the state word, not yet in the epoch word |

@@ -10,7 +10,11 @@
 //! is the only place that judges it. Pids are recorded for reports and never trusted.
 //!
 //! Byte 0 is the *gate*: held while the set of attached handles changes (attach, detach,
-//! removal), so that "may I join?" and "am I the last one?" are never decided at once.
+//! removal), so that "may I join?" and "am I the last one?" are never decided at once, and
+//! while a lock waiter takes a dead holder's lock over, so that no new handle claims the dead
+//! one's slot in between (see `lock`). The threads of one handle share its anchor, and a
+//! description never conflicts with itself: they also take the anchor's own mutex, so that
+//! one thread's gate is never taken, or let go, by another's.
 //!
 //! A forked child must not keep its parent's anchors (it would keep the parent looking
 //! alive): they are closed in the child right after `fork` (see `os::close_in_children`), and
@@ -46,6 +50,9 @@ pub(crate) struct Anchor {
     generation: u64,
     registration: Option<usize>,
     id: ObjectId,
+    /// Held with the gate: the gate is one per description, and so per handle (see the
+    /// module docs).
+    gate_users: parking_lot::Mutex<()>,
     /// The slot this anchor holds, `NO_SLOT` if none. A probe of one's own slot through one's
     /// own description would see no conflict: it is answered from here instead.
     own_slot: AtomicUsize,
@@ -71,6 +78,7 @@ impl Anchor {
             generation: os::fork_generation(),
             registration,
             id,
+            gate_users: parking_lot::Mutex::new(()),
             own_slot: AtomicUsize::new(NO_SLOT),
         })
     }
@@ -108,10 +116,16 @@ impl Anchor {
     /// Takes the gate, waiting (in short sleeps) until `deadline`. `None` if it stayed held.
     pub(crate) fn gate(&self, deadline: Instant) -> Result<Option<Gate<'_>>> {
         let fd = self.fd().ok_or_else(Self::stale)?;
+        let Some(user) = self.gate_users.try_lock_until(deadline) else {
+            return Ok(None);
+        };
         let mut pause = Duration::from_micros(50);
         loop {
             if os::try_lock_byte(fd, GATE_BYTE).map_err(|e| Error::io("locking the gate", e))? {
-                return Ok(Some(Gate { anchor: self }));
+                return Ok(Some(Gate {
+                    anchor: self,
+                    _user: user,
+                }));
             }
             let now = Instant::now();
             if now >= deadline {
@@ -120,6 +134,18 @@ impl Anchor {
             std::thread::sleep(pause.min(deadline - now));
             pause = (pause * 2).min(Duration::from_millis(5));
         }
+    }
+
+    /// Takes the gate if nobody holds it, without waiting. `None` if held (or on a doubt).
+    pub(crate) fn try_gate(&self) -> Option<Gate<'_>> {
+        let fd = self.fd()?;
+        let user = self.gate_users.try_lock()?;
+        os::try_lock_byte(fd, GATE_BYTE)
+            .is_ok_and(|taken| taken)
+            .then_some(Gate {
+                anchor: self,
+                _user: user,
+            })
     }
 
     /// Takes a free slot of the process table for this anchor and records the calling process
@@ -204,6 +230,8 @@ impl Drop for Anchor {
 #[must_use]
 pub(crate) struct Gate<'a> {
     anchor: &'a Anchor,
+    /// Let go after the byte (fields drop after `drop` ran).
+    _user: parking_lot::MutexGuard<'a, ()>,
 }
 
 impl Drop for Gate<'_> {

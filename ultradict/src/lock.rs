@@ -6,11 +6,17 @@
 //! forked and independently started processes wait on it alike.
 //!
 //! A holder that dies is found by its waiters: before each sleep they ask whether the
-//! holder's slot is still alive (the caller's `alive`, which asks the kernel through
+//! holder's slot is still alive (the caller's [`Holders`], which asks the kernel through
 //! `liveness`, valid across PID namespaces and pid reuse), and if it is not they take the word
 //! over with a compare-and-swap. Only committed records count, so whatever the dead holder
 //! half wrote is simply never published. The thread id only tells apart the threads of one
 //! handle, which share its slot; it is never looked up.
+//!
+//! The judgement and the swap happen while no handle can claim the dead holder's slot
+//! ([`Holders::if_dead`]). Otherwise a new handle could claim the slot between the two and
+//! take the lock with the very word the dead holder had: thread ids are small numbers in a
+//! fresh PID namespace, so a restarted container's thread often has its predecessor's id. The
+//! waiter's swap would then succeed and rob the live holder.
 
 use std::time::{Duration, Instant};
 
@@ -73,18 +79,40 @@ pub(crate) struct Busy {
     pub(crate) holder_slot: Option<usize>,
 }
 
+/// Judges the handles named by lock words (see `liveness`).
+pub(crate) trait Holders {
+    /// Whether the handle in process-table slot `slot` lives. A doubt counts as alive.
+    fn alive(&self, slot: usize) -> bool;
+
+    /// Runs `take` if the handle in `slot` is dead, while no handle can claim that slot, and
+    /// returns what it returned. Returns false without running it if the handle lives, or if
+    /// the slot cannot be kept from being claimed right now (the caller asks again later).
+    fn if_dead(&self, slot: usize, take: &mut dyn FnMut() -> bool) -> bool;
+}
+
+/// A plain judgement with nobody claiming slots meanwhile (the models).
+impl<F: Fn(usize) -> bool> Holders for F {
+    fn alive(&self, slot: usize) -> bool {
+        self(slot)
+    }
+
+    fn if_dead(&self, slot: usize, take: &mut dyn FnMut() -> bool) -> bool {
+        !self(slot) && take()
+    }
+}
+
 /// Tries once, without waiting. Recovers from a dead holder on the spot.
 pub(crate) fn try_acquire(
     lock: &LockFields,
     me: u32,
-    alive: &dyn Fn(usize) -> bool,
+    holders: &dyn Holders,
 ) -> Result<Acquired, Busy> {
     let current = lock.word.load(Ordering::Acquire);
     if current == 0 {
         if take_free(lock, 0, me) {
             return Ok(Acquired::Free);
         }
-    } else if let Some(acquired) = take_from_dead(lock, current, me, alive) {
+    } else if let Some(acquired) = take_from_dead(lock, current, me, holders) {
         return Ok(acquired);
     }
     note_holder_seen(lock);
@@ -97,7 +125,7 @@ pub(crate) fn acquire(
     me: u32,
     policy: WaitPolicy,
     deadline: Option<Instant>,
-    alive: &dyn Fn(usize) -> bool,
+    holders: &dyn Holders,
 ) -> Result<Acquired, Busy> {
     for _ in 0..policy.spins {
         if take_free(lock, 0, me) {
@@ -123,7 +151,7 @@ pub(crate) fn acquire(
         }
         if ask_holder || asked.elapsed() >= policy.max_sleep {
             asked = Instant::now();
-            if let Some(acquired) = take_from_dead(lock, current, me, alive) {
+            if let Some(acquired) = take_from_dead(lock, current, me, holders) {
                 return Ok(acquired);
             }
         }
@@ -254,21 +282,28 @@ pub(crate) fn note_holder_seen(lock: &LockFields) {
 
 /// Takes the word over if its holder (`current`) is dead. The caller (`me`) does not hold
 /// the lock, so a word naming the caller itself is a leftover (of a thread of the same handle
-/// that exited, or of a slot this handle took over from a dead handle), also dead.
+/// that exited, or of a slot this handle took over from a dead handle), also dead; so is a
+/// word naming no slot.
 fn take_from_dead(
     lock: &LockFields,
     current: u32,
     me: u32,
-    alive: &dyn Fn(usize) -> bool,
+    holders: &dyn Holders,
 ) -> Option<Acquired> {
     let holder = current & !WAITERS;
-    let holder_slot = slot_of(holder);
-    if holder != me && holder_slot.is_some_and(alive) {
-        return None;
-    }
-    take_over(lock, current, me).then_some(Acquired::FromDead {
-        dead_slot: holder_slot,
-    })
+    let dead_slot = slot_of(holder);
+    let taken = match dead_slot {
+        Some(slot) if holder != me => {
+            // The cheap look first: a live holder costs a waiter no more than this.
+            if holders.alive(slot) {
+                return None;
+            }
+            crate::fault::point("lock-judged");
+            holders.if_dead(slot, &mut || take_over(lock, current, me))
+        }
+        _ => take_over(lock, current, me),
+    };
+    taken.then_some(Acquired::FromDead { dead_slot })
 }
 
 /// Replaces the word `current` (a dead holder's) with `me`, keeping the waiters bit: others

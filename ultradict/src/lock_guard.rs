@@ -217,6 +217,18 @@ impl<S: Schema> Engine<S> {
         self.membership.anchor.read().slot_alive(slot)
     }
 
+    /// Runs `take` if the handle in slot `slot` is dead, under the gate: no handle claims the
+    /// slot meanwhile (see `lock`). Does nothing while somebody else holds the gate.
+    fn if_slot_dead(&self, slot: usize, take: &mut dyn FnMut() -> bool) -> bool {
+        let anchor = self.membership.anchor.read();
+        let Some(gate) = anchor.try_gate() else {
+            return false;
+        };
+        let taken = !anchor.slot_alive(slot) && take();
+        drop(gate);
+        taken
+    }
+
     /// Takes the writers' lock for the calling thread (re-entrantly).
     pub(crate) fn acquire(&self, options: &LockOptions) -> Result<LockGuard<'_>> {
         self.hold(options).map(Held::into_guard)
@@ -278,10 +290,10 @@ impl<S: Schema> Engine<S> {
             spins: options.spins,
             max_sleep: options.sleep_time,
         };
-        let alive = |slot| self.slot_alive(slot);
+        let holders = HoldersOf(self);
         let acquired = match options.wait {
-            Wait::NonBlocking => lock::try_acquire(fields, word, &alive),
-            Wait::Forever => lock::acquire(fields, word, policy, None, &alive),
+            Wait::NonBlocking => lock::try_acquire(fields, word, &holders),
+            Wait::Forever => lock::acquire(fields, word, policy, None, &holders),
             Wait::Timeout(timeout) => lock::acquire(
                 fields,
                 word,
@@ -291,7 +303,7 @@ impl<S: Schema> Engine<S> {
                         .checked_add(timeout)
                         .unwrap_or_else(|| crate::sync::deadline_in(timeout))
                 }),
-                &alive,
+                &holders,
             ),
         };
         match acquired {
@@ -387,6 +399,19 @@ impl<S: Schema> Engine<S> {
             self.tidy_after_dead_holder(Some(slot));
             lock::release(&control.lock.0, word);
         }
+    }
+}
+
+/// The judge of an engine's lock holders: its anchor.
+struct HoldersOf<'a, S: Schema>(&'a Engine<S>);
+
+impl<S: Schema> lock::Holders for HoldersOf<'_, S> {
+    fn alive(&self, slot: usize) -> bool {
+        self.0.slot_alive(slot)
+    }
+
+    fn if_dead(&self, slot: usize, take: &mut dyn FnMut() -> bool) -> bool {
+        self.0.if_slot_dead(slot, take)
     }
 }
 

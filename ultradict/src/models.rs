@@ -10,7 +10,9 @@
 //!
 //! Built with `--cfg ultradict_loom_broken` as well, the state word is published with a
 //! Relaxed store instead of Release: `publish_then_catch_up_never_sees_torn_records` must then
-//! fail (a reader sees the new offset before the record's bytes).
+//! fail (a reader sees the new offset before the record's bytes); and a lock waiter takes a
+//! dead holder's lock over without the gate: `a_takeover_never_robs_the_new_owner_of_the_dead_holders_slot`
+//! must then fail.
 
 use loom::cell::UnsafeCell;
 use loom::sync::Arc;
@@ -238,6 +240,83 @@ fn a_dead_holder_is_taken_over_once() {
         assert_eq!(takeovers, 1);
         assert_eq!(lock.recoveries.load(Ordering::Relaxed), 1);
         assert_eq!(lock.word.load(Ordering::Relaxed), 0);
+    });
+}
+
+/// The process table of the next model: one slot, whose handle died holding the lock, and
+/// the gate under which slots are claimed (a mutex here, a byte lock across processes).
+struct Table {
+    claimed: loom::sync::atomic::AtomicBool,
+    gate: loom::sync::Mutex<()>,
+}
+
+/// A waiter's judge: the slot's claim, looked at under the gate as `Engine::if_slot_dead` does.
+/// Built with `--cfg ultradict_loom_broken`, it takes over without the gate or a second look,
+/// as the lock did before: the model must then fail.
+struct Judge<'a>(&'a Table);
+
+impl lock::Holders for Judge<'_> {
+    fn alive(&self, _slot: usize) -> bool {
+        self.0.claimed.load(Ordering::SeqCst)
+    }
+
+    fn if_dead(&self, _slot: usize, take: &mut dyn FnMut() -> bool) -> bool {
+        if cfg!(ultradict_loom_broken) {
+            return take();
+        }
+        let _gate = self.0.gate.lock().unwrap();
+        !self.0.claimed.load(Ordering::SeqCst) && take()
+    }
+}
+
+/// A holder died with the lock; a waiter judges it dead while a newcomer claims its slot (under
+/// the gate), recovers the lock as an attach does, and takes it with the very word the dead
+/// holder had (same slot, same thread id: a restarted container). The waiter's takeover must
+/// never land on the newcomer's live hold: the counter's cell would be touched by both at once.
+#[test]
+fn a_takeover_never_robs_the_new_owner_of_the_dead_holders_slot() {
+    model(|| {
+        const SLOT: usize = 1;
+        let dead = lock::holder_word(SLOT, 42);
+        let lock = Arc::new(lock_fields());
+        lock.word.store(dead, Ordering::Relaxed);
+        let table = Arc::new(Table {
+            claimed: loom::sync::atomic::AtomicBool::new(false),
+            gate: loom::sync::Mutex::new(()),
+        });
+        let counter = Arc::new(UnsafeCell::new(0u32));
+        let waiter = {
+            let (lock, table, counter) = (lock.clone(), table.clone(), counter.clone());
+            thread::spawn(move || {
+                let me = lock::holder_word(0, 7);
+                lock::acquire(&lock, me, POLICY, None, &Judge(&table)).unwrap();
+                // SAFETY: under the lock (the model checks exactly that).
+                counter.with_mut(|n| unsafe { *n += 1 });
+                lock::release(&lock, me);
+            })
+        };
+        let newcomer = {
+            let (lock, table, counter) = (lock.clone(), table.clone(), counter.clone());
+            thread::spawn(move || {
+                {
+                    let _gate = table.gate.lock().unwrap();
+                    table.claimed.store(true, Ordering::SeqCst);
+                }
+                // `Engine::recover_lock_of`: a word naming the claimed slot is a dead one's.
+                let current = lock.word.load(Ordering::Acquire);
+                if lock::slot_of(current & !lock::WAITERS) == Some(SLOT)
+                    && lock::take_over(&lock, current, dead)
+                {
+                    lock::release(&lock, dead);
+                }
+                // Its own slot is alive; the waiter's too.
+                lock::acquire(&lock, dead, POLICY, None, &|_| true).unwrap();
+                // SAFETY: under the lock (the model checks exactly that).
+                counter.with_mut(|n| unsafe { *n += 1 });
+                lock::release(&lock, dead);
+            })
+        };
+        both_counted_and_released(vec![waiter, newcomer], &counter, &lock);
     });
 }
 
