@@ -56,6 +56,7 @@ fn child_entry() {
         "fork_then_die" => fork_then_die(&name),
         "lock_fork_and_die" => lock_fork_and_die(&name),
         "fork_two_lockers" => fork_two_lockers(&name),
+        "fork_while_opening" => fork_while_opening(&name),
         "cleanup_in" => {
             let removed = ultradict::cleanup_in(arg("DIR"), false).unwrap();
             report(format!("cleaned {removed:?}"));
@@ -943,6 +944,79 @@ fn a_dead_holder_whose_forked_child_lives_on_is_still_dead() {
     unsafe { libc::kill(grandchild, libc::SIGKILL) };
     recovered.unwrap();
     assert_eq!(d.status().attached_pids, [std::process::id()]);
+    drop(d);
+    assert!(
+        wait_until(|| shm_objects(&name).is_empty()),
+        "{:?}",
+        shm_objects(&name)
+    );
+}
+
+/// Opens `name` while another thread forks (the open sleeps at `anchor-opened`, its anchor's
+/// description open but not yet registered to be closed in children), takes the lock and
+/// dies; the forked child lives on with nothing but what the fork copied.
+fn fork_while_opening(name: &str) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    let opening = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let forker = scope.spawn(|| {
+            while !opening.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            // SAFETY: the child only sleeps and then `_exit`s; it never returns into the
+            // harness.
+            let child = unsafe { libc::fork() };
+            if child == 0 {
+                // SAFETY: closing this process's own standard descriptors (the test reads
+                // the parent's output to its end).
+                unsafe {
+                    libc::close(1);
+                    libc::close(2);
+                }
+                std::thread::sleep(Duration::from_secs(60));
+                // SAFETY: ends the forked child at once.
+                unsafe { libc::_exit(0) };
+            }
+            child
+        });
+        opening.store(true, Ordering::SeqCst);
+        let d = open(name);
+        let _guard = d.lock().unwrap();
+        report(format!("grandchild {}", forker.join().unwrap()));
+        // SAFETY: killing ourselves while holding the lock, as a crash would.
+        unsafe { libc::kill(parent, libc::SIGKILL) };
+    });
+}
+
+/// A fork while another thread opens a dict must not copy the opener's anchor into the child
+/// before the anchor is registered to be closed there: the child would keep the opener's slot,
+/// and so its lock, alive after the opener died.
+#[test]
+fn a_fork_during_an_open_keeps_no_dead_opener_alive() {
+    let name = unique_name("fork-opening");
+    let d = open(&name);
+    let mut child = Spawn::test("child_entry", "fork_while_opening")
+        .env("NAME", &name)
+        .raw_env("ULTRADICT_CRASH_AT", "anchor-opened")
+        .raw_env("ULTRADICT_CRASH_SIGNAL", "SLEEP")
+        .raw_env("ULTRADICT_CRASH_SLEEP_MS", 500)
+        .start();
+    let grandchild: libc::pid_t = child
+        .wait_for_report("grandchild", WATCHDOG)
+        .trim_start_matches("grandchild ")
+        .parse()
+        .unwrap();
+    let (status, output) = child.finish(WATCHDOG);
+    assert_killed_at(status, "its own kill", &output);
+    let recovered = d.lock_timeout(Duration::from_secs(5)).map(drop);
+    let attached = d.status().attached_pids;
+    // SAFETY: the grandchild is ours to end; kill has no memory effects.
+    unsafe { libc::kill(grandchild, libc::SIGKILL) };
+    recovered.unwrap();
+    assert_eq!(attached, [std::process::id()]);
     drop(d);
     assert!(
         wait_until(|| shm_objects(&name).is_empty()),

@@ -23,6 +23,7 @@
 //! | `create-ready` | a creator marked it ready (and wrote a first dump, if any), not yet renamed |
 //! | `cleanup-judged` | `cleanup` found objects under a name with no control segment, not yet taken them |
 //! | `fork-tagged` | a handle copied into a forked child took a slot of its own and made it the child's |
+//! | `anchor-opened` | an opener opened its anchor's description, not yet registered it to be closed in forked children |
 //! | `attach-claimed` | an opener took its process-table slot, still holding the gate |
 //! | `detach-released` | a closer gave its slot back, before deciding whether to remove the dict |
 //! | `removing` | a remover marked the dict removed and removed its nested dicts, not yet the rest |

@@ -66,13 +66,13 @@ impl Anchor {
     pub(crate) fn new(fd: OwnedFd) -> Result<Self> {
         let (id, _gid) =
             os::object_id(fd.as_fd()).map_err(|e| Error::io("reading a segment's identity", e))?;
-        let own = os::reopen(fd.as_fd())
+        // Registered (which installs the fork handler) before the generation is read: a fork
+        // from then on closes the descriptor in the child and tells it so. A fork between the
+        // opening and the registration waits for both.
+        let (own, registration) = os::open_for_this_process(|| os::reopen(fd.as_fd()))
             .map_err(|e| Error::io("opening an anchor on a segment (needs /proc)", e))?;
         drop(fd);
         let fd = own.into_raw_fd();
-        // Registered (which installs the fork handler) before the generation is read: a fork
-        // from then on closes the descriptor in the child and tells it so.
-        let registration = os::close_in_children(fd);
         Ok(Anchor {
             fd,
             generation: os::fork_generation(),

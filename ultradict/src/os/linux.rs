@@ -10,7 +10,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::sync::Once;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rustix::fs::{CWD, FallocateFlags, FileType, Mode, OFlags, RenameFlags};
@@ -369,6 +369,36 @@ static ATFORK: Once = Once::new();
 /// work; -1 marks a free entry.
 static CLOSE_IN_CHILD: [AtomicI32; 1024] = [const { AtomicI32::new(-1) }; 1024];
 
+/// Openings of descriptors that children must not keep, in flight (between the open and the
+/// registration in [`CLOSE_IN_CHILD`]), plus [`FORKING`] while a fork is under way. A fork
+/// waits for the openings to finish, and openings wait for the fork: a child never gets a
+/// descriptor that it would not close.
+static OPENINGS: AtomicU32 = AtomicU32::new(0);
+const FORKING: u32 = 1 << 31;
+
+extern "C" fn before_fork() {
+    // Bar new openings (after any other fork's bar went), then wait for those in flight: a
+    // few system calls each.
+    loop {
+        let now = OPENINGS.load(Ordering::Relaxed);
+        if now & FORKING == 0
+            && OPENINGS
+                .compare_exchange_weak(now, now | FORKING, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    while OPENINGS.load(Ordering::Acquire) != FORKING {
+        std::thread::yield_now();
+    }
+}
+
+extern "C" fn after_fork_in_parent() {
+    OPENINGS.fetch_and(!FORKING, Ordering::Release);
+}
+
 extern "C" fn after_fork_in_child() {
     FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
     for entry in &CLOSE_IN_CHILD {
@@ -380,22 +410,58 @@ extern "C" fn after_fork_in_child() {
             unsafe { libc::close(fd) };
         }
     }
+    // The child's only thread forked: no opening is in flight in it.
+    OPENINGS.store(0, Ordering::Relaxed);
 }
 
-/// Installs the handler that counts forks (see [`fork_generation`]), once per process.
+/// Installs the handlers that count forks (see [`fork_generation`]) and close in children
+/// what they must not keep, once per process.
 pub(crate) fn install_fork_handler() {
     ATFORK.call_once(|| {
-        // SAFETY: `after_fork_in_child` only does atomic operations and close(2), which are
-        // async-signal-safe, as a handler running in a freshly forked child must be.
+        // SAFETY: the handlers only do atomic operations, yields and close(2); the child's,
+        // which runs in a freshly forked child, only what is async-signal-safe.
         unsafe {
-            libc::pthread_atfork(None, None, Some(after_fork_in_child));
+            libc::pthread_atfork(
+                Some(before_fork),
+                Some(after_fork_in_parent),
+                Some(after_fork_in_child),
+            );
         }
     });
 }
 
+/// Opens a descriptor (`open`) that every child forked from now on closes (see
+/// [`close_in_children`]), with no fork in between the two that would copy it unregistered.
+/// Returns the descriptor and its registration.
+pub(crate) fn open_for_this_process(
+    open: impl FnOnce() -> io::Result<OwnedFd>,
+) -> io::Result<(OwnedFd, Option<usize>)> {
+    install_fork_handler();
+    loop {
+        let now = OPENINGS.load(Ordering::Relaxed);
+        if now & FORKING == 0
+            && OPENINGS
+                .compare_exchange_weak(now, now + 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    let opened = open();
+    crate::fault::point("anchor-opened");
+    let opened = opened.map(|fd| {
+        let registration = close_in_children(fd.as_raw_fd());
+        (fd, registration)
+    });
+    OPENINGS.fetch_sub(1, Ordering::Release);
+    opened
+}
+
 /// Has `fd` closed in every child forked from now on. Returns the registration to pass to
 /// [`keep_in_children`], or `None` if the table is full (the child then keeps the descriptor,
-/// which only makes this process look alive for as long as such a child lives).
+/// which only makes this process look alive for as long as such a child lives). A descriptor
+/// opened while another thread may fork goes through [`open_for_this_process`] instead.
 pub(crate) fn close_in_children(fd: RawFd) -> Option<usize> {
     install_fork_handler();
     CLOSE_IN_CHILD.iter().position(|entry| {
