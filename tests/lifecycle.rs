@@ -844,16 +844,12 @@ fn fork_then_die(name: &str) {
     unsafe { libc::kill(parent, libc::SIGKILL) };
 }
 
-fn lock_fork_and_die(name: &str) {
-    let d = open(name);
-    let _guard = d.lock().unwrap();
-    // SAFETY: getpid has no preconditions.
-    let parent = unsafe { libc::getpid() };
+/// Forks a child that sleeps for a minute, keeping what the fork copied (the parent's mapping
+/// of a dict, say) and nothing else: not even the output the test reads to its end.
+fn fork_sleeper() -> libc::pid_t {
     // SAFETY: the child only sleeps and then `_exit`s; it never returns into the harness.
     let child = unsafe { libc::fork() };
     if child == 0 {
-        // It keeps its copy of the parent's mapping of the dict, and nothing else: not even
-        // the output the test reads to its end.
         // SAFETY: closing this process's own standard descriptors.
         unsafe {
             libc::close(1);
@@ -863,7 +859,15 @@ fn lock_fork_and_die(name: &str) {
         // SAFETY: ends the forked child at once.
         unsafe { libc::_exit(0) };
     }
-    report(format!("grandchild {child}"));
+    child
+}
+
+fn lock_fork_and_die(name: &str) {
+    let d = open(name);
+    let _guard = d.lock().unwrap();
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    report(format!("grandchild {}", fork_sleeper()));
     // SAFETY: killing ourselves while holding the lock, as a crash would.
     unsafe { libc::kill(parent, libc::SIGKILL) };
 }
@@ -966,21 +970,7 @@ fn fork_while_opening(name: &str) {
                 std::thread::sleep(Duration::from_millis(1));
             }
             std::thread::sleep(Duration::from_millis(100));
-            // SAFETY: the child only sleeps and then `_exit`s; it never returns into the
-            // harness.
-            let child = unsafe { libc::fork() };
-            if child == 0 {
-                // SAFETY: closing this process's own standard descriptors (the test reads
-                // the parent's output to its end).
-                unsafe {
-                    libc::close(1);
-                    libc::close(2);
-                }
-                std::thread::sleep(Duration::from_secs(60));
-                // SAFETY: ends the forked child at once.
-                unsafe { libc::_exit(0) };
-            }
-            child
+            fork_sleeper()
         });
         opening.store(true, Ordering::SeqCst);
         let d = open(name);
