@@ -92,6 +92,53 @@ fn child_entry() {
             }
             report("done");
         }
+        // Every script sent twice, the first reply lost (ULTRADICT_REDIS_RESEND=1).
+        "resent" => {
+            let me: u32 = arg("ME").parse().unwrap();
+            let shared = UltraDict::<String, u64>::builder()
+                .name(&name)
+                .create(Create::Open)
+                .on(&backend)
+                .open()
+                .unwrap();
+            let own: UltraDict<u64, u64> = UltraDict::builder()
+                .name(format!("{name}-own{me}"))
+                .create(Create::New)
+                .buffer_size(1024)
+                .on(&backend)
+                .open()
+                .unwrap();
+            let state = Counters::builder()
+                .name(format!("{name}-state"))
+                .on(&backend)
+                .open()
+                .unwrap();
+            for i in 0..100u64 {
+                shared.update("total", |n| n.unwrap_or(0) + 1).unwrap();
+                state.update_total(|t| t + 1).unwrap();
+                state
+                    .per_child()
+                    .update(&me, |n| n.unwrap_or(0) + 1)
+                    .unwrap();
+                own.insert(i, i).unwrap();
+                own.update(&1000, |n| n.unwrap_or(0) + 1).unwrap();
+                if i % 3 == 0 {
+                    own.remove(&i).unwrap();
+                }
+                let guard = own.lock().unwrap();
+                own.update(&1001, |n| n.unwrap_or(0) + 1).unwrap();
+                drop(guard);
+            }
+            let status = own.status();
+            let contents = own.close().unwrap();
+            report(format!(
+                "done: {} entries, counters {:?} {:?}, {} dumps",
+                contents.len(),
+                contents.get(&1000),
+                contents.get(&1001),
+                status.dumps,
+            ));
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -114,6 +161,17 @@ fn a_killed_lock_holder_loses_the_lock_when_its_lease_ends() {
     assert_eq!(d.get("before").unwrap(), Some(1));
     d.insert("after".into(), 2).unwrap();
     drop(guard);
+    // A close drops the clients whose lease ran out, and their last writes' ids with them:
+    // only this handle's is left.
+    std::thread::sleep(LEASE);
+    drop(open(&backend, &name));
+    let meta = format!("ultradict:{{{name}}}:{name}:meta");
+    let fields = server.cli(&["HKEYS", &meta]);
+    assert_eq!(
+        fields.lines().filter(|f| f.starts_with("w:")).count(),
+        1,
+        "{fields}"
+    );
     drop(d);
     // The killed client's lease ran out before the last close: nothing is left.
     assert_eq!(leftovers(&backend, &name), Vec::<String>::new());
@@ -380,6 +438,57 @@ fn a_cluster_spreads_dicts_over_its_slots_with_the_same_results() {
             Vec::<String>::new()
         );
         assert_eq!(leftovers(&backend, name), Vec::<String>::new());
+    }
+}
+
+/// Every script sent twice with the first reply lost, as a client library does when a reply
+/// times out (the Cluster client sends again at once): opens (a `Create::New` among them),
+/// compare-and-append writes, `update`s, full dumps, the lock, derived states, nested dicts
+/// and closes all come out as if each had been sent once.
+#[test]
+fn every_script_sent_twice_comes_out_as_sent_once() {
+    let backend = Backend::redis();
+    let name = unique_name("resent");
+    let d = open(&backend, &name);
+    let state = Counters::builder()
+        .name(format!("{name}-state"))
+        .on(&backend)
+        .open()
+        .unwrap();
+    let children = (0..2).map(|me| {
+        backend
+            .spawn("resent", &name)
+            .env("ME", me)
+            .raw_env("ULTRADICT_REDIS_RESEND", 1)
+    });
+    for reports in run_all(children, WATCHDOG) {
+        // Keys 0..100 but every third one (34 removed), and two counters of 100 rounds.
+        let [report] = &reports[..] else {
+            panic!("{reports:?}")
+        };
+        let expected = "done: 68 entries, counters Some(100) Some(100)";
+        assert!(report.starts_with(expected), "{report}");
+        assert!(
+            !report.ends_with(" 1 dumps"),
+            "no full dump was written: {report}"
+        );
+    }
+    d.sync().unwrap();
+    assert_eq!(d.get("total").unwrap(), Some(200));
+    state.sync().unwrap();
+    state.per_child().sync().unwrap();
+    assert_eq!(state.total().unwrap(), 200);
+    assert_eq!(state.per_child().get(&0).unwrap(), Some(100));
+    assert_eq!(state.per_child().get(&1).unwrap(), Some(100));
+    drop(d);
+    drop(state);
+    for dict in [
+        name.clone(),
+        format!("{name}-state"),
+        format!("{name}-own0"),
+        format!("{name}-own1"),
+    ] {
+        assert_eq!(leftovers(&backend, &dict), Vec::<String>::new(), "{dict}");
     }
 }
 

@@ -28,10 +28,11 @@
 //! | `detach-released` | a closer gave its slot back, before deciding whether to remove the dict |
 //! | `removing` | a remover marked the dict removed and removed its nested dicts, not yet the rest |
 //!
-//! And two knobs: `ULTRADICT_LOCK_FREE_ATTEMPTS=<n>` sets how many lock-free catch-ups a
+//! And three knobs: `ULTRADICT_LOCK_FREE_ATTEMPTS=<n>` sets how many lock-free catch-ups a
 //! reader tries before it catches up under the writers' lock (see [`lock_free_attempts`]);
 //! `ULTRADICT_AHEAD_DELAY_MS=<n>` holds the helper thread's reservation of a stream's next
-//! chunk back for that long (see [`ahead_delay`]).
+//! chunk back for that long (see [`ahead_delay`]); `ULTRADICT_REDIS_RESEND=1` sends every
+//! Redis script twice, as a client library does after a lost reply (see [`redis_resend`]).
 
 /// Crashes the process here if the environment asks for this point. Unarmed (no
 /// `ULTRADICT_CRASH_AT`), a point costs one relaxed load, so that builds with the feature on
@@ -130,6 +131,23 @@ pub(crate) fn ahead_delay() -> Option<std::time::Duration> {
 #[inline(always)]
 pub(crate) fn ahead_delay() -> Option<std::time::Duration> {
     None
+}
+
+/// Whether every server-side script is sent twice, the first reply thrown away:
+/// `ULTRADICT_REDIS_RESEND=1`. That is what a client library does when a reply is lost and it
+/// sends the request again (the Cluster client retries at once): every script must come out
+/// the same when it ran twice.
+#[cfg(feature = "fault-injection")]
+pub(crate) fn redis_resend() -> bool {
+    static RESEND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *RESEND.get_or_init(|| std::env::var("ULTRADICT_REDIS_RESEND").is_ok_and(|v| v == "1"))
+}
+
+/// Without the feature, every request is sent once.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub(crate) fn redis_resend() -> bool {
+    false
 }
 
 /// Without the feature, crash points compile to nothing.

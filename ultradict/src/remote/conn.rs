@@ -111,6 +111,10 @@ impl Conn {
 
 impl ConnectionLike for Conn {
     fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<redis::Value> {
+        if crate::fault::redis_resend() && is_script(cmd) {
+            // The first reply is lost (see `fault::redis_resend`).
+            self.inner().req_packed_command(cmd)?;
+        }
         self.inner().req_packed_command(cmd)
     }
 
@@ -124,6 +128,10 @@ impl ConnectionLike for Conn {
     }
 
     fn req_command(&mut self, cmd: &redis::Cmd) -> RedisResult<redis::Value> {
+        if crate::fault::redis_resend() && is_script(&cmd.get_packed_command()) {
+            // The first reply is lost (see `fault::redis_resend`).
+            self.inner().req_command(cmd)?;
+        }
         self.inner().req_command(cmd)
     }
 
@@ -144,6 +152,13 @@ impl ConnectionLike for Conn {
             Conn::Cluster(conn) => conn.is_open(),
         }
     }
+}
+
+/// Whether a packed command runs a script (`EVALSHA` or `EVAL`; the name is the first
+/// argument, after the array and bulk-string headers).
+fn is_script(cmd: &[u8]) -> bool {
+    let head = &cmd[..cmd.len().min(32)];
+    head.windows(4).any(|w| w.eq_ignore_ascii_case(b"EVAL"))
 }
 
 /// A connection that is opened on first use and again after it broke: a handle survives a

@@ -84,6 +84,8 @@ fn script(body: &str) -> Script {
 /// default lifetime, new instance id, initial dump (for a creation), client id, lease (ms), name,
 /// the first epoch (random, so that a dict created again under a name never continues the old
 /// one's stream ids: a handle of the old one sees a gap, fetches, and learns it was removed).
+/// The instance id is drawn once per open call: a dict that already has it was created by this
+/// very call (the request sent again after its reply was lost), and is the caller's creation.
 pub(crate) static OPEN: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -108,9 +110,14 @@ if kind == 'none' then
 elseif kind ~= 'hash' then
   return {'foreign', KEYS[1], 'a ' .. kind .. ' where the meta hash should be'}
 else
-  if ARGV[1] == 'new' then return {'exists'} end
   local m = redis.call('HMGET', KEYS[1], 'magic', 'version', 'fingerprint', 'schema',
-    'buffer_size', 'lifetime')
+    'buffer_size', 'lifetime', 'instance')
+  -- This very call's creation, sent again after its reply was lost: ours.
+  if m[7] == ARGV[10] and m[1] == ARGV[2] then
+    created = 1
+  elseif ARGV[1] == 'new' then
+    return {'exists'}
+  end
   if m[1] ~= ARGV[2] then return {'foreign', KEYS[1], 'no ultradict magic'} end
   if m[2] ~= ARGV[3] then return {'version', m[2] or ''} end
   if m[3] ~= ARGV[4] then return {'schema', m[4] or ''} end
@@ -126,19 +133,21 @@ return {'ok', created, m[1], m[2], m[3], m[4], m[5], redis.call('GET', KEYS[3]),
     )
 });
 
-/// The checks every write makes: the dict is still this instance, the lock is the writer's
-/// (if it believes it holds it) or nobody's, and the stream's tip is the one the writer saw.
+/// The checks every write makes: the dict is still this instance, the write was not applied
+/// already (sent again after its reply was lost: checked before the lock, whose lease may have
+/// ended since), the lock is the writer's (if it believes it holds it) or nobody's, and the
+/// stream's tip is the one the writer saw.
 const WRITE_CHECKS: &str = r#"
 local m = redis.call('HMGET', KEYS[1], 'instance', 'tip', 'used', 'buffer_size', 'records')
 if m[1] ~= ARGV[1] then return {'removed'} end
+if ARGV[7] ~= '' and redis.call('HGET', KEYS[1], 'w:' .. ARGV[6]) == ARGV[7] then
+  return {'dup'}
+end
 local lock = redis.call('GET', KEYS[3])
 if ARGV[5] ~= '' then
   if lock ~= ARGV[5] then return {'lost', lock or ''} end
 elseif lock then
   return {'locked', lock, redis.call('PTTL', KEYS[3])}
-end
-if ARGV[7] ~= '' and redis.call('HGET', KEYS[1], 'w:' .. ARGV[6]) == ARGV[7] then
-  return {'dup'}
 end
 if m[2] ~= ARGV[2] then return {'stale', m[2]} end
 "#;
@@ -268,7 +277,8 @@ return {1, held}
     )
 });
 
-/// Detaches a client and drops the clients whose lease ran out; returns how many remain (or
+/// Detaches a client and drops the clients whose lease ran out, with their last writes' ids
+/// (a crashed client's would stay in the meta hash for good); returns how many remain (or
 /// `gone` if the dict is not this instance any more).
 ///
 /// KEYS: meta, clients. ARGV: instance, client id.
@@ -278,6 +288,9 @@ pub(crate) static DETACH: LazyLock<Script> = LazyLock::new(|| {
 if redis.call('HGET', KEYS[1], 'instance') ~= ARGV[1] then return {'gone'} end
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('HDEL', KEYS[1], 'w:' .. ARGV[2])
+for _, lapsed in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
+  redis.call('HDEL', KEYS[1], 'w:' .. lapsed)
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 return {'ok', redis.call('ZCARD', KEYS[2])}
 "#,
