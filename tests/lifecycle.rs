@@ -496,9 +496,10 @@ fn cleanup_takes_what_is_left_under_a_name_with_no_control_segment() {
         all
     };
 
+    // Not reported: a nested dict of the name is still in use.
     assert_eq!(
         ultradict::cleanup_in(&dir, false).unwrap(),
-        vec![name.clone()]
+        Vec::<String>::new()
     );
     let kept_prefix = format!("ultradict.{}", kept.name());
     let left = objects();

@@ -283,7 +283,9 @@ fn root_names(dir: &Path) -> Result<BTreeSet<String>> {
 /// Removes every dict that nobody will remove (see [`DictInfo::orphaned`]: no live handle and
 /// not persistent, or a removal whose remover died), with its nested dicts, and objects left
 /// under names whose control segment is gone; with `dry_run`, only says which. Returns the
-/// names of the dicts removed (or that would be).
+/// names of the dicts removed (or that would be): of a name whose control segment is gone,
+/// only once nothing is left under it (a nested dict still in use stays until a later cleanup
+/// after its last close).
 ///
 /// A dict that a process is creating, joining or leaving right now is left alone, as are
 /// foreign objects and dicts of another format version. Handles are judged alive by the
@@ -367,11 +369,14 @@ fn clean(place: &Place, dry_run: bool) -> Result<bool> {
             if place.objects()?.is_empty() || removal::creation_under_way(place)? {
                 return Ok(false);
             }
-            if !dry_run {
-                crate::fault::point("cleanup-judged");
-                clean_leftovers(place)?;
+            if dry_run {
+                return Ok(true);
             }
-            return Ok(true);
+            crate::fault::point("cleanup-judged");
+            clean_leftovers(place)?;
+            // A nested dict still in use stays (until a later cleanup after its last close),
+            // and a dict created meanwhile has the name: then the name was not cleaned.
+            return Ok(place.objects()?.is_empty());
         }
         // Foreign objects, other users' dicts: not ours to judge.
         Err(_) => return Ok(false),
