@@ -455,15 +455,7 @@ fn plain_methods(field: &Field<'_>, names: &Names) -> TokenStream {
     // The field's current value, from the overlay or the dump: the getter's read, and the
     // updater's.
     let current = quote_spanned! {span=>
-        |dump, overlay| match &overlay.#name {
-            ::core::option::Option::Some(value) => ::core::result::Result::Ok(::core::clone::Clone::clone(value)),
-            ::core::option::Option::None => #krate::__private::deserialize::<#ty>(&dump.#name).map_err(|e| {
-                #krate::Error::Corrupt {
-                    segment: ::std::string::ToString::to_string(self.__dict.name()),
-                    detail: ::std::format!("field `{}`: {}", #bare, e),
-                }
-            }),
-        }
+        |dump, overlay| self.__dict.field::<#ty>(#bare, &overlay.#name, &dump.#name)
     };
     quote_spanned! {span=>
         #[doc = #getter_doc]

@@ -125,6 +125,25 @@ impl<F: StructFields> Dict<StructSchema<F>> {
         Dict::open(&options.0, Some(&initial.replace_all()))
     }
 
+    /// A plain field's current value: `written`, the overlay's, if the field was written since
+    /// the dump, else `stored`, the dump's. The read of generated getters and updaters.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] naming the field if the dump's value fails to deserialize.
+    #[inline(always)]
+    pub fn field<T: Data + Clone>(
+        &self,
+        field: &str,
+        written: &Option<T>,
+        stored: &T::Stored,
+    ) -> Result<T> {
+        match written {
+            Some(value) => Ok(value.clone()),
+            None => crate::schema::deserialize::<T>(stored)
+                .map_err(|e| Error::corrupt(self.name(), format!("field `{field}`: {e}"))),
+        }
+    }
+
     /// Runs `f` on the mapped dump and the overlay, caught up.
     #[inline]
     pub fn read<R>(&self, f: impl FnOnce(&F::Stored, &F::Overlay) -> Result<R>) -> Result<R> {

@@ -194,21 +194,8 @@ where
     /// If shared memory fails validation.
     pub fn counter(&self) -> ::ultradict::Result<u64> {
         self.__dict
-            .read(|dump, overlay| match &overlay.counter {
-                ::core::option::Option::Some(value) => {
-                    ::core::result::Result::Ok(::core::clone::Clone::clone(value))
-                }
-                ::core::option::Option::None => {
-                    ::ultradict::__private::deserialize::<u64>(&dump.counter)
-                        .map_err(|e| {
-                            ::ultradict::Error::Corrupt {
-                                segment: ::std::string::ToString::to_string(
-                                    self.__dict.name(),
-                                ),
-                                detail: ::std::format!("field `{}`: {}", "counter", e),
-                            }
-                        })
-                }
+            .read(|dump, overlay| {
+                self.__dict.field::<u64>("counter", &overlay.counter, &dump.counter)
             })
     }
     ///Sets `counter` in every process (streams this field's record only).
@@ -228,21 +215,8 @@ where
     ) -> ::ultradict::Result<u64> {
         self.__dict
             .modify(
-                |dump, overlay| match &overlay.counter {
-                    ::core::option::Option::Some(value) => {
-                        ::core::result::Result::Ok(::core::clone::Clone::clone(value))
-                    }
-                    ::core::option::Option::None => {
-                        ::ultradict::__private::deserialize::<u64>(&dump.counter)
-                            .map_err(|e| {
-                                ::ultradict::Error::Corrupt {
-                                    segment: ::std::string::ToString::to_string(
-                                        self.__dict.name(),
-                                    ),
-                                    detail: ::std::format!("field `{}`: {}", "counter", e),
-                                }
-                            })
-                    }
+                |dump, overlay| {
+                    self.__dict.field::<u64>("counter", &overlay.counter, &dump.counter)
                 },
                 |current| {
                     let value = f(current);
@@ -261,21 +235,8 @@ where
     /// If shared memory fails validation.
     pub fn label(&self) -> ::ultradict::Result<String> {
         self.__dict
-            .read(|dump, overlay| match &overlay.label {
-                ::core::option::Option::Some(value) => {
-                    ::core::result::Result::Ok(::core::clone::Clone::clone(value))
-                }
-                ::core::option::Option::None => {
-                    ::ultradict::__private::deserialize::<String>(&dump.label)
-                        .map_err(|e| {
-                            ::ultradict::Error::Corrupt {
-                                segment: ::std::string::ToString::to_string(
-                                    self.__dict.name(),
-                                ),
-                                detail: ::std::format!("field `{}`: {}", "label", e),
-                            }
-                        })
-                }
+            .read(|dump, overlay| {
+                self.__dict.field::<String>("label", &overlay.label, &dump.label)
             })
     }
     ///Sets `label` in every process (streams this field's record only).
@@ -295,21 +256,8 @@ where
     ) -> ::ultradict::Result<String> {
         self.__dict
             .modify(
-                |dump, overlay| match &overlay.label {
-                    ::core::option::Option::Some(value) => {
-                        ::core::result::Result::Ok(::core::clone::Clone::clone(value))
-                    }
-                    ::core::option::Option::None => {
-                        ::ultradict::__private::deserialize::<String>(&dump.label)
-                            .map_err(|e| {
-                                ::ultradict::Error::Corrupt {
-                                    segment: ::std::string::ToString::to_string(
-                                        self.__dict.name(),
-                                    ),
-                                    detail: ::std::format!("field `{}`: {}", "label", e),
-                                }
-                            })
-                    }
+                |dump, overlay| {
+                    self.__dict.field::<String>("label", &overlay.label, &dump.label)
                 },
                 |current| {
                     let value = f(current);
@@ -416,21 +364,8 @@ impl SharedAppState {
     /// If shared memory fails validation.
     pub fn counter(&self) -> ::ultradict::Result<u64> {
         self.__dict
-            .read(|dump, overlay| match &overlay.counter {
-                ::core::option::Option::Some(value) => {
-                    ::core::result::Result::Ok(::core::clone::Clone::clone(value))
-                }
-                ::core::option::Option::None => {
-                    ::ultradict::__private::deserialize::<u64>(&dump.counter)
-                        .map_err(|e| {
-                            ::ultradict::Error::Corrupt {
-                                segment: ::std::string::ToString::to_string(
-                                    self.__dict.name(),
-                                ),
-                                detail: ::std::format!("field `{}`: {}", "counter", e),
-                            }
-                        })
-                }
+            .read(|dump, overlay| {
+                self.__dict.field::<u64>("counter", &overlay.counter, &dump.counter)
             })
     }
     ///Sets `counter` in every process (streams this field's record only).
@@ -450,21 +385,8 @@ impl SharedAppState {
     ) -> ::ultradict::Result<u64> {
         self.__dict
             .modify(
-                |dump, overlay| match &overlay.counter {
-                    ::core::option::Option::Some(value) => {
-                        ::core::result::Result::Ok(::core::clone::Clone::clone(value))
-                    }
-                    ::core::option::Option::None => {
-                        ::ultradict::__private::deserialize::<u64>(&dump.counter)
-                            .map_err(|e| {
-                                ::ultradict::Error::Corrupt {
-                                    segment: ::std::string::ToString::to_string(
-                                        self.__dict.name(),
-                                    ),
-                                    detail: ::std::format!("field `{}`: {}", "counter", e),
-                                }
-                            })
-                    }
+                |dump, overlay| {
+                    self.__dict.field::<u64>("counter", &overlay.counter, &dump.counter)
                 },
                 |current| {
                     let value = f(current);
@@ -483,21 +405,8 @@ impl SharedAppState {
     /// If shared memory fails validation.
     pub fn label(&self) -> ::ultradict::Result<String> {
         self.__dict
-            .read(|dump, overlay| match &overlay.label {
-                ::core::option::Option::Some(value) => {
-                    ::core::result::Result::Ok(::core::clone::Clone::clone(value))
-                }
-                ::core::option::Option::None => {
-                    ::ultradict::__private::deserialize::<String>(&dump.label)
-                        .map_err(|e| {
-                            ::ultradict::Error::Corrupt {
-                                segment: ::std::string::ToString::to_string(
-                                    self.__dict.name(),
-                                ),
-                                detail: ::std::format!("field `{}`: {}", "label", e),
-                            }
-                        })
-                }
+            .read(|dump, overlay| {
+                self.__dict.field::<String>("label", &overlay.label, &dump.label)
             })
     }
     ///Sets `label` in every process (streams this field's record only).
@@ -517,21 +426,8 @@ impl SharedAppState {
     ) -> ::ultradict::Result<String> {
         self.__dict
             .modify(
-                |dump, overlay| match &overlay.label {
-                    ::core::option::Option::Some(value) => {
-                        ::core::result::Result::Ok(::core::clone::Clone::clone(value))
-                    }
-                    ::core::option::Option::None => {
-                        ::ultradict::__private::deserialize::<String>(&dump.label)
-                            .map_err(|e| {
-                                ::ultradict::Error::Corrupt {
-                                    segment: ::std::string::ToString::to_string(
-                                        self.__dict.name(),
-                                    ),
-                                    detail: ::std::format!("field `{}`: {}", "label", e),
-                                }
-                            })
-                    }
+                |dump, overlay| {
+                    self.__dict.field::<String>("label", &overlay.label, &dump.label)
                 },
                 |current| {
                     let value = f(current);

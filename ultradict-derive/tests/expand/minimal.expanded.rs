@@ -150,21 +150,8 @@ where
     /// If shared memory fails validation.
     pub fn r#type(&self) -> ::my_ultradict::Result<u8> {
         self.__dict
-            .read(|dump, overlay| match &overlay.r#type {
-                ::core::option::Option::Some(value) => {
-                    ::core::result::Result::Ok(::core::clone::Clone::clone(value))
-                }
-                ::core::option::Option::None => {
-                    ::my_ultradict::__private::deserialize::<u8>(&dump.r#type)
-                        .map_err(|e| {
-                            ::my_ultradict::Error::Corrupt {
-                                segment: ::std::string::ToString::to_string(
-                                    self.__dict.name(),
-                                ),
-                                detail: ::std::format!("field `{}`: {}", "type", e),
-                            }
-                        })
-                }
+            .read(|dump, overlay| {
+                self.__dict.field::<u8>("type", &overlay.r#type, &dump.r#type)
             })
     }
     ///Sets `type` in every process (streams this field's record only).
@@ -184,21 +171,8 @@ where
     ) -> ::my_ultradict::Result<u8> {
         self.__dict
             .modify(
-                |dump, overlay| match &overlay.r#type {
-                    ::core::option::Option::Some(value) => {
-                        ::core::result::Result::Ok(::core::clone::Clone::clone(value))
-                    }
-                    ::core::option::Option::None => {
-                        ::my_ultradict::__private::deserialize::<u8>(&dump.r#type)
-                            .map_err(|e| {
-                                ::my_ultradict::Error::Corrupt {
-                                    segment: ::std::string::ToString::to_string(
-                                        self.__dict.name(),
-                                    ),
-                                    detail: ::std::format!("field `{}`: {}", "type", e),
-                                }
-                            })
-                    }
+                |dump, overlay| {
+                    self.__dict.field::<u8>("type", &overlay.r#type, &dump.r#type)
                 },
                 |current| {
                     let value = f(current);
@@ -271,21 +245,8 @@ impl SharedMinimal {
     /// If shared memory fails validation.
     pub fn r#type(&self) -> ::my_ultradict::Result<u8> {
         self.__dict
-            .read(|dump, overlay| match &overlay.r#type {
-                ::core::option::Option::Some(value) => {
-                    ::core::result::Result::Ok(::core::clone::Clone::clone(value))
-                }
-                ::core::option::Option::None => {
-                    ::my_ultradict::__private::deserialize::<u8>(&dump.r#type)
-                        .map_err(|e| {
-                            ::my_ultradict::Error::Corrupt {
-                                segment: ::std::string::ToString::to_string(
-                                    self.__dict.name(),
-                                ),
-                                detail: ::std::format!("field `{}`: {}", "type", e),
-                            }
-                        })
-                }
+            .read(|dump, overlay| {
+                self.__dict.field::<u8>("type", &overlay.r#type, &dump.r#type)
             })
     }
     ///Sets `type` in every process (streams this field's record only).
@@ -305,21 +266,8 @@ impl SharedMinimal {
     ) -> ::my_ultradict::Result<u8> {
         self.__dict
             .modify(
-                |dump, overlay| match &overlay.r#type {
-                    ::core::option::Option::Some(value) => {
-                        ::core::result::Result::Ok(::core::clone::Clone::clone(value))
-                    }
-                    ::core::option::Option::None => {
-                        ::my_ultradict::__private::deserialize::<u8>(&dump.r#type)
-                            .map_err(|e| {
-                                ::my_ultradict::Error::Corrupt {
-                                    segment: ::std::string::ToString::to_string(
-                                        self.__dict.name(),
-                                    ),
-                                    detail: ::std::format!("field `{}`: {}", "type", e),
-                                }
-                            })
-                    }
+                |dump, overlay| {
+                    self.__dict.field::<u8>("type", &overlay.r#type, &dump.r#type)
                 },
                 |current| {
                     let value = f(current);
