@@ -469,6 +469,40 @@ fn a_waiter_held_up_after_judging_the_holder_dead_robs_no_new_holder() {
     assert_no_segments(&name);
 }
 
+/// A process stopped inside the gate (SIGSTOP at `attach-claimed`, holding it) does not keep a
+/// dead holder's lock from being recovered: the waiter waits for the gate a while, then judges
+/// without it.
+#[test]
+fn a_process_stopped_in_the_gate_does_not_keep_a_dead_holders_lock() {
+    let name = unique_name("lock-gate-stopped");
+    let d: Dict = UltraDict::open(&name).unwrap();
+    let mut dead = Spawn::test("child_entry", "hold_until_killed")
+        .env("NAME", &name)
+        .start();
+    dead.wait_for_report("locked as thread ", WATCHDOG);
+    let stopped = Spawn::test("child_entry", "hold_until_killed")
+        .env("NAME", &name)
+        .raw_env("ULTRADICT_CRASH_AT", "attach-claimed")
+        .raw_env("ULTRADICT_CRASH_SIGNAL", "STOP")
+        .start();
+    let state = format!("/proc/{}/stat", stopped.pid());
+    while !std::fs::read_to_string(&state)
+        .unwrap()
+        .rsplit(')')
+        .next()
+        .is_some_and(|rest| rest.trim_start().starts_with('T'))
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    dead.kill();
+    let recovered = d.lock_timeout(Duration::from_secs(20)).map(drop);
+    stopped.kill();
+    recovered.unwrap();
+    assert_eq!(d.status().lock_recoveries, 1);
+    drop(d);
+    assert_no_segments(&name);
+}
+
 #[test]
 fn processes_and_threads_exclude_each_other() {
     const PROCESSES: u64 = 4;

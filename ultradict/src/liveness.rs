@@ -136,18 +136,6 @@ impl Anchor {
         }
     }
 
-    /// Takes the gate if nobody holds it, without waiting. `None` if held (or on a doubt).
-    pub(crate) fn try_gate(&self) -> Option<Gate<'_>> {
-        let fd = self.fd()?;
-        let user = self.gate_users.try_lock()?;
-        os::try_lock_byte(fd, GATE_BYTE)
-            .is_ok_and(|taken| taken)
-            .then_some(Gate {
-                anchor: self,
-                _user: user,
-            })
-    }
-
     /// Takes a free slot of the process table for this anchor and records the calling process
     /// in it. A slot whose holder died is free: its lock went with it.
     pub(crate) fn claim_slot(&self, control: &Control, name: &str) -> Result<usize> {

@@ -218,12 +218,16 @@ impl<S: Schema> Engine<S> {
     }
 
     /// Runs `take` if the handle in slot `slot` is dead, under the gate: no handle claims the
-    /// slot meanwhile (see `lock`). Does nothing while somebody else holds the gate.
+    /// slot meanwhile (see `lock`).
+    ///
+    /// A process stopped (or hung) inside the gate must not keep a dead holder's lock from
+    /// being recovered for good: after [`GATE_WAIT`] the judgement goes ahead without the
+    /// gate. Only the process inside could claim the slot then, by running on exactly between
+    /// this judgement and the takeover, and taking the lock with a thread of the dead holder's
+    /// thread id.
     fn if_slot_dead(&self, slot: usize, take: &mut dyn FnMut() -> bool) -> bool {
         let anchor = self.membership.anchor.read();
-        let Some(gate) = anchor.try_gate() else {
-            return false;
-        };
+        let gate = anchor.gate(Instant::now() + GATE_WAIT).ok().flatten();
         let taken = !anchor.slot_alive(slot) && take();
         drop(gate);
         taken
@@ -401,6 +405,11 @@ impl<S: Schema> Engine<S> {
         }
     }
 }
+
+/// How long a lock waiter that found the holder dead waits for the gate before it judges
+/// without it (see [`Engine::if_slot_dead`]): far longer than anybody holds the gate but a
+/// stopped or hung process.
+const GATE_WAIT: Duration = Duration::from_millis(500);
 
 /// The judge of an engine's lock holders: its anchor.
 struct HoldersOf<'a, S: Schema>(&'a Engine<S>);
