@@ -84,9 +84,9 @@ pub(crate) trait Holders {
     /// Whether the handle in process-table slot `slot` lives. A doubt counts as alive.
     fn alive(&self, slot: usize) -> bool;
 
-    /// Runs `take` if the handle in `slot` is dead, while no handle can claim that slot, and
-    /// returns what it returned. Returns false without running it if the handle lives, or if
-    /// the slot cannot be kept from being claimed right now (the caller asks again later).
+    /// Runs `take` if the handle in `slot` is dead, while no handle can claim that slot (as
+    /// far as that can be had in time: see `Engine::if_slot_dead`), and returns what it
+    /// returned. Returns false without running it if the handle lives.
     fn if_dead(&self, slot: usize, take: &mut dyn FnMut() -> bool) -> bool;
 }
 
