@@ -10,11 +10,15 @@
 //! is the only place that judges it. Pids are recorded for reports and never trusted.
 //!
 //! Byte 0 is the *gate*: held while the set of attached handles changes (attach, detach,
-//! removal), so that "may I join?" and "am I the last one?" are never decided at once, and
-//! while a lock waiter takes a dead holder's lock over, so that no new handle claims the dead
-//! one's slot in between (see `lock`). The threads of one handle share its anchor, and a
-//! description never conflicts with itself: they also take the anchor's own mutex, so that
-//! one thread's gate is never taken, or let go, by another's.
+//! removal), so that "may I join?" and "am I the last one?" are never decided at once.
+//!
+//! A lock waiter that takes a dead holder's lock over first *pins* the dead one's slot: it
+//! locks the slot's byte itself, which succeeds only if no anchor holds it (the holder is
+//! dead), and keeps any new handle from claiming the slot (a claimer moves on to the next
+//! one) until the takeover is done (see `lock`). The threads of one handle share its anchor,
+//! and a description never conflicts with itself: they also take one of the anchor's own
+//! mutexes around the gate and around a pin, so that one thread's lock on a byte is never
+//! taken, or let go, by another's.
 //!
 //! A forked child must not keep its parent's anchors (it would keep the parent looking
 //! alive): they are closed in the child right after `fork` (see `os::close_in_children`), and
@@ -53,6 +57,8 @@ pub(crate) struct Anchor {
     /// Held with the gate: the gate is one per description, and so per handle (see the
     /// module docs).
     gate_users: parking_lot::Mutex<()>,
+    /// Held with a pin of a dead slot, likewise.
+    pinners: parking_lot::Mutex<()>,
     /// The slot this anchor holds, `NO_SLOT` if none. A probe of one's own slot through one's
     /// own description would see no conflict: it is answered from here instead.
     own_slot: AtomicUsize,
@@ -79,6 +85,7 @@ impl Anchor {
             registration,
             id,
             gate_users: parking_lot::Mutex::new(()),
+            pinners: parking_lot::Mutex::new(()),
             own_slot: AtomicUsize::new(NO_SLOT),
         })
     }
@@ -187,6 +194,24 @@ impl Anchor {
         }
     }
 
+    /// Pins slot `slot` if its handle is dead: locks the slot's byte, which no other anchor
+    /// holds then, and which no handle can claim until the pin is dropped. `None` if the
+    /// handle is alive (or on a doubt), and for this anchor's own slot.
+    pub(crate) fn pin_dead_slot(&self, slot: usize) -> Option<SlotPin<'_>> {
+        if slot == self.own_slot.load(Ordering::Relaxed) || slot >= PROCESS_SLOTS {
+            return None;
+        }
+        let fd = self.fd()?;
+        let pinner = self.pinners.lock();
+        os::try_lock_byte(fd, slot_byte(slot))
+            .is_ok_and(|pinned| pinned)
+            .then_some(SlotPin {
+                anchor: self,
+                slot,
+                _pinner: pinner,
+            })
+    }
+
     /// Whether any other anchor holds the gate or a slot: somebody is at work on the object
     /// or attached to it.
     pub(crate) fn anyone_else_inside(&self) -> bool {
@@ -211,6 +236,23 @@ impl Drop for Anchor {
         // SAFETY: this generation opened `fd` and nothing else closes it (the registration was
         // withdrawn above, so a fork from now on does not close it either).
         drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(self.fd) });
+    }
+}
+
+/// A dead handle's slot, pinned (see [`Anchor::pin_dead_slot`]); let go on drop.
+#[must_use]
+pub(crate) struct SlotPin<'a> {
+    anchor: &'a Anchor,
+    slot: usize,
+    /// Let go after the byte (fields drop after `drop` ran).
+    _pinner: parking_lot::MutexGuard<'a, ()>,
+}
+
+impl Drop for SlotPin<'_> {
+    fn drop(&mut self) {
+        if let Some(fd) = self.anchor.fd() {
+            let _ = os::unlock_byte(fd, slot_byte(self.slot));
+        }
     }
 }
 

@@ -217,19 +217,15 @@ impl<S: Schema> Engine<S> {
         self.membership.anchor.read().slot_alive(slot)
     }
 
-    /// Runs `take` if the handle in slot `slot` is dead, under the gate: no handle claims the
-    /// slot meanwhile (see `lock`).
-    ///
-    /// A process stopped (or hung) inside the gate must not keep a dead holder's lock from
-    /// being recovered for good: after [`GATE_WAIT`] the judgement goes ahead without the
-    /// gate. Only the process inside could claim the slot then, by running on exactly between
-    /// this judgement and the takeover, and taking the lock with a thread of the dead holder's
-    /// thread id.
+    /// Runs `take` if the handle in slot `slot` is dead, with the slot pinned: no handle can
+    /// claim it meanwhile (see `lock` and `Anchor::pin_dead_slot`).
     fn if_slot_dead(&self, slot: usize, take: &mut dyn FnMut() -> bool) -> bool {
         let anchor = self.membership.anchor.read();
-        let gate = anchor.gate(Instant::now() + GATE_WAIT).ok().flatten();
-        let taken = !anchor.slot_alive(slot) && take();
-        drop(gate);
+        let Some(pin) = anchor.pin_dead_slot(slot) else {
+            return false;
+        };
+        let taken = take();
+        drop(pin);
         taken
     }
 
@@ -405,11 +401,6 @@ impl<S: Schema> Engine<S> {
         }
     }
 }
-
-/// How long a lock waiter that found the holder dead waits for the gate before it judges
-/// without it (see [`Engine::if_slot_dead`]): far longer than anybody holds the gate but a
-/// stopped or hung process.
-const GATE_WAIT: Duration = Duration::from_millis(500);
 
 /// The judge of an engine's lock holders: its anchor.
 struct HoldersOf<'a, S: Schema>(&'a Engine<S>);

@@ -11,8 +11,8 @@
 //! Built with `--cfg ultradict_loom_broken` as well, the state word is published with a
 //! Relaxed store instead of Release: `publish_then_catch_up_never_sees_torn_records` must then
 //! fail (a reader sees the new offset before the record's bytes); and a lock waiter takes a
-//! dead holder's lock over without the gate: `a_takeover_never_robs_the_new_owner_of_the_dead_holders_slot`
-//! must then fail.
+//! dead holder's lock over after letting go of its pin of the dead slot:
+//! `a_takeover_never_robs_the_new_owner_of_the_dead_holders_slot` must then fail.
 
 use loom::cell::UnsafeCell;
 use loom::sync::Arc;
@@ -243,36 +243,49 @@ fn a_dead_holder_is_taken_over_once() {
     });
 }
 
-/// The process table of the next model: one slot, whose handle died holding the lock, and
-/// the gate under which slots are claimed (a mutex here, a byte lock across processes).
+/// The process table of the next model: one slot, whose handle died holding the lock. Its
+/// byte lock is the flag: claimed by a handle, or pinned by a waiter judging it (a claim
+/// and a pin both succeed only on a free slot, as the kernel's byte locks do).
 struct Table {
-    claimed: loom::sync::atomic::AtomicBool,
-    gate: loom::sync::Mutex<()>,
+    slot_locked: loom::sync::atomic::AtomicBool,
 }
 
-/// A waiter's judge: the slot's claim, looked at under the gate as `Engine::if_slot_dead` does.
-/// Built with `--cfg ultradict_loom_broken`, it takes over without the gate or a second look,
-/// as the lock did before: the model must then fail.
+impl Table {
+    fn try_lock_slot(&self) -> bool {
+        self.slot_locked
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+}
+
+/// A waiter's judge, as `Engine::if_slot_dead` judges: the slot pinned around the takeover.
+/// Built with `--cfg ultradict_loom_broken`, it judges and then takes over without holding
+/// the pin, as the lock did before: the model must then fail.
 struct Judge<'a>(&'a Table);
 
 impl lock::Holders for Judge<'_> {
     fn alive(&self, _slot: usize) -> bool {
-        self.0.claimed.load(Ordering::SeqCst)
+        self.0.slot_locked.load(Ordering::SeqCst)
     }
 
     fn if_dead(&self, _slot: usize, take: &mut dyn FnMut() -> bool) -> bool {
+        if !self.0.try_lock_slot() {
+            return false;
+        }
         if cfg!(ultradict_loom_broken) {
+            self.0.slot_locked.store(false, Ordering::SeqCst);
             return take();
         }
-        let _gate = self.0.gate.lock().unwrap();
-        !self.0.claimed.load(Ordering::SeqCst) && take()
+        let taken = take();
+        self.0.slot_locked.store(false, Ordering::SeqCst);
+        taken
     }
 }
 
-/// A holder died with the lock; a waiter judges it dead while a newcomer claims its slot (under
-/// the gate), recovers the lock as an attach does, and takes it with the very word the dead
-/// holder had (same slot, same thread id: a restarted container). The waiter's takeover must
-/// never land on the newcomer's live hold: the counter's cell would be touched by both at once.
+/// A holder died with the lock; a waiter judges it dead while a newcomer claims its slot,
+/// recovers the lock as an attach does, and takes it with the very word the dead holder had
+/// (same slot, same thread id: a restarted container). The waiter's takeover must never land
+/// on the newcomer's live hold: the counter's cell would be touched by both at once.
 #[test]
 fn a_takeover_never_robs_the_new_owner_of_the_dead_holders_slot() {
     model(|| {
@@ -281,8 +294,7 @@ fn a_takeover_never_robs_the_new_owner_of_the_dead_holders_slot() {
         let lock = Arc::new(lock_fields());
         lock.word.store(dead, Ordering::Relaxed);
         let table = Arc::new(Table {
-            claimed: loom::sync::atomic::AtomicBool::new(false),
-            gate: loom::sync::Mutex::new(()),
+            slot_locked: loom::sync::atomic::AtomicBool::new(false),
         });
         let counter = Arc::new(UnsafeCell::new(0u32));
         let waiter = {
@@ -298,9 +310,9 @@ fn a_takeover_never_robs_the_new_owner_of_the_dead_holders_slot() {
         let newcomer = {
             let (lock, table, counter) = (lock.clone(), table.clone(), counter.clone());
             thread::spawn(move || {
-                {
-                    let _gate = table.gate.lock().unwrap();
-                    table.claimed.store(true, Ordering::SeqCst);
+                // The slot is the lowest free one; a pin holds it for a moment.
+                while !table.try_lock_slot() {
+                    thread::yield_now();
                 }
                 // `Engine::recover_lock_of`: a word naming the claimed slot is a dead one's.
                 let current = lock.word.load(Ordering::Acquire);

@@ -448,14 +448,19 @@ pub(crate) fn open_for_this_process(
         }
         std::thread::yield_now();
     }
-    let opened = open();
+    // Counted out however this ends, a panic included: a count left behind would keep every
+    // later fork of the process waiting.
+    struct Opening;
+    impl Drop for Opening {
+        fn drop(&mut self) {
+            OPENINGS.fetch_sub(1, Ordering::Release);
+        }
+    }
+    let _opening = Opening;
+    let fd = open()?;
     crate::fault::point("anchor-opened");
-    let opened = opened.map(|fd| {
-        let registration = close_in_children(fd.as_raw_fd());
-        (fd, registration)
-    });
-    OPENINGS.fetch_sub(1, Ordering::Release);
-    opened
+    let registration = close_in_children(fd.as_raw_fd());
+    Ok((fd, registration))
 }
 
 /// Has `fd` closed in every child forked from now on. Returns the registration to pass to
