@@ -6,7 +6,7 @@
 use std::io::BufRead;
 use std::time::Duration;
 
-use ultradict::{Create, Error, Lifetime, UltraDict};
+use ultradict::{Create, Error, Lifetime, SharedDict, UltraDict};
 use ultradict_test_kit::{
     Running, Spawn, arg, assert_no_segments, fork, report, role, shm_objects, unique_name,
     wait_forked,
@@ -15,6 +15,18 @@ use ultradict_test_kit::{
 const WATCHDOG: Duration = Duration::from_secs(60);
 
 type Dict = UltraDict<u32, u64>;
+
+#[derive(SharedDict, Debug, Default)]
+pub struct Inner {
+    n: u64,
+}
+
+#[derive(SharedDict, Debug, Default)]
+pub struct Outer {
+    a: u64,
+    #[ultradict(nested)]
+    inner: Inner,
+}
 
 /// A child in a PID namespace of its own, running `role` on dict `name`, once it attached.
 fn attached_in_pid_namespace(role: &str, name: &str) -> Running {
@@ -57,6 +69,14 @@ fn child_entry() {
         "lock_fork_and_die" => lock_fork_and_die(&name),
         "fork_two_lockers" => fork_two_lockers(&name),
         "fork_while_opening" => fork_while_opening(&name),
+        "open_outer" => {
+            let opened = Outer::builder()
+                .name(&name)
+                .create(Create::Open)
+                .open_timeout(Duration::from_secs(10))
+                .open();
+            report(format!("opened: {:?}", opened.err()));
+        }
         "cleanup_in" => {
             let removed = ultradict::cleanup_in(arg("DIR"), false).unwrap();
             report(format!("cleaned {removed:?}"));
@@ -1014,6 +1034,34 @@ fn a_fork_during_an_open_keeps_no_dead_opener_alive() {
         "{:?}",
         shm_objects(&name)
     );
+}
+
+/// A derived state's nested struct field that an opener creates while another process removes
+/// the root (the opener held up opening the field's dict, at its second `anchor-opened`) goes
+/// with the failed open: it was left in /dev/shm, and a root created again under the name
+/// then took it for its own field, with its old values.
+#[test]
+fn a_nested_field_created_during_its_roots_removal_is_taken_back() {
+    let name = unique_name("nested-removal");
+    let root = Outer::open(&name).unwrap();
+    let mut opener = Spawn::test("child_entry", "open_outer")
+        .env("NAME", &name)
+        .raw_env("ULTRADICT_CRASH_AT", "anchor-opened")
+        .raw_env("ULTRADICT_CRASH_SKIP", 1)
+        .raw_env("ULTRADICT_CRASH_SIGNAL", "SLEEP")
+        .raw_env("ULTRADICT_CRASH_SLEEP_MS", 1_500)
+        .start();
+    assert!(
+        wait_until(|| root.status().attached_pids.len() == 2),
+        "the opener never attached"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    root.unlink().unwrap();
+    let opened = opener.wait_for_report("opened: ", WATCHDOG);
+    opener.wait(WATCHDOG);
+    drop(root);
+    assert!(opened.contains("Removed"), "{opened}");
+    assert_eq!(shm_objects(&name), Vec::<String>::new());
 }
 
 #[test]

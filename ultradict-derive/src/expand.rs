@@ -57,6 +57,9 @@ fn fallback(input: &DeriveInput) -> TokenStream {
             fn __replace(_: &Self::Handle, _: Self) -> #krate::Result<()> {
                 ::core::unreachable!()
             }
+            fn __discard_if_created(_: &Self::Handle) {
+                ::core::unreachable!()
+            }
         }
     }
 }
@@ -542,13 +545,13 @@ fn shared_dict_impl(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> T
                 // `Nested`), spanned on that type: a wrong type is one error, there.
                 let ops = quote_spanned!(ty.span()=> #krate::__private::nested_ops::<#ty>());
                 quote! {
-                    let #name = {
-                        let __child = __options.child(&__dict, #key);
-                        let (__handle, __name) =
-                            #krate::__private::Nested::open(#ops, &__child, #name)?;
-                        __dict.register_child(&__name, #what)?;
-                        __handle
-                    };
+                    let #name = #krate::__private::Nested::open_in(
+                        #ops,
+                        &__dict,
+                        &__options.child(&__dict, #key),
+                        #name,
+                        #what,
+                    )?;
                 }
             }
         }
@@ -579,6 +582,10 @@ fn shared_dict_impl(input: &Input<'_>, names: &Names, plain: &[&Field<'_>]) -> T
 
                 fn __replace(handle: &#handle, value: Self) -> #krate::Result<()> {
                     handle.replace(value)
+                }
+
+                fn __discard_if_created(handle: &#handle) {
+                    handle.__dict.discard_if_created();
                 }
             }
         }

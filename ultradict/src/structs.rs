@@ -125,6 +125,14 @@ impl<F: StructFields> Dict<StructSchema<F>> {
         Dict::open(&options.0, Some(&initial.replace_all()))
     }
 
+    /// Removes the dict if this handle created it (see [`SharedDict`]'s hidden
+    /// `__discard_if_created`).
+    pub fn discard_if_created(&self) {
+        if self.engine().created_here() {
+            let _ = self.engine().unlink();
+        }
+    }
+
     /// A plain field's current value: `written`, the overlay's, if the field was written since
     /// the dump, else `stored`, the dump's. The read of generated getters and updaters.
     ///
@@ -274,6 +282,10 @@ pub trait SharedDict: Sized + 'static {
     fn __snapshot(handle: &Self::Handle) -> Result<Self>;
     #[doc(hidden)]
     fn __replace(handle: &Self::Handle, value: Self) -> Result<()>;
+    /// Removes the state `handle` holds if that handle created it (a nested field whose parent
+    /// was removed while it was being opened).
+    #[doc(hidden)]
+    fn __discard_if_created(handle: &Self::Handle);
 }
 
 /// Configures and opens a derived state's handle.
@@ -331,6 +343,7 @@ pub struct NestedOps<T> {
     open: fn(&OpenOptions, T) -> Result<(AnyHandle, String)>,
     snapshot: fn(&(dyn std::any::Any + Send + Sync)) -> Result<T>,
     replace: fn(&(dyn std::any::Any + Send + Sync), T) -> Result<()>,
+    discard_if_created: fn(&(dyn std::any::Any + Send + Sync)),
 }
 
 impl<T: SharedDict> NestedOps<T> {
@@ -342,6 +355,11 @@ impl<T: SharedDict> NestedOps<T> {
         },
         snapshot: |handle| T::__snapshot(typed::<T>(handle)?),
         replace: |handle, value| T::__replace(typed::<T>(handle)?, value),
+        discard_if_created: |handle| {
+            if let Ok(handle) = typed::<T>(handle) {
+                T::__discard_if_created(handle);
+            }
+        },
     };
 }
 
@@ -361,15 +379,28 @@ fn typed<T: SharedDict>(handle: &(dyn std::any::Any + Send + Sync)) -> Result<&T
 }
 
 impl<T> Nested<T> {
-    /// Opens the nested dict of type `T` with `ops`, created from `initial` if new; returns
-    /// the wrapper and the dict's name.
-    pub fn open(
+    /// Opens the nested dict of type `T` with `ops` (at `options`, created from `initial` if
+    /// new) under `parent`, and records it in the parent's register as `what`. Fails with
+    /// [`Error::Removed`] if the parent was removed before or meanwhile, and then takes back
+    /// the nested dict if it was created here (a remover marks the parent before it lists the
+    /// objects under its name: either it listed the child, or this sees the mark).
+    pub fn open_in<P: Schema>(
         ops: &'static NestedOps<T>,
+        parent: &Dict<P>,
         options: &OpenOptions,
         initial: T,
-    ) -> Result<(Self, String)> {
+        what: &str,
+    ) -> Result<Self> {
+        parent.engine().check_not_removed()?;
         let (handle, name) = (ops.open)(options, initial)?;
-        Ok((Nested { handle, ops }, name))
+        let nested = Nested { handle, ops };
+        if let Err(err) = parent.register_child(&name, what) {
+            if matches!(err, Error::Removed { .. }) {
+                (ops.discard_if_created)(&*nested.handle);
+            }
+            return Err(err);
+        }
+        Ok(nested)
     }
 
     /// An owned copy of the nested state.

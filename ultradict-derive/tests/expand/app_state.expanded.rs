@@ -531,16 +531,13 @@ where
                 label,
             },
         )?;
-        let stats = {
-            let __child = __options.child(&__dict, "stats");
-            let (__handle, __name) = ::ultradict::__private::Nested::open(
-                ::ultradict::__private::nested_ops::<Stats>(),
-                &__child,
-                stats,
-            )?;
-            __dict.register_child(&__name, "nested field stats of AppState")?;
-            __handle
-        };
+        let stats = ::ultradict::__private::Nested::open_in(
+            ::ultradict::__private::nested_ops::<Stats>(),
+            &__dict,
+            &__options.child(&__dict, "stats"),
+            stats,
+            "nested field stats of AppState",
+        )?;
         let workers = __options.open_nested_map(&__dict, "by-id", workers)?;
         ::core::result::Result::Ok(SharedAppState {
             __dict,
@@ -553,6 +550,9 @@ where
     }
     fn __replace(handle: &SharedAppState, value: Self) -> ::ultradict::Result<()> {
         handle.replace(value)
+    }
+    fn __discard_if_created(handle: &SharedAppState) {
+        handle.__dict.discard_if_created();
     }
 }
 #[cfg(doc)]
@@ -571,16 +571,13 @@ impl ::ultradict::SharedDict for AppState {
                 label,
             },
         )?;
-        let stats = {
-            let __child = __options.child(&__dict, "stats");
-            let (__handle, __name) = ::ultradict::__private::Nested::open(
-                ::ultradict::__private::nested_ops::<Stats>(),
-                &__child,
-                stats,
-            )?;
-            __dict.register_child(&__name, "nested field stats of AppState")?;
-            __handle
-        };
+        let stats = ::ultradict::__private::Nested::open_in(
+            ::ultradict::__private::nested_ops::<Stats>(),
+            &__dict,
+            &__options.child(&__dict, "stats"),
+            stats,
+            "nested field stats of AppState",
+        )?;
         let workers = __options.open_nested_map(&__dict, "by-id", workers)?;
         ::core::result::Result::Ok(SharedAppState {
             __dict,
@@ -593,5 +590,8 @@ impl ::ultradict::SharedDict for AppState {
     }
     fn __replace(handle: &SharedAppState, value: Self) -> ::ultradict::Result<()> {
         handle.replace(value)
+    }
+    fn __discard_if_created(handle: &SharedAppState) {
+        handle.__dict.discard_if_created();
     }
 }

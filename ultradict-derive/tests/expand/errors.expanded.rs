@@ -19,4 +19,7 @@ impl ::ultradict::SharedDict for Broken {
     fn __replace(_: &Self::Handle, _: Self) -> ::ultradict::Result<()> {
         ::core::unreachable!()
     }
+    fn __discard_if_created(_: &Self::Handle) {
+        ::core::unreachable!()
+    }
 }

@@ -343,6 +343,9 @@ where
     fn __replace(handle: &SharedMinimal, value: Self) -> ::my_ultradict::Result<()> {
         handle.replace(value)
     }
+    fn __discard_if_created(handle: &SharedMinimal) {
+        handle.__dict.discard_if_created();
+    }
 }
 #[cfg(doc)]
 #[automatically_derived]
@@ -366,5 +369,8 @@ impl ::my_ultradict::SharedDict for Minimal {
     }
     fn __replace(handle: &SharedMinimal, value: Self) -> ::my_ultradict::Result<()> {
         handle.replace(value)
+    }
+    fn __discard_if_created(handle: &SharedMinimal) {
+        handle.__dict.discard_if_created();
     }
 }
