@@ -104,9 +104,9 @@ impl<S: Schema> Dict<S> {
     }
 
     /// Records `child` in this dict's register as `what`; fails with
-    /// [`Error::Removed`](crate::Error::Removed) if this dict was removed meanwhile. Used by
-    /// generated code for nested struct fields.
-    pub fn register_child(&self, child: &str, what: &str) -> Result<()> {
+    /// [`Error::Removed`](crate::Error::Removed) if this dict was removed meanwhile. Used for
+    /// nested struct fields (`Nested::open_in`).
+    pub(crate) fn register_child(&self, child: &str, what: &str) -> Result<()> {
         let engine = self.engine();
         engine.check_not_removed()?;
         engine.register_child(child, what)?;
