@@ -948,21 +948,36 @@ fn a_forked_childs_first_lock_never_robs_another_of_its_threads() {
     assert_no_segments(&name);
 }
 
-#[test]
-fn a_dead_holder_whose_forked_child_lives_on_is_still_dead() {
-    // The child inherits the parent's mapping of the dict; that must not keep the dead
-    // parent's slot (and so its lock) looking alive.
-    let name = unique_name("fork-holder");
-    let mut child = Spawn::test("child_entry", "lock_fork_and_die")
-        .env("NAME", &name)
-        .start();
-    let grandchild: libc::pid_t = child
+/// The pid of the grandchild that `child` forked and reported, once `child` killed itself.
+fn grandchild_of_a_suicide(mut child: Running) -> libc::pid_t {
+    let grandchild = child
         .wait_for_report("grandchild", WATCHDOG)
         .trim_start_matches("grandchild ")
         .parse()
         .unwrap();
     let (status, output) = child.finish(WATCHDOG);
     assert_killed_at(status, "its own kill", &output);
+    grandchild
+}
+
+/// Waits (under the watchdog) until nothing of dict `name` is left in /dev/shm.
+fn assert_all_gone(name: &str) {
+    assert!(
+        wait_until(|| shm_objects(name).is_empty()),
+        "left: {:?}",
+        shm_objects(name)
+    );
+}
+
+#[test]
+fn a_dead_holder_whose_forked_child_lives_on_is_still_dead() {
+    // The child inherits the parent's mapping of the dict; that must not keep the dead
+    // parent's slot (and so its lock) looking alive.
+    let name = unique_name("fork-holder");
+    let child = Spawn::test("child_entry", "lock_fork_and_die")
+        .env("NAME", &name)
+        .start();
+    let grandchild = grandchild_of_a_suicide(child);
     let d = open(&name);
     let recovered = d.lock_timeout(Duration::from_secs(10)).map(drop);
     // SAFETY: the grandchild is ours to end; kill has no memory effects.
@@ -970,11 +985,7 @@ fn a_dead_holder_whose_forked_child_lives_on_is_still_dead() {
     recovered.unwrap();
     assert_eq!(d.status().attached_pids, [std::process::id()]);
     drop(d);
-    assert!(
-        wait_until(|| shm_objects(&name).is_empty()),
-        "{:?}",
-        shm_objects(&name)
-    );
+    assert_all_gone(&name);
 }
 
 /// Opens `name` while another thread forks (the open sleeps at `anchor-opened`, its anchor's
@@ -1009,19 +1020,13 @@ fn fork_while_opening(name: &str) {
 fn a_fork_during_an_open_keeps_no_dead_opener_alive() {
     let name = unique_name("fork-opening");
     let d = open(&name);
-    let mut child = Spawn::test("child_entry", "fork_while_opening")
+    let child = Spawn::test("child_entry", "fork_while_opening")
         .env("NAME", &name)
         .raw_env("ULTRADICT_CRASH_AT", "anchor-opened")
         .raw_env("ULTRADICT_CRASH_SIGNAL", "SLEEP")
         .raw_env("ULTRADICT_CRASH_SLEEP_MS", 500)
         .start();
-    let grandchild: libc::pid_t = child
-        .wait_for_report("grandchild", WATCHDOG)
-        .trim_start_matches("grandchild ")
-        .parse()
-        .unwrap();
-    let (status, output) = child.finish(WATCHDOG);
-    assert_killed_at(status, "its own kill", &output);
+    let grandchild = grandchild_of_a_suicide(child);
     let recovered = d.lock_timeout(Duration::from_secs(5)).map(drop);
     let attached = d.status().attached_pids;
     // SAFETY: the grandchild is ours to end; kill has no memory effects.
@@ -1029,11 +1034,7 @@ fn a_fork_during_an_open_keeps_no_dead_opener_alive() {
     recovered.unwrap();
     assert_eq!(attached, [std::process::id()]);
     drop(d);
-    assert!(
-        wait_until(|| shm_objects(&name).is_empty()),
-        "{:?}",
-        shm_objects(&name)
-    );
+    assert_all_gone(&name);
 }
 
 /// A derived state's nested struct field that an opener creates while another process removes
@@ -1074,11 +1075,7 @@ fn a_forked_child_outliving_its_parent_is_the_last_to_close() {
     assert_killed_at(status, "its own kill", &output);
     // Its forked child writes, then exits (running destructors: the handle closes); the
     // parent's slot died with the parent, since the child did not keep its descriptor.
-    assert!(
-        wait_until(|| shm_objects(&name).is_empty()),
-        "left: {:?}",
-        shm_objects(&name)
-    );
+    assert_all_gone(&name);
 }
 
 // ---------------------------------------------------------------- E. odd objects
