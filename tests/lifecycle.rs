@@ -69,6 +69,7 @@ fn child_entry() {
         "lock_fork_and_die" => lock_fork_and_die(&name),
         "fork_two_lockers" => fork_two_lockers(&name),
         "fork_while_opening" => fork_while_opening(&name),
+        "fork_in_a_handler_while_opening" => fork_in_a_handler_while_opening(&name),
         "open_outer" => {
             let opened = Outer::builder()
                 .name(&name)
@@ -1034,6 +1035,70 @@ fn a_fork_during_an_open_keeps_no_dead_opener_alive() {
     recovered.unwrap();
     assert_eq!(attached, [std::process::id()]);
     drop(d);
+    assert_all_gone(&name);
+}
+
+/// Pid of the child a signal handler forked (0 before it ran, -1 if the fork failed).
+static FORKED_IN_HANDLER: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn fork_and_note(_: libc::c_int) {
+    // SAFETY: fork is async-signal-safe; the child only calls _exit, which is too.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: ends the forked child at once, running nothing of the parent's.
+        unsafe { libc::_exit(0) };
+    }
+    FORKED_IN_HANDLER.store(pid, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Opens `name` while a signal whose handler forks interrupts this very thread's opening (held
+/// up at `anchor-opened`), then writes and closes.
+fn fork_in_a_handler_while_opening(name: &str) {
+    use std::sync::atomic::Ordering;
+    // SAFETY: a handler that only forks and stores to an atomic; SA_RESTART so that nothing
+    // else of the test sees EINTR.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = fork_and_note as *const () as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&raw mut action.sa_mask);
+        assert_eq!(
+            libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()),
+            0
+        );
+    }
+    // SAFETY: pthread_self has no preconditions.
+    let opener = unsafe { libc::pthread_self() };
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            // SAFETY: the opener thread lives until the scope ends, after this thread.
+            unsafe { libc::pthread_kill(opener, libc::SIGUSR1) };
+        });
+        let d = open(name);
+        d.insert(1, 1).unwrap();
+        let forked = FORKED_IN_HANDLER.load(Ordering::SeqCst);
+        assert!(forked > 0, "the handler did not fork: {forked}");
+        assert_eq!(wait_forked(forked, WATCHDOG), 0);
+        report(format!("opened and wrote {}", d.close().unwrap().len()));
+    });
+}
+
+/// A fork in a signal handler that interrupted its own thread's opening of a dict (between the
+/// open and the registration that children close it): the fork waited for that opening to end,
+/// which it never does while the handler runs, and the process hung.
+#[test]
+fn a_fork_in_a_signal_handler_during_its_threads_open_does_not_hang() {
+    let name = unique_name("fork-handler");
+    let mut child = Spawn::test("child_entry", "fork_in_a_handler_while_opening")
+        .env("NAME", &name)
+        .raw_env("ULTRADICT_CRASH_AT", "anchor-opened")
+        .raw_env("ULTRADICT_CRASH_SIGNAL", "SLEEP")
+        .raw_env("ULTRADICT_CRASH_SLEEP_MS", 1_000)
+        .start();
+    let opened = child.wait_for_report("opened and wrote", Duration::from_secs(15));
+    assert_eq!(opened, "opened and wrote 1");
+    child.wait(WATCHDOG);
     assert_all_gone(&name);
 }
 

@@ -5,6 +5,7 @@
 //! a symbolic link and refusing anything but a regular file, so that an odd object under a
 //! dict's name is an error rather than a hang or a surprise.
 
+use std::cell::Cell;
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -376,6 +377,16 @@ static CLOSE_IN_CHILD: [AtomicI32; 1024] = [const { AtomicI32::new(-1) }; 1024];
 static OPENINGS: AtomicU32 = AtomicU32::new(0);
 const FORKING: u32 = 1 << 31;
 
+thread_local! {
+    /// This thread's share of [`OPENINGS`]: a fork from a signal handler that interrupted
+    /// this thread's own opening must not wait for it (it never finishes while the handler
+    /// runs). Counted in before the thread's share of `OPENINGS` and out after it, so that it
+    /// is never below that share: at worst, for a few instructions, a fork in a handler does
+    /// not wait for another thread's opening (whose child then keeps that descriptor), rather
+    /// than waiting for one that cannot end.
+    static OPENING_HERE: Cell<u32> = const { Cell::new(0) };
+}
+
 extern "C" fn before_fork() {
     // Bar new openings (after any other fork's bar went), then wait for those in flight: a
     // few system calls each.
@@ -390,7 +401,10 @@ extern "C" fn before_fork() {
         }
         std::thread::yield_now();
     }
-    while OPENINGS.load(Ordering::Acquire) != FORKING {
+    // Openings in flight on this very thread belong to code this fork interrupted (it runs
+    // in a signal handler): they are not waited for.
+    let here = OPENING_HERE.with(Cell::get);
+    while OPENINGS.load(Ordering::Acquire) & !FORKING > here {
         std::thread::yield_now();
     }
 }
@@ -437,6 +451,7 @@ pub(crate) fn open_for_this_process(
     open: impl FnOnce() -> io::Result<OwnedFd>,
 ) -> io::Result<(OwnedFd, Option<usize>)> {
     install_fork_handler();
+    OPENING_HERE.with(|here| here.set(here.get() + 1));
     loop {
         let now = OPENINGS.load(Ordering::Relaxed);
         if now & FORKING == 0
@@ -454,6 +469,7 @@ pub(crate) fn open_for_this_process(
     impl Drop for Opening {
         fn drop(&mut self) {
             OPENINGS.fetch_sub(1, Ordering::Release);
+            OPENING_HERE.with(|here| here.set(here.get() - 1));
         }
     }
     let _opening = Opening;
