@@ -139,6 +139,10 @@ fn child_entry() {
                 status.dumps,
             ));
         }
+        "unlink" => {
+            let admin = ultradict::RedisServer::new(arg("URL"));
+            report(format!("unlinked {}", admin.unlink(&name).unwrap()));
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -680,4 +684,46 @@ fn a_handle_of_a_removed_dict_never_takes_in_the_records_of_its_successor() {
     new.sync().unwrap();
     assert_eq!(new.get("k").unwrap(), Some(104));
     assert_eq!(new.get("x").unwrap(), None);
+}
+
+/// A dict created again while its remover is held up between the removal and taking the name
+/// out of the index of dicts (which lies outside the dict's slot, so no script does both): the
+/// remover took the new dict's entry out, and `list` and `cleanup` no longer saw it.
+#[test]
+fn a_dict_created_again_during_its_removal_stays_listed() {
+    let server = Server::start();
+    let backend = Backend::Redis(server.url());
+    let admin = ultradict::RedisServer::new(server.url());
+    let name = unique_name("redis-unindex");
+    drop(
+        UltraDict::<String, u64>::builder()
+            .name(&name)
+            .lifetime(ultradict::Lifetime::Persistent)
+            .on(&backend)
+            .open()
+            .unwrap(),
+    );
+    let mut remover = backend
+        .spawn("unlink", &name)
+        .env("URL", server.url())
+        .raw_env("ULTRADICT_CRASH_AT", "redis-removed")
+        .raw_env("ULTRADICT_CRASH_SIGNAL", "SLEEP")
+        .raw_env("ULTRADICT_CRASH_SLEEP_MS", 1_000)
+        .start();
+    let deadline = Instant::now() + WATCHDOG;
+    while !matches!(admin.inspect(&name), Err(Error::NotFound { .. })) {
+        assert!(Instant::now() < deadline, "the dict was never removed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let again = open(&backend, &name);
+    assert_eq!(
+        remover.wait_for_report("unlinked", WATCHDOG),
+        "unlinked true"
+    );
+    remover.wait(WATCHDOG);
+    let names: Vec<String> = admin.list().unwrap().into_iter().map(|l| l.name).collect();
+    assert_eq!(names, std::slice::from_ref(&name));
+    drop(again);
+    assert!(admin.list().unwrap().is_empty());
+    assert_eq!(leftovers(&backend, &name), Vec::<String>::new());
 }

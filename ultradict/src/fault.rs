@@ -27,6 +27,7 @@
 //! | `attach-claimed` | an opener took its process-table slot, still holding the gate |
 //! | `detach-released` | a closer gave its slot back, before deciding whether to remove the dict |
 //! | `removing` | a remover marked the dict removed and removed its nested dicts, not yet the rest |
+//! | `redis-removed` | a Redis dict was removed, its name not yet taken out of the index of dicts |
 //!
 //! And three knobs: `ULTRADICT_LOCK_FREE_ATTEMPTS=<n>` sets how many lock-free catch-ups a
 //! reader tries before it catches up under the writers' lock (see [`lock_free_attempts`]);

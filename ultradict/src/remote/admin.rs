@@ -236,12 +236,7 @@ impl RedisServer {
         })?;
         let removed = matches!(reply.get(1), Some(Value::Array(names)) if !names.is_empty());
         if text(reply.first()).as_deref() == Some("ok") && layout::root_of(name) == name {
-            self.run("unindexing a dict", |conn| {
-                redis::cmd("SREM")
-                    .arg(layout::INDEX)
-                    .arg(name)
-                    .query::<i64>(conn)
-            })?;
+            self.run("unindexing a dict", |conn| layout::unindex(conn, name))?;
         }
         Ok(removed)
     }

@@ -43,6 +43,21 @@ pub(crate) struct Keys {
 /// The set of every root dict's name.
 pub(crate) const INDEX: &str = "ultradict:index";
 
+/// Takes the root dict `name` out of [`INDEX`] after its removal, and puts it back if a new
+/// dict of the name was created meanwhile: that creation's entry may have come before this
+/// removal of it, and the index lies outside the dict's slot, so no script does both. An entry
+/// left for a dict removed once more in between is harmless: `cleanup` drops entries of dicts
+/// that are gone.
+pub(crate) fn unindex(conn: &mut super::conn::Conn, name: &str) -> redis::RedisResult<()> {
+    crate::fault::point("redis-removed");
+    redis::cmd("SREM").arg(INDEX).arg(name).query::<i64>(conn)?;
+    let recreated: bool = redis::cmd("EXISTS").arg(Keys::of(name).meta).query(conn)?;
+    if recreated {
+        redis::cmd("SADD").arg(INDEX).arg(name).query::<i64>(conn)?;
+    }
+    Ok(())
+}
+
 /// The separator of a nested dict's name from its parent's (see `naming`).
 const NESTED: char = '~';
 

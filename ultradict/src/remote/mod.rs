@@ -1016,10 +1016,7 @@ impl<S: Schema> RedisEngine<S> {
             self.feed.removed.store(true, Ordering::Release);
             if layout::root_of(&self.name) == self.name {
                 let _ = self.run("unindexing the dict", |conn| {
-                    redis::cmd("SREM")
-                        .arg(layout::INDEX)
-                        .arg(&self.name)
-                        .query::<i64>(conn)
+                    layout::unindex(conn, &self.name)
                 });
             }
         }
