@@ -65,6 +65,19 @@ fn child_entry() {
         }
         "churn" => churn(&name),
         "group_member" => group_member(&name),
+        "close_then_open_again" => {
+            let d = open(&name);
+            d.nested::<u32, u64>(&1).unwrap().insert(1, 1).unwrap();
+            report("attached");
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).unwrap();
+            report(format!("closed: {:?}", d.close().map(|c| c.len())));
+            let again = Dict::builder().name(&name).create(Create::New).open();
+            report(format!(
+                "created again: {:?}",
+                again.map(|d| d.len().unwrap())
+            ));
+        }
         "fork_then_die" => fork_then_die(&name),
         "lock_fork_and_die" => lock_fork_and_die(&name),
         "fork_two_lockers" => fork_two_lockers(&name),
@@ -1102,6 +1115,94 @@ fn a_fork_in_a_signal_handler_during_its_threads_open_does_not_hang() {
     assert_all_gone(&name);
 }
 
+/// Objects any user can put under another user's dict name, where its nested dicts would be:
+/// a file of a third user (which the dict's owner may not remove from /dev/shm, a sticky
+/// directory) and a directory. The last close failed with `PermissionDenied` (or an `Io` error
+/// for the directory), left the dict marked removing, and every later open of the name failed
+/// the same way. Removal now leaves such objects alone.
+#[test]
+fn strays_of_other_users_under_a_dicts_name_stop_no_removal() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipped: needs root to start a child as another user");
+        return;
+    }
+    let name = unique_name("strays");
+    let mut owner = Spawn::test_under(
+        &[
+            "setpriv",
+            "--reuid=61011",
+            "--regid=61011",
+            "--clear-groups",
+            "--",
+        ],
+        "child_entry",
+        "close_then_open_again",
+    )
+    .env("NAME", &name)
+    .start();
+    owner.wait_for_report("attached", WATCHDOG);
+    let stray_file = format!("/dev/shm/ultradict.{name}~strayfile");
+    std::fs::write(&stray_file, b"not a dict").unwrap();
+    std::os::unix::fs::chown(&stray_file, Some(61_012), Some(61_012)).unwrap();
+    std::fs::set_permissions(&stray_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let stray_dir = format!("/dev/shm/ultradict.{name}~straydir");
+    std::fs::create_dir(&stray_dir).unwrap();
+    owner.send("close");
+    assert_eq!(owner.wait_for_report("closed", WATCHDOG), "closed: Ok(0)");
+    assert_eq!(
+        owner.wait_for_report("created again", WATCHDOG),
+        "created again: Ok(0)"
+    );
+    owner.wait(WATCHDOG);
+    let mut left = shm_objects(&name);
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            format!("ultradict.{name}~straydir"),
+            format!("ultradict.{name}~strayfile")
+        ]
+    );
+    std::fs::remove_file(&stray_file).unwrap();
+    std::fs::remove_dir(&stray_dir).unwrap();
+}
+
+/// A name `cleanup` cannot clean (a directory where a dump would be) stopped the whole
+/// cleanup: the names after it were never cleaned.
+#[test]
+fn cleanup_goes_on_past_a_name_it_cannot_clean() {
+    let dir = std::path::PathBuf::from(format!(
+        "/dev/shm/ultradict-test-cleanup-strays-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir(&dir).unwrap();
+    let (first, second) = (unique_name("a-stray"), unique_name("b-orphan"));
+    // Under the first name, only a directory named as a dump of a dead instance.
+    std::fs::create_dir(dir.join(format!("ultradict.{first}~dump.0badf00d.1"))).unwrap();
+    // Under the second, the dumps of a dict whose control segment is gone.
+    let d: Dict = UltraDict::builder()
+        .name(&second)
+        .directory(&dir)
+        .lifetime(Lifetime::Persistent)
+        .buffer_size(1024)
+        .open()
+        .unwrap();
+    for key in 0..100 {
+        d.insert(key, 1).unwrap(); // through full dumps
+    }
+    drop(d);
+    std::fs::remove_file(dir.join(format!("ultradict.{second}"))).unwrap();
+    assert_eq!(ultradict::cleanup_in(&dir, false).unwrap(), [second]);
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, [format!("ultradict.{first}~dump.0badf00d.1")]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A derived state's nested struct field that an opener creates while another process removes
 /// the root (the opener held up opening the field's dict, at its second `anchor-opened`) goes
 /// with the failed open: it was left in /dev/shm, and a root created again under the name
@@ -1176,6 +1277,16 @@ fn odd_objects_under_the_name_are_errors_not_hangs() {
     assert!(!ultradict::cleanup(false).unwrap().contains(&name));
     Dict::unlink_by_name(&name).unwrap();
     assert_no_segments(&name);
+
+    // A directory: foreign too (it was an `Io` error), and not ours to remove.
+    std::fs::create_dir(&path).unwrap();
+    for create in [Create::Open, Create::New, Create::OpenOrCreate] {
+        let result = Dict::builder().name(&name).create(create).open();
+        assert!(matches!(result, Err(Error::Foreign { .. })), "{result:?}");
+    }
+    let removed = Dict::unlink_by_name(&name);
+    assert!(matches!(removed, Err(Error::Foreign { .. })), "{removed:?}");
+    std::fs::remove_dir(&path).unwrap();
 }
 
 // ---------------------------------------------------------------- G. sharing with a group

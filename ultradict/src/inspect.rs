@@ -292,8 +292,12 @@ fn root_names(dir: &Path) -> Result<BTreeSet<String>> {
 /// kernel (see the crate docs on liveness), so a dict used only by processes in another PID
 /// namespace is never taken for orphaned.
 ///
+/// A name with an object under it that cannot be removed (another user's, in a sticky
+/// directory such as /dev/shm, or a directory) keeps that object; a name that cannot be
+/// cleaned at all is left and not reported, and the other names are still cleaned.
+///
 /// # Errors
-/// [`Error::Io`] if /dev/shm cannot be read or an object cannot be removed.
+/// [`Error::Io`] if /dev/shm cannot be read.
 pub fn cleanup(dry_run: bool) -> Result<Vec<String>> {
     cleanup_in(crate::os::SHM_DIR, dry_run)
 }
@@ -306,7 +310,9 @@ pub fn cleanup_in(dir: impl AsRef<Path>, dry_run: bool) -> Result<Vec<String>> {
     let dir = dir.as_ref();
     let mut removed = Vec::new();
     for name in root_names(dir)? {
-        if clean(&place_in(dir, &name)?, dry_run)? {
+        // A name that cannot be cleaned (an object under it this user may not remove, say)
+        // stays, unreported, and the other names are still cleaned.
+        if clean(&place_in(dir, &name)?, dry_run).unwrap_or(false) {
             removed.push(name);
         }
     }
@@ -324,7 +330,7 @@ fn clean_leftovers(place: &Place) -> Result<()> {
     for object in place.objects()? {
         match place.classify(&object) {
             Part::Dump { instance } if removal::instance_is_gone(place, instance)? => {
-                segment::unlink(&object)?;
+                removal::unless_not_ours(segment::unlink(&object))?;
             }
             Part::Child(child) => remove_if_unused(&place.sibling(&child), place)?,
             _ => {}

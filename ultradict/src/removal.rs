@@ -81,7 +81,7 @@ pub(crate) fn remove_by_name(place: &Place) -> Result<()> {
 fn remove_under(place: &Place, careful: bool) -> Result<()> {
     for object in place.objects()? {
         if let Part::Child(child) = place.classify(&object) {
-            remove_by_name(&place.sibling(&child))?;
+            unless_not_ours(remove_by_name(&place.sibling(&child)))?;
         }
     }
     crate::fault::point("removing");
@@ -89,10 +89,22 @@ fn remove_under(place: &Place, careful: bool) -> Result<()> {
         match place.classify(&object) {
             Part::Control => {}
             Part::Dump { instance } if careful && !instance_is_gone(place, instance)? => {}
-            _ => segment::unlink(&object)?,
+            _ => unless_not_ours(segment::unlink(&object))?,
         }
     }
     Ok(())
+}
+
+/// The outcome of removing one object under a dict's name, where an object that cannot be the
+/// dict's is no failure: a directory, or another user's object that this user may not remove
+/// (in a sticky directory such as /dev/shm, only its owner may). Any user can put such a stray
+/// under any name; it must not stop a removal (the dict would stay half removed, and every
+/// later open of the name fail).
+pub(crate) fn unless_not_ours(removed: Result<()>) -> Result<()> {
+    match removed {
+        Err(Error::PermissionDenied { .. } | Error::Foreign { .. }) => Ok(()),
+        other => other,
+    }
 }
 
 /// Whether instance `instance` of the dict at `place` neither has the dict's name nor can

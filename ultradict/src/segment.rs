@@ -174,6 +174,10 @@ pub(crate) fn unlink(object: &str) -> Result<()> {
                 segment: object.to_owned(),
             })
         }
+        Err(e) if e.raw_os_error() == Some(libc::EISDIR) => Err(Error::Foreign {
+            segment: object.to_owned(),
+            reason: "a directory".to_owned(),
+        }),
         Err(e) => Err(Error::io(format!("unlinking {object}"), e)),
     }
 }

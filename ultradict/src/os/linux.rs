@@ -173,7 +173,7 @@ pub(crate) fn open_object(object: &str, writable: bool) -> io::Result<OwnedFd> {
         Mode::empty(),
     )
     .map_err(|err| match err {
-        rustix::io::Errno::LOOP => io::Error::other(NotRegular),
+        rustix::io::Errno::LOOP | rustix::io::Errno::ISDIR => io::Error::other(NotRegular),
         err => err.into(),
     })?;
     if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
