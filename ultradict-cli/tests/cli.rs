@@ -452,3 +452,55 @@ fn get_and_dump_show_maps_of_standard_types_on_both_backends() {
         }
     }
 }
+
+/// `ultradict dump` attached (stopped by SIGSTOP while it reads) when the dict's only user
+/// closes it: the close removes the dict, since a tool looking does not count as a user. The
+/// close used to find the tool alive and leave the dict to it, and the tool, which never
+/// removes what it looks at, left it behind.
+#[test]
+fn a_dict_closed_while_a_tool_looks_at_it_goes_with_the_close() {
+    let name = unique_name("cli-looking");
+    let d: UltraDict<u64, u64> = UltraDict::builder().name(&name).open().unwrap();
+    d.extend((0..1_000_000).map(|k| (k, k))).unwrap();
+    // Stop a tool while it is attached: it reads a million entries, so it is attached for a
+    // while; another try if it slipped through.
+    let mut stopped = None;
+    for _ in 0..20 {
+        let tool = Command::new(env!("CARGO_BIN_EXE_ultradict"))
+            .args(["dump", &name])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = tool.id();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if d.status().attached_pids.contains(&pid) {
+                // SAFETY: kill has no memory effects; the tool is our child.
+                unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        if d.status().attached_pids.contains(&pid) {
+            stopped = Some(tool);
+            break;
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+        tool.wait_with_output().unwrap();
+    }
+    let tool = stopped.expect("a tool stopped while attached");
+    d.close().unwrap();
+    let left = shm_objects(&name);
+    // SAFETY: as above.
+    unsafe { libc::kill(tool.id() as i32, libc::SIGCONT) };
+    assert_eq!(left, Vec::<String>::new());
+    let out = tool.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        1_000_000
+    );
+    assert_no_segments(&name);
+}

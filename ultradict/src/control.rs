@@ -172,8 +172,13 @@ pub(crate) struct ProcessSlot {
     pub(crate) pid_namespace: AtomicU32,
     /// Its threads sleeping in `wait_for_change` right now.
     pub(crate) sleepers: AtomicU32,
-    pub(crate) _reserved: u32,
+    /// [`OBSERVER`] for a tool's handle, which does not keep the dict for its lifetime; 0
+    /// for a user's (and in segments of earlier builds, where it was reserved).
+    pub(crate) role: AtomicU32,
 }
+
+/// [`ProcessSlot::role`] of a tool's handle.
+pub(crate) const OBSERVER: u32 = 1;
 
 /// The shared header of a dict.
 #[repr(C)]
@@ -535,9 +540,12 @@ impl Control {
     }
 
     /// Fills slot `slot` with the calling process's identity (the caller holds the slot).
-    pub(crate) fn occupy(&self, slot: usize) {
+    pub(crate) fn occupy(&self, slot: usize, observer: bool) {
         let entry = &self.processes[slot];
         entry.sleepers.store(0, Ordering::Relaxed);
+        entry
+            .role
+            .store(if observer { OBSERVER } else { 0 }, Ordering::Relaxed);
         entry
             .pid_namespace
             .store(crate::os::pid_namespace(), Ordering::Relaxed);
@@ -545,6 +553,12 @@ impl Control {
         entry
             .owner
             .store(crate::os::process_nonce(), Ordering::Release);
+    }
+
+    /// Whether the handle in slot `slot` (alive, so the role written when it took the slot
+    /// stands) is a tool's.
+    pub(crate) fn is_observer(&self, slot: usize) -> bool {
+        self.processes[slot].role.load(Ordering::Acquire) == OBSERVER
     }
 
     /// Empties slot `slot` (the caller holds it and is about to let it go).

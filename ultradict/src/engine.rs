@@ -94,6 +94,8 @@ pub(crate) struct Engine<S: Schema> {
     pub(crate) mode: u32,
     /// How long this handle waits for a busy dict (its `open_timeout`).
     pub(crate) patience: Duration,
+    /// A tool's handle (see `Options::observer`).
+    pub(crate) observer: bool,
     pub(crate) detached: AtomicBool,
     /// Catch-ups this handle did (reads that found news, and `apply_update` calls).
     pub(crate) catch_ups: AtomicU64,

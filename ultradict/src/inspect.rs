@@ -358,7 +358,7 @@ fn remove_if_unused(dict: &Place, parent: &Place) -> Result<()> {
     let Some(gate) = anchor.gate(Instant::now())? else {
         return Ok(());
     };
-    if !anchor.others_alive() && !segment::exists(&parent.control())? {
+    if !anchor.others_alive(control) && !segment::exists(&parent.control())? {
         removal::remove_held(dict, &anchor, control)?;
     }
     drop(gate);
@@ -396,7 +396,7 @@ fn clean(place: &Place, dry_run: bool) -> Result<bool> {
     };
     let lifetime = Lifetime::from_raw(control.lifetime).unwrap_or_default();
     let orphaned =
-        control.is_removed() || (lifetime != Lifetime::Persistent && !anchor.others_alive());
+        control.is_removed() || (lifetime != Lifetime::Persistent && !anchor.others_alive(control));
     if orphaned && !dry_run {
         removal::remove_held(place, &anchor, control)?;
     }

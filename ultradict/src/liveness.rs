@@ -145,13 +145,18 @@ impl Anchor {
 
     /// Takes a free slot of the process table for this anchor and records the calling process
     /// in it. A slot whose holder died is free: its lock went with it.
-    pub(crate) fn claim_slot(&self, control: &Control, name: &str) -> Result<usize> {
+    pub(crate) fn claim_slot(
+        &self,
+        control: &Control,
+        name: &str,
+        observer: bool,
+    ) -> Result<usize> {
         let fd = self.fd().ok_or_else(Self::stale)?;
         for slot in 0..PROCESS_SLOTS {
             if os::try_lock_byte(fd, slot_byte(slot))
                 .map_err(|e| Error::io("claiming a process slot", e))?
             {
-                control.occupy(slot);
+                control.occupy(slot, observer);
                 self.own_slot.store(slot, Ordering::Relaxed);
                 return Ok(slot);
             }
@@ -184,14 +189,33 @@ impl Anchor {
         }
     }
 
-    /// Whether any handle other than this anchor's own holds a slot.
-    pub(crate) fn others_alive(&self) -> bool {
-        match self.fd() {
-            Some(fd) => {
-                os::bytes_locked_by_others(fd, slot_byte(0), PROCESS_SLOTS as u64).unwrap_or(true)
+    /// Whether any handle other than this anchor's own holds a slot, not counting tools
+    /// looking at the dict ([`Control::is_observer`]), which keep no dict for its lifetime.
+    pub(crate) fn others_alive(&self, control: &Control) -> bool {
+        let Some(fd) = self.fd() else {
+            return true;
+        };
+        // Slot ranges still to look at. The kernel names one lock in a range that others hold;
+        // a tool's splits the range around it. So a probe per tool, plus one.
+        let mut ranges = vec![(0, PROCESS_SLOTS)];
+        while let Some((from, to)) = ranges.pop() {
+            if from >= to {
+                continue;
             }
-            None => true,
+            let held = os::lock_held_by_others(fd, slot_byte(from), (to - from) as u64);
+            let Ok(held) = held else {
+                return true;
+            };
+            let Some(byte) = held else {
+                continue;
+            };
+            let slot = usize::try_from(byte.saturating_sub(slot_byte(0))).unwrap_or(PROCESS_SLOTS);
+            if slot >= PROCESS_SLOTS || !control.is_observer(slot) {
+                return true;
+            }
+            ranges.extend([(from, slot), (slot + 1, to)]);
         }
+        false
     }
 
     /// Pins slot `slot` if its handle is dead: locks the slot's byte, which no other anchor

@@ -150,7 +150,9 @@ impl<S: Schema> Engine<S> {
         }
         // SAFETY: a mapped control segment of the right size.
         let control = unsafe { Control::from_segment(&segment) };
-        let slot = anchor.claim_slot(control, name).map_err(abandon)?;
+        let slot = anchor
+            .claim_slot(control, name, options.observer)
+            .map_err(abandon)?;
         crate::fault::point("create-pending");
         let mut engine = Self::assemble(place, segment, fingerprint, anchor, slot, true, options);
         // Until it has the dict's name, nothing of this instance counts: a failure takes back
@@ -230,7 +232,7 @@ impl<S: Schema> Engine<S> {
             drop(gate);
             return Err(Retry);
         }
-        let slot = anchor.claim_slot(control, name)?;
+        let slot = anchor.claim_slot(control, name, options.observer)?;
         crate::fault::point("attach-claimed");
         drop(gate);
         let engine = Self::assemble(place, segment, fingerprint, anchor, slot, false, options);
@@ -268,6 +270,7 @@ impl<S: Schema> Engine<S> {
             lifetime,
             mode,
             patience: options.open_timeout,
+            observer: options.observer,
             detached: AtomicBool::new(false),
             catch_ups: AtomicU64::new(0),
             #[cfg(feature = "tokio")]
@@ -311,7 +314,7 @@ impl<S: Schema> Engine<S> {
         if control.is_removed() {
             return Err(self.removed());
         }
-        let slot = fresh.claim_slot(control, self.place.name())?;
+        let slot = fresh.claim_slot(control, self.place.name(), self.observer)?;
         // A dead holder of this slot's lock is recovered before the slot is this process's:
         // once the tag names it, another thread of this child may take the lock as this slot,
         // and a recovery then would rob that live hold.
@@ -348,7 +351,7 @@ impl<S: Schema> Engine<S> {
         crate::fault::point("detach-released");
         let departure = Departure {
             // Without the gate somebody may be joining: never take this for the last handle.
-            last: gate.is_some() && !anchor.others_alive(),
+            last: gate.is_some() && !anchor.others_alive(control),
             creator: self.creator == Some(generation),
         };
         let removed = if remove(&departure) {

@@ -76,6 +76,11 @@ pub(crate) struct Options {
     pub(crate) open_timeout: Duration,
     /// A nested child of another dict: its name is derived (and may hold `~`).
     pub(crate) child: bool,
+    /// A tool looking at the dict (`ultradict get`, `dump`): its handle does not count as a
+    /// user for the dict's lifetime, so a last close by a user removes the dict even while it
+    /// looks (it used to find the tool alive, and the tool, which never removes, then left
+    /// the dict behind).
+    pub(crate) observer: bool,
     /// The directory of the dict's objects; `None`: /dev/shm.
     pub(crate) dir: Option<PathBuf>,
     /// Permission bits of the dict's objects; `None`: the creator's choice, or 0o600.
@@ -95,6 +100,7 @@ impl Default for Options {
             lifetime: None,
             open_timeout: Duration::from_secs(2),
             child: false,
+            observer: false,
             dir: None,
             mode: None,
             #[cfg(feature = "redis")]
@@ -115,6 +121,7 @@ impl Options {
             lifetime: Some(Lifetime::Persistent),
             open_timeout: self.open_timeout,
             child: true,
+            observer: self.observer,
             dir: self.dir.clone(),
             mode: self.mode,
             #[cfg(feature = "redis")]

@@ -184,6 +184,7 @@ fn locate(options: &mut crate::options::Options, location: &Location) {
 fn open_map<K: Key, V: Value>(location: &Location, name: &str) -> Result<UltraDict<K, V>, Error> {
     let mut builder = UltraDict::<K, V>::builder().name(name).create(Create::Open);
     locate(&mut builder.options, location);
+    builder.options.observer = true;
     builder.open()
 }
 
@@ -194,8 +195,11 @@ fn entries<K: Key + Debug, V: Value>(
     name: &str,
 ) -> Result<Vec<(K, V)>, Error> {
     let dict = open_map::<K, V>(location, name)?;
-    let mut all: Vec<(K, V)> = dict.to_hashmap()?.into_iter().collect();
+    // Left without deciding on removal however the read went (a failed read used to leave
+    // through the ordinary close, which applies the dict's lifetime).
+    let read = dict.to_hashmap();
     crate::handle::drop_keeping(dict);
+    let mut all: Vec<(K, V)> = read?.into_iter().collect();
     all.sort_by_cached_key(|(key, _)| format!("{key:?}"));
     Ok(all)
 }
@@ -207,9 +211,9 @@ fn one<K: Key + Debug, V: Value>(
     shown: &str,
 ) -> Result<V, ToolError> {
     let dict = open_map::<K, V>(location, name)?;
-    let value = dict.get(&key)?;
+    let value = dict.get(&key);
     crate::handle::drop_keeping(dict);
-    value.ok_or_else(|| ToolError::NoSuchKey {
+    value?.ok_or_else(|| ToolError::NoSuchKey {
         name: name.to_owned(),
         key: shown.to_owned(),
     })
@@ -318,6 +322,7 @@ fn open_state<S: SharedDict + Default>(
 ) -> Result<S::Handle, Error> {
     let mut builder = S::builder().name(name).create(Create::Open);
     locate(&mut builder.options, location);
+    builder.options.observer = true;
     builder.open()
 }
 

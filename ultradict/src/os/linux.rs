@@ -300,6 +300,22 @@ pub(crate) fn bytes_locked_by_others(fd: BorrowedFd<'_>, start: u64, len: u64) -
     Ok(i32::from(found.l_type) != libc::F_UNLCK)
 }
 
+/// The first byte of a lock that another open file description holds on `len` bytes of `fd`
+/// from `start`, clipped to that range; `None` if there is none.
+pub(crate) fn lock_held_by_others(
+    fd: BorrowedFd<'_>,
+    start: u64,
+    len: u64,
+) -> io::Result<Option<u64>> {
+    let found = byte_lock(fd, libc::F_OFD_GETLK, libc::F_WRLCK, start, len)?;
+    if i32::from(found.l_type) == libc::F_UNLCK {
+        return Ok(None);
+    }
+    Ok(Some(
+        u64::try_from(found.l_start).map_or(start, |at| at.max(start)),
+    ))
+}
+
 fn byte_lock(
     fd: BorrowedFd<'_>,
     command: libc::c_int,
