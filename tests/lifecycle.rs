@@ -879,6 +879,62 @@ fn fork_then_die(name: &str) {
     unsafe { libc::kill(parent, libc::SIGKILL) };
 }
 
+/// A pipe: (read end, write end).
+fn pipe() -> (libc::c_int, libc::c_int) {
+    let mut ends = [0; 2];
+    // SAFETY: `ends` has room for the two descriptors pipe writes.
+    assert_eq!(unsafe { libc::pipe(ends.as_mut_ptr()) }, 0);
+    (ends[0], ends[1])
+}
+
+/// Writes a byte to the write end `fd` of a pipe.
+fn signal(fd: libc::c_int) {
+    // SAFETY: writes one byte from a valid buffer.
+    assert_eq!(unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) }, 1);
+}
+
+/// Waits for a byte on the read end `fd` of a pipe.
+fn wait_for_signal(fd: libc::c_int) {
+    let mut byte = [0u8];
+    // SAFETY: reads at most one byte into a valid buffer.
+    assert_eq!(unsafe { libc::read(fd, byte.as_mut_ptr().cast(), 1) }, 1);
+}
+
+/// A handle copied into a forked child that has only read there: its parent's close, the last
+/// as far as the parent could tell, removed the dict under the child, whose next write failed
+/// with `Removed`. The copy now takes a slot of its own at its first read.
+#[test]
+fn a_forked_child_that_only_read_keeps_the_dict_past_its_parents_close() {
+    let name = unique_name("fork-reader");
+    let d = open(&name);
+    d.insert(1, 1).unwrap();
+    let (read, parent_closed) = (pipe(), pipe());
+    let child = fork(|| {
+        if !matches!(d.get(&1), Ok(Some(1))) {
+            return 2;
+        }
+        signal(read.1);
+        wait_for_signal(parent_closed.0);
+        if d.insert(2, 2).is_err() {
+            return 3;
+        }
+        // SAFETY: this process's copy of `d` is never used or dropped again: the child
+        // `_exit`s after the body, running no destructor.
+        let own = unsafe { std::ptr::read(&d) };
+        match own.close() {
+            Ok(contents) if contents.len() == 2 => 0,
+            _ => 4,
+        }
+    });
+    wait_for_signal(read.0);
+    d.close().unwrap();
+    let left = shm_objects(&name);
+    signal(parent_closed.1);
+    assert_eq!(wait_forked(child, WATCHDOG), 0);
+    assert!(!left.is_empty(), "removed under the child");
+    assert_all_gone(&name);
+}
+
 /// Forks a child that sleeps for a minute, keeping what the fork copied (the parent's mapping
 /// of a dict, say) and nothing else: not even the output the test reads to its end.
 fn fork_sleeper() -> libc::pid_t {

@@ -129,7 +129,7 @@ impl<S: Schema> Storage for Engine<S> {
     /// of this handle's hint of where its view is, and a shared borrow of the view.
     fn read<R>(&self, f: impl FnOnce(&View<S>) -> Result<R>) -> Result<R> {
         let published = self.control().state.load(Ordering::Acquire);
-        if self.reached.load(Ordering::Relaxed) == published {
+        if self.reached.load(Ordering::Relaxed) == hint(published) {
             let view = self.view.read();
             if view.position.0 == u128::from(published) {
                 return f(&view);
@@ -298,6 +298,16 @@ fn start_epoch<S: Schema>(view: &mut View<S>, epoch: u32, dump: Option<Dump<S::D
         committed: 0,
     }
     .position();
+}
+
+/// What [`Engine::reached`] holds for the packed state word `packed`: the word salted with the
+/// fork generation, so that a handle copied into a forked child misses the hint on its first
+/// read there and goes through [`Engine::read_after_catch_up`], which takes the child's own
+/// slot. The copy then counts as a user of the dict from its first read (it used to from its
+/// first lock: a parent's last close removed the dict under a child that had only read).
+#[inline]
+fn hint(packed: u64) -> u64 {
+    packed ^ crate::os::fork_generation().wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// The state word a view has reached.
@@ -476,6 +486,13 @@ impl<S: Schema> Engine<S> {
     #[cold]
     #[inline(never)]
     fn read_after_catch_up<R>(&self, f: impl FnOnce(&View<S>) -> Result<R>) -> Result<R> {
+        let generation = crate::os::fork_generation();
+        if self.membership.slot_in(generation).is_none() && !self.detached.load(Ordering::Acquire) {
+            // A copy in a forked child, reading for the first time there (see `hint`): it
+            // takes a slot of its own. If it cannot (the dict was removed meanwhile, say), the
+            // read goes on from what the view has, as a removed dict's handles do.
+            let _ = self.attach_in_fork(generation);
+        }
         // Read shared, not under the write hold: `f` may take long (a whole dict's contents),
         // and other threads of this handle read meanwhile.
         let view = RwLockWriteGuard::downgrade(self.caught_up()?);
@@ -584,7 +601,7 @@ impl<S: Schema> Engine<S> {
     /// under the view's write lock wherever its position moves to the published state.
     #[inline]
     fn note_reached(&self, view: &View<S>) {
-        self.reached.store(at(view).pack(), Ordering::Relaxed);
+        self.reached.store(hint(at(view).pack()), Ordering::Relaxed);
     }
 
     /// Reads the records of `target`'s epoch from offset `from` up to `target`, validated and
