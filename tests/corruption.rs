@@ -172,6 +172,12 @@ fn a_corrupted_dump_in_shared_memory_is_an_error_for_new_readers() {
         .unwrap();
     file.set_len(100).unwrap();
     assert!(matches!(attach(&name), Err(Error::Corrupt { .. })));
+    // And so is a current dump that is not there at all (it was an `Io` error).
+    std::fs::remove_file(format!("/dev/shm/{dump}")).unwrap();
+    match attach(&name) {
+        Err(Error::Corrupt { detail, .. }) => assert!(detail.contains("missing"), "{detail}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
     UltraDict::<u8, u8>::unlink_by_name(&name).unwrap();
     assert_no_segments(&name);
 }

@@ -243,10 +243,13 @@ fn unlink_removes_a_dict_with_its_nested_dicts() {
         .lifetime(ultradict::Lifetime::Persistent)
         .open()
         .unwrap();
-    d.nested::<String, u64>("jobs")
-        .unwrap()
-        .insert("x".into(), 1)
-        .unwrap();
+    let jobs = d.nested::<String, u64>("jobs").unwrap();
+    jobs.insert("x".into(), 1).unwrap();
+    // A nested dict's contents, under the name `status` shows for it (it was `InvalidName`).
+    let out = ultradict(&["dump", jobs.name()]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), "\"x\" => 1\n");
+    drop(jobs);
     d.dump().unwrap();
     drop(d);
     assert!(shm_objects(&name).len() >= 4, "{:?}", shm_objects(&name));

@@ -150,7 +150,7 @@ impl<S: Schema> Storage for Engine<S> {
             let _guard = self.lock(&LockOptions::default())?;
             let mut view = self.view.write();
             let current = self.control().state();
-            let dump = self.map_dump(current.epoch)?;
+            let dump = self.map_current_dump(current.epoch)?;
             start_epoch(&mut view, current.epoch, dump);
             return self.catch_up_locked(&mut view);
         }
@@ -565,7 +565,12 @@ impl<S: Schema> Engine<S> {
             return Ok(Progress::Done);
         }
         if target.epoch != at(view).epoch {
-            match self.map_dump(target.epoch) {
+            let mapped = if locked {
+                self.map_current_dump(target.epoch)
+            } else {
+                self.map_dump(target.epoch)
+            };
+            match mapped {
                 Ok(dump) => {
                     start_epoch(view, target.epoch, dump);
                     return Ok(Progress::Retry);
@@ -662,6 +667,17 @@ impl<S: Schema> Engine<S> {
         let dump = Dump::open(self.dump_id(), epoch)?;
         self.check_dump(&dump)?;
         Ok(Some(dump))
+    }
+
+    /// [`map_dump`](Self::map_dump) of the published epoch, under the writers' lock: then no
+    /// writer supersedes it meanwhile, and a dump that is not there went with the dict's
+    /// removal ([`Error::Removed`]) or was removed by hand ([`Error::Corrupt`]).
+    fn map_current_dump(&self, epoch: u32) -> Result<Option<Dump<S::Dump>>> {
+        self.map_dump(epoch).map_err(|err| match err {
+            err if !segment::is_not_found(&err) => err,
+            _ if self.control().is_removed() => self.removed(),
+            _ => Error::corrupt(&self.dump_object(epoch), "the current full dump is missing"),
+        })
     }
 
     /// The schema's own checks of a validated dump.

@@ -185,6 +185,8 @@ fn open_map<K: Key, V: Value>(location: &Location, name: &str) -> Result<UltraDi
     let mut builder = UltraDict::<K, V>::builder().name(name).create(Create::Open);
     locate(&mut builder.options, location);
     builder.options.observer = true;
+    // A nested dict's name, as `status` and `list` show it, opens too.
+    builder.options.child = name.contains(crate::naming::SEPARATOR);
     builder.open()
 }
 
@@ -323,6 +325,8 @@ fn open_state<S: SharedDict + Default>(
     let mut builder = S::builder().name(name).create(Create::Open);
     locate(&mut builder.options, location);
     builder.options.observer = true;
+    // A nested dict's name, as `status` and `list` show it, opens too.
+    builder.options.child = name.contains(crate::naming::SEPARATOR);
     builder.open()
 }
 
