@@ -199,8 +199,13 @@ pub enum Error {
         limit: usize,
     },
 
-    /// The caller may not open the segment (another user's dict, mode 0600).
-    #[error("permission denied opening {segment:?}: it belongs to another user")]
+    /// The caller may not open or remove the object: another user's (a dict's objects have
+    /// mode 0600 unless its creator chose a mode; in a sticky directory such as /dev/shm only
+    /// an object's owner may remove it), or its mode shuts this user out.
+    #[error(
+        "permission denied for {segment:?}: its owner or mode does not let this user open or \
+         remove it"
+    )]
     PermissionDenied {
         /// The object's name in /dev/shm.
         segment: String,
