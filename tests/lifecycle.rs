@@ -83,6 +83,7 @@ fn child_entry() {
         "fork_two_lockers" => fork_two_lockers(&name),
         "fork_while_opening" => fork_while_opening(&name),
         "fork_in_a_handler_while_opening" => fork_in_a_handler_while_opening(&name),
+        "fork_in_a_handler_child_goes_on" => fork_in_a_handler_child_goes_on(&name),
         "open_outer" => {
             let opened = Outer::builder()
                 .name(&name)
@@ -1120,15 +1121,14 @@ extern "C" fn fork_and_note(_: libc::c_int) {
     FORKED_IN_HANDLER.store(pid, std::sync::atomic::Ordering::SeqCst);
 }
 
-/// Opens `name` while a signal whose handler forks interrupts this very thread's opening (held
-/// up at `anchor-opened`), then writes and closes.
-fn fork_in_a_handler_while_opening(name: &str) {
-    use std::sync::atomic::Ordering;
-    // SAFETY: a handler that only forks and stores to an atomic; SA_RESTART so that nothing
-    // else of the test sees EINTR.
+/// Opens `name` while SIGUSR1, handled by `handler`, interrupts this very thread's opening
+/// (which the caller's environment holds up at `anchor-opened`, SLEEP).
+fn open_interrupted_by(name: &str, handler: extern "C" fn(libc::c_int)) -> Dict {
+    // SAFETY: the handlers given here only fork and store to an atomic; SA_RESTART so that
+    // nothing else of the test sees EINTR.
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = fork_and_note as *const () as libc::sighandler_t;
+        action.sa_sigaction = handler as *const () as libc::sighandler_t;
         action.sa_flags = libc::SA_RESTART;
         libc::sigemptyset(&raw mut action.sa_mask);
         assert_eq!(
@@ -1138,19 +1138,132 @@ fn fork_in_a_handler_while_opening(name: &str) {
     }
     // SAFETY: pthread_self has no preconditions.
     let opener = unsafe { libc::pthread_self() };
-    std::thread::scope(|scope| {
-        scope.spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
-            // SAFETY: the opener thread lives until the scope ends, after this thread.
-            unsafe { libc::pthread_kill(opener, libc::SIGUSR1) };
-        });
-        let d = open(name);
-        d.insert(1, 1).unwrap();
-        let forked = FORKED_IN_HANDLER.load(Ordering::SeqCst);
-        assert!(forked > 0, "the handler did not fork: {forked}");
-        assert_eq!(wait_forked(forked, WATCHDOG), 0);
-        report(format!("opened and wrote {}", d.close().unwrap().len()));
+    // Not joined: a child forked by the handler has no such thread.
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: the opener thread is inside `open` for a second yet.
+        unsafe { libc::pthread_kill(opener, libc::SIGUSR1) };
     });
+    open(name)
+}
+
+/// Opens `name` while a signal whose handler forks interrupts this very thread's opening,
+/// then writes and closes.
+fn fork_in_a_handler_while_opening(name: &str) {
+    use std::sync::atomic::Ordering;
+    let d = open_interrupted_by(name, fork_and_note);
+    d.insert(1, 1).unwrap();
+    let forked = FORKED_IN_HANDLER.load(Ordering::SeqCst);
+    assert!(forked > 0, "the handler did not fork: {forked}");
+    assert_eq!(wait_forked(forked, WATCHDOG), 0);
+    report(format!("opened and wrote {}", d.close().unwrap().len()));
+}
+
+/// Marks, in [`FORKED_IN_HANDLER`], the child that [`fork_and_go_on`] forked.
+const IN_THE_CHILD: i32 = -2;
+
+extern "C" fn fork_and_go_on(_: libc::c_int) {
+    // SAFETY: fork is async-signal-safe.
+    let pid = unsafe { libc::fork() };
+    let noted = if pid == 0 { IN_THE_CHILD } else { pid };
+    FORKED_IN_HANDLER.store(noted, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// As [`fork_in_a_handler_while_opening`], but the child returns from the handler: its copy of
+/// the interrupted opening finishes, and it then opens another dict, writes and closes it.
+fn fork_in_a_handler_child_goes_on(name: &str) {
+    use std::sync::atomic::Ordering;
+    let d = open_interrupted_by(name, fork_and_go_on);
+    if FORKED_IN_HANDLER.load(Ordering::SeqCst) == IN_THE_CHILD {
+        let second = Dict::builder()
+            .name(format!("{name}-second"))
+            .open()
+            .and_then(|other| other.insert(1, 1).and_then(|_| other.close()));
+        // The copy of the parent's opening shares the parent's anchor: left, not closed.
+        std::mem::forget(d);
+        // SAFETY: ends the forked child at once.
+        unsafe { libc::_exit(if second.is_ok() { 0 } else { 3 }) };
+    }
+    let forked = FORKED_IN_HANDLER.load(Ordering::SeqCst);
+    assert!(forked > 0, "the handler did not fork: {forked}");
+    report(format!(
+        "the child's open: {}",
+        wait_forked(forked, Duration::from_secs(20))
+    ));
+    d.close().unwrap();
+}
+
+/// A child forked in a signal handler that returns from it, after the fix above: its count of
+/// openings in flight was reset to 0 and then counted the interrupted opening out, wrapping to
+/// a value that barred every later open in the child, which spun for good.
+#[test]
+fn a_child_forked_in_a_signal_handler_that_goes_on_can_open_dicts() {
+    let name = unique_name("fork-handler-on");
+    let mut child = Spawn::test("child_entry", "fork_in_a_handler_child_goes_on")
+        .env("NAME", &name)
+        .raw_env("ULTRADICT_CRASH_AT", "anchor-opened")
+        .raw_env("ULTRADICT_CRASH_SIGNAL", "SLEEP")
+        .raw_env("ULTRADICT_CRASH_SLEEP_MS", 1_000)
+        .start();
+    let opened = child.wait_for_report("the child's open", WATCHDOG);
+    child.wait(WATCHDOG);
+    assert_eq!(opened, "the child's open: 0");
+    assert_all_gone(&name);
+    assert_all_gone(&format!("{name}-second"));
+}
+
+/// The first read of a forked child's copy could not take a slot (a process stopped in the
+/// gate made it wait out its patience), and the failure was dropped for good: later reads
+/// took the fast way and never attached, and the parent's close removed the dict under the
+/// child. The next read now tries again.
+#[test]
+fn a_forked_childs_failed_attach_is_tried_again_at_its_next_read() {
+    let name = unique_name("fork-retry");
+    let d = open(&name);
+    d.insert(1, 1).unwrap();
+    let stopper = Spawn::test("child_entry", "open_close")
+        .env("NAME", &name)
+        .raw_env("ULTRADICT_CRASH_AT", "attach-claimed")
+        .raw_env("ULTRADICT_CRASH_SIGNAL", "STOP")
+        .start();
+    let stopper_pid = stopper.pid() as libc::pid_t;
+    assert!(
+        wait_until(|| stopped(stopper_pid)),
+        "never stopped in the gate"
+    );
+    let (read, go, parent_closed) = (pipe(), pipe(), pipe());
+    let child = fork(|| {
+        // Waits out its patience for the gate, then reads without a slot.
+        let first = d.get(&1);
+        signal(read.1);
+        wait_for_signal(go.0);
+        let second = d.get(&1);
+        signal(read.1);
+        wait_for_signal(parent_closed.0);
+        if !matches!((first, second), (Ok(Some(1)), Ok(Some(1)))) {
+            return 2;
+        }
+        if d.insert(2, 2).is_err() {
+            return 3;
+        }
+        // SAFETY: this process's copy of `d` is never used or dropped again: the child
+        // `_exit`s after the body, running no destructor.
+        let own = unsafe { std::ptr::read(&d) };
+        match own.close() {
+            Ok(contents) if contents.len() == 2 => 0,
+            _ => 4,
+        }
+    });
+    wait_for_signal(read.0);
+    stopper.kill();
+    signal(go.1);
+    wait_for_signal(read.0);
+    d.close().unwrap();
+    let left = shm_objects(&name);
+    signal(parent_closed.1);
+    assert_eq!(wait_forked(child, WATCHDOG), 0);
+    assert!(!left.is_empty(), "removed under the child");
+    assert_all_gone(&name);
 }
 
 /// A fork in a signal handler that interrupted its own thread's opening of a dict (between the

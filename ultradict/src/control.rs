@@ -40,8 +40,10 @@ pub(crate) const MAGIC: [u8; 8] = *b"ULTRADCT";
 /// The format this build writes and reads. Bump on any change to the shared layout.
 /// Version 2: liveness by open-file-description locks, slot-tagged lock word, removal mark.
 /// Version 3: each dump segment holds its epoch's stream, sized from the dump. Version 4: the
-/// epoch word, on a line of its own beside the state word.
-pub(crate) const FORMAT_VERSION: u32 = 4;
+/// epoch word, on a line of its own beside the state word. Version 5: a process slot's role
+/// (a tool's handle does not count as a user); builds that left the field alone must not
+/// share a dict with builds that read it.
+pub(crate) const FORMAT_VERSION: u32 = 5;
 
 /// Bytes before the stream starts: the control block padded to a page.
 pub(crate) const HEADER_SIZE: usize = 8192;
@@ -566,6 +568,7 @@ impl Control {
         let entry = &self.processes[slot];
         entry.owner.store(0, Ordering::Release);
         entry.sleepers.store(0, Ordering::Relaxed);
+        entry.role.store(0, Ordering::Relaxed);
     }
 
     /// The process id recorded in slot `slot`, and whether it is in the caller's PID namespace

@@ -489,9 +489,20 @@ impl<S: Schema> Engine<S> {
         let generation = crate::os::fork_generation();
         if self.membership.slot_in(generation).is_none() && !self.detached.load(Ordering::Acquire) {
             // A copy in a forked child, reading for the first time there (see `hint`): it
-            // takes a slot of its own. If it cannot (the dict was removed meanwhile, say), the
-            // read goes on from what the view has, as a removed dict's handles do.
-            let _ = self.attach_in_fork(generation);
+            // takes a slot of its own. The read goes on from what the view has if it cannot:
+            // for good if the dict was removed meanwhile (as a removed dict's handles read on);
+            // otherwise (a process stopped in the gate, say) the next read tries again, since
+            // the hint is not left matching.
+            let attached = match self.attach_in_fork(generation) {
+                Ok(_) | Err(Error::Removed { .. }) => true,
+                Err(_) => false,
+            };
+            let view = RwLockWriteGuard::downgrade(self.caught_up()?);
+            if !attached {
+                self.reached
+                    .store(!hint(at(&view).pack()), Ordering::Relaxed);
+            }
+            return f(&view);
         }
         // Read shared, not under the write hold: `f` may take long (a whole dict's contents),
         // and other threads of this handle read meanwhile.

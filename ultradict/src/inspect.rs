@@ -293,11 +293,12 @@ fn root_names(dir: &Path) -> Result<BTreeSet<String>> {
 /// namespace is never taken for orphaned.
 ///
 /// A name with an object under it that cannot be removed (another user's, in a sticky
-/// directory such as /dev/shm, or a directory) keeps that object; a name that cannot be
-/// cleaned at all is left and not reported, and the other names are still cleaned.
+/// directory such as /dev/shm, or a directory) keeps that object, and is not reported; a
+/// name whose cleaning fails otherwise does not stop the others'.
 ///
 /// # Errors
-/// [`Error::Io`] if /dev/shm cannot be read.
+/// [`Error::Io`] if /dev/shm cannot be read; the first error of a name whose cleaning failed,
+/// once the other names were cleaned.
 pub fn cleanup(dry_run: bool) -> Result<Vec<String>> {
     cleanup_in(crate::os::SHM_DIR, dry_run)
 }
@@ -309,14 +310,23 @@ pub fn cleanup(dry_run: bool) -> Result<Vec<String>> {
 pub fn cleanup_in(dir: impl AsRef<Path>, dry_run: bool) -> Result<Vec<String>> {
     let dir = dir.as_ref();
     let mut removed = Vec::new();
+    let mut failed = None;
     for name in root_names(dir)? {
-        // A name that cannot be cleaned (an object under it this user may not remove, say)
-        // stays, unreported, and the other names are still cleaned.
-        if clean(&place_in(dir, &name)?, dry_run).unwrap_or(false) {
-            removed.push(name);
+        // A name that cannot be cleaned stays and the other names are still cleaned. What
+        // cannot be the dicts' (another user's objects, say) is no failure; anything else is
+        // reported once every other name was cleaned.
+        match clean(&place_in(dir, &name)?, dry_run) {
+            Ok(true) => removed.push(name),
+            Ok(false) | Err(Error::PermissionDenied { .. } | Error::Foreign { .. }) => {}
+            Err(err) => {
+                failed.get_or_insert(err);
+            }
         }
     }
-    Ok(removed)
+    match failed {
+        Some(err) => Err(err),
+        None => Ok(removed),
+    }
 }
 
 /// Takes what is left under the name of a dict whose control segment is gone (its creator or

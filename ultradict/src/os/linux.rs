@@ -440,8 +440,10 @@ extern "C" fn after_fork_in_child() {
             unsafe { libc::close(fd) };
         }
     }
-    // The child's only thread forked: no opening is in flight in it.
-    OPENINGS.store(0, Ordering::Relaxed);
+    // The child's only thread forked: the openings in flight in it are that thread's own, those
+    // the fork interrupted (it ran in a signal handler), which count themselves out when they
+    // finish there. (Storing 0 made such a count wrap, and every later open in the child spin.)
+    OPENINGS.store(OPENING_HERE.with(Cell::get), Ordering::Relaxed);
 }
 
 /// Installs the handlers that count forks (see [`fork_generation`]) and close in children
