@@ -489,11 +489,12 @@ impl<S: Schema> Engine<S> {
         let generation = crate::os::fork_generation();
         if self.membership.slot_in(generation).is_none() && !self.detached.load(Ordering::Acquire) {
             // A copy in a forked child, reading for the first time there (see `hint`): it
-            // takes a slot of its own. The read goes on from what the view has if it cannot:
-            // for good if the dict was removed meanwhile (as a removed dict's handles read on);
-            // otherwise (a process stopped in the gate, say) the next read tries again, since
-            // the hint is not left matching.
-            let attached = match self.attach_in_fork(generation) {
+            // takes a slot of its own, without waiting (a read never waits for the gate). The
+            // read goes on from what the view has if it cannot: for good if the dict was
+            // removed meanwhile (as a removed dict's handles read on); otherwise (the gate
+            // busy, a process stopped in it) the next read tries again, since the hint is not
+            // left matching.
+            let attached = match self.attach_in_fork(generation, Duration::ZERO) {
                 Ok(_) | Err(Error::Removed { .. }) => true,
                 Err(_) => false,
             };

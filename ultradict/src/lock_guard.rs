@@ -278,7 +278,7 @@ impl<S: Schema> Engine<S> {
     fn hold_contended(&self, me: ThreadId, options: &LockOptions) -> Result<Held<'_, S>> {
         let slot = match self.membership.slot_in(me.generation) {
             Some(slot) => slot,
-            None => self.attach_in_fork(me.generation)?,
+            None => self.attach_in_fork(me.generation, self.patience)?,
         };
         let word = lock::holder_word(slot, me.tid);
         let control = self.control();

@@ -279,16 +279,18 @@ impl<S: Schema> Engine<S> {
     }
 
     /// Takes an anchor and slot of its own for a handle copied into a forked child (the
-    /// parent's were closed in the child right after the fork). Returns the slot.
-    pub(crate) fn attach_in_fork(&self, generation: u64) -> Result<usize> {
+    /// parent's were closed in the child right after the fork), waiting at most `patience`
+    /// for the handle's anchor and the dict's gate. Returns the slot.
+    pub(crate) fn attach_in_fork(&self, generation: u64, patience: Duration) -> Result<usize> {
+        let not_ready = || Error::NotReady {
+            name: self.place.name().to_owned(),
+            waited: patience,
+        };
         let mut anchor = self
             .membership
             .anchor
-            .try_write_for(self.patience)
-            .ok_or_else(|| Error::NotReady {
-                name: self.place.name().to_owned(),
-                waited: self.patience,
-            })?;
+            .try_write_for(patience)
+            .ok_or_else(not_ready)?;
         if let Some(slot) = self.membership.slot_in(generation) {
             return Ok(slot);
         }
@@ -305,11 +307,8 @@ impl<S: Schema> Engine<S> {
             return Err(self.removed());
         }
         let control = self.control();
-        let Some(gate) = fresh.gate(crate::sync::deadline_in(self.patience))? else {
-            return Err(Error::NotReady {
-                name: self.place.name().to_owned(),
-                waited: self.patience,
-            });
+        let Some(gate) = fresh.gate(crate::sync::deadline_in(patience))? else {
+            return Err(not_ready());
         };
         if control.is_removed() {
             return Err(self.removed());
@@ -368,7 +367,7 @@ impl<S: Schema> Engine<S> {
     pub(crate) fn remove(&self) -> Result<()> {
         let generation = crate::os::fork_generation();
         if self.membership.slot_in(generation).is_none() {
-            match self.attach_in_fork(generation) {
+            match self.attach_in_fork(generation, self.patience) {
                 Err(Error::Removed { .. }) => return Ok(()),
                 other => other?,
             };
