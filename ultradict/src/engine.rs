@@ -78,8 +78,13 @@ pub(crate) struct Engine<S: Schema> {
     pub(crate) view: RwLock<Local<S>>,
     /// The state word the view last reached, packed: a hint that lets a read with news go
     /// straight to the catch-up, without first taking the view for reading. Only a hint: the
-    /// view's own position, under its lock, decides.
+    /// view's own position, under its lock, decides. A forked child finds it [`STALE`]
+    /// (see [`watch_forks`](Self::watch_forks)).
+    ///
+    /// [`STALE`]: crate::os::STALE
     pub(crate) reached: AtomicU64,
+    /// This handle's registration of `reached` to be made stale in forked children, if any.
+    pub(crate) stale_in_children: std::sync::OnceLock<Option<usize>>,
     /// Scratch space for a watcher's `updates_since`, which copies records out without taking
     /// the view for writing (catch-ups use the view's own, see [`Local`]).
     pub(crate) scratch: parking_lot::Mutex<Scratch<S::Update>>,
@@ -129,7 +134,7 @@ impl<S: Schema> Storage for Engine<S> {
     /// of this handle's hint of where its view is, and a shared borrow of the view.
     fn read<R>(&self, f: impl FnOnce(&View<S>) -> Result<R>) -> Result<R> {
         let published = self.control().state.load(Ordering::Acquire);
-        if self.reached.load(Ordering::Relaxed) == hint(published) {
+        if self.reached.load(Ordering::Relaxed) == published {
             let view = self.view.read();
             if view.position.0 == u128::from(published) {
                 return f(&view);
@@ -298,16 +303,6 @@ fn start_epoch<S: Schema>(view: &mut View<S>, epoch: u32, dump: Option<Dump<S::D
         committed: 0,
     }
     .position();
-}
-
-/// What [`Engine::reached`] holds for the packed state word `packed`: the word salted with the
-/// fork generation, so that a handle copied into a forked child misses the hint on its first
-/// read there and goes through [`Engine::read_after_catch_up`], which takes the child's own
-/// slot. The copy then counts as a user of the dict from its first read (it used to from its
-/// first lock: a parent's last close removed the dict under a child that had only read).
-#[inline]
-fn hint(packed: u64) -> u64 {
-    packed ^ crate::os::fork_generation().wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// The state word a view has reached.
@@ -488,7 +483,7 @@ impl<S: Schema> Engine<S> {
     fn read_after_catch_up<R>(&self, f: impl FnOnce(&View<S>) -> Result<R>) -> Result<R> {
         let generation = crate::os::fork_generation();
         if self.membership.slot_in(generation).is_none() && !self.detached.load(Ordering::Acquire) {
-            // A copy in a forked child, reading for the first time there (see `hint`): it
+            // A copy in a forked child, reading for the first time there (see `watch_forks`): it
             // takes a slot of its own, without waiting (a read never waits for the gate). The
             // read goes on from what the view has if it cannot: for good if the dict was
             // removed meanwhile (as a removed dict's handles read on); otherwise (the gate
@@ -500,8 +495,7 @@ impl<S: Schema> Engine<S> {
             };
             let view = RwLockWriteGuard::downgrade(self.caught_up()?);
             if !attached {
-                self.reached
-                    .store(!hint(at(&view).pack()), Ordering::Relaxed);
+                self.reached.store(crate::os::STALE, Ordering::Relaxed);
             }
             return f(&view);
         }
@@ -614,11 +608,22 @@ impl<S: Schema> Engine<S> {
         Ok(Progress::Done)
     }
 
+    /// Has every child forked from now on find [`reached`](Self::reached) stale, so that the
+    /// first read of the child's copy takes the slow way, which gives the copy a slot of its
+    /// own (`read_after_catch_up`): the copy counts as a user from its first read (it used to
+    /// from its first lock, and a parent's last close removed the dict under a child that had
+    /// only read). The fast read pays nothing for it. Called once the engine has its final
+    /// place (the handle's `Arc`); an engine that never calls it attaches at its first lock.
+    pub(crate) fn watch_forks(&self) {
+        self.stale_in_children
+            .get_or_init(|| crate::os::mark_stale_in_children(&self.reached));
+    }
+
     /// Keeps the hint of where the view is (see [`reached`](Self::reached)) current; called
     /// under the view's write lock wherever its position moves to the published state.
     #[inline]
     fn note_reached(&self, view: &View<S>) {
-        self.reached.store(hint(at(view).pack()), Ordering::Relaxed);
+        self.reached.store(at(view).pack(), Ordering::Relaxed);
     }
 
     /// Reads the records of `target`'s epoch from offset `from` up to `target`, validated and

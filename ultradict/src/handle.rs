@@ -62,10 +62,15 @@ impl<S: Schema> Dict<S> {
     /// Creates or attaches to a dict as `options` say; a dict created here starts from
     /// `initial`.
     pub(crate) fn open(options: &Options, initial: Option<&S::Update>) -> Result<Self> {
+        let attached = Arc::new(Attached {
+            engine: Backend::open(options, initial)?,
+        });
+        if let Backend::Shm(engine) = &attached.engine {
+            // In its final place now.
+            engine.watch_forks();
+        }
         Ok(Dict {
-            attached: Arc::new(Attached {
-                engine: Backend::open(options, initial)?,
-            }),
+            attached,
             _parent: None,
         })
     }

@@ -263,6 +263,7 @@ impl<S: Schema> Engine<S> {
             instance,
             view: RwLock::new(Local::new(View::empty())),
             reached: AtomicU64::new(0),
+            stale_in_children: std::sync::OnceLock::new(),
             scratch: parking_lot::Mutex::new(Scratch::new()),
             reentrant: Reentrant::default(),
             membership: Membership::new(anchor, slot),
@@ -381,6 +382,9 @@ impl<S: Schema> Drop for Engine<S> {
     /// A handle is normally left through the handle layer (which applies the lifetime); an
     /// engine dropped without that still gives its slot back, and removes nothing.
     fn drop(&mut self) {
+        if let Some(&Some(registration)) = self.stale_in_children.get() {
+            crate::os::unmark_in_children(registration);
+        }
         let _ = self.detach(|_| false);
     }
 }

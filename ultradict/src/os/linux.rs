@@ -11,7 +11,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::sync::Once;
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rustix::fs::{CWD, FallocateFlags, FileType, Mode, OFlags, RenameFlags};
@@ -386,6 +386,15 @@ static ATFORK: Once = Once::new();
 /// work; -1 marks a free entry.
 static CLOSE_IN_CHILD: [AtomicI32; 1024] = [const { AtomicI32::new(-1) }; 1024];
 
+/// Words that a forked child sets to [`STALE`] (a handle's hint of where its view is): the
+/// child's first read through such a handle then takes the slow way, which gives the copy a
+/// slot of its own. Fixed size and lock-free, as [`CLOSE_IN_CHILD`]; null marks a free entry.
+static STALE_IN_CHILD: [AtomicPtr<AtomicU64>; 1024] =
+    [const { AtomicPtr::new(std::ptr::null_mut()) }; 1024];
+
+/// What a forked child stores in the words of [`STALE_IN_CHILD`].
+pub(crate) const STALE: u64 = u64::MAX;
+
 /// Openings of descriptors that children must not keep, in flight (between the open and the
 /// registration in [`CLOSE_IN_CHILD`]), plus [`FORKING`] while a fork is under way. A fork
 /// waits for the openings to finish, and openings wait for the fork: a child never gets a
@@ -431,6 +440,15 @@ extern "C" fn after_fork_in_parent() {
 
 extern "C" fn after_fork_in_child() {
     FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+    for entry in &STALE_IN_CHILD {
+        let word = entry.load(Ordering::Relaxed);
+        // SAFETY: a registered word lives until it is unregistered (`unmark_in_children`,
+        // before it is freed); the fork copied the table and the words at one instant, and an
+        // atomic store is async-signal-safe.
+        if let Some(word) = unsafe { word.as_ref() } {
+            word.store(STALE, Ordering::Relaxed);
+        }
+    }
     for entry in &CLOSE_IN_CHILD {
         let fd = entry.swap(-1, Ordering::Relaxed);
         if fd >= 0 {
@@ -515,6 +533,30 @@ pub(crate) fn close_in_children(fd: RawFd) -> Option<usize> {
 pub(crate) fn keep_in_children(registration: usize, fd: RawFd) {
     let _ =
         CLOSE_IN_CHILD[registration].compare_exchange(fd, -1, Ordering::Relaxed, Ordering::Relaxed);
+}
+
+/// Has every child forked from now on store [`STALE`] in `word` (see [`STALE_IN_CHILD`]).
+/// Returns the registration to pass to [`unmark_in_children`], or `None` if the table is full
+/// (a child's copy of that handle then takes its slot at its first lock rather than its first
+/// read). `word` must stay where it is until then.
+pub(crate) fn mark_stale_in_children(word: &AtomicU64) -> Option<usize> {
+    install_fork_handler();
+    let word = std::ptr::from_ref(word).cast_mut();
+    STALE_IN_CHILD.iter().position(|entry| {
+        entry
+            .compare_exchange(
+                std::ptr::null_mut(),
+                word,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    })
+}
+
+/// Undoes [`mark_stale_in_children`]; call it before the word is freed.
+pub(crate) fn unmark_in_children(registration: usize) {
+    STALE_IN_CHILD[registration].store(std::ptr::null_mut(), Ordering::Relaxed);
 }
 
 /// The number of forks between the first process and this one (0 in a process that was not
